@@ -1,0 +1,18 @@
+-- One row per (day, event): the output of telemetry-daily.
+CREATE TABLE IF NOT EXISTS telemetry_daily (
+    date         text    NOT NULL,
+    event        text    NOT NULL,
+    count        integer NOT NULL,
+    unique_users integer NOT NULL,
+    meta         text    NOT NULL,
+    updated_at   text    NOT NULL,
+    PRIMARY KEY (date, event)
+);
+
+-- Which source events `veris-jobs demo` wrote, so that it can start afresh.
+CREATE TABLE IF NOT EXISTS veris_demo_sample (
+    first_id   integer NOT NULL,
+    last_id    integer NOT NULL,
+    start_date text    NOT NULL,
+    end_date   text    NOT NULL
+);

@@ -1,0 +1,164 @@
+//! The command line: `migrate`, `telemetry-daily` and `demo`.
+//!
+//! Parses arguments with clap, calls the library, prints the report, and turns the
+//! outcome into the contract's exit status (0 all days ok, 1 a day failed, 2 bad
+//! usage or configuration).
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{GlobalArgs, JobArgs, LogFormat, RangeArgs};
+use crate::error::Error;
+use crate::store::Store;
+use crate::telemetry_daily::{self, RunReport};
+
+/// Background jobs of the Veris application.
+#[derive(Debug, Parser)]
+#[command(name = "veris-jobs", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the source table (when absent) and the rollup table; safe to repeat.
+    Migrate,
+    /// Roll raw events up into one row per (day, event).
+    TelemetryDaily(TelemetryDailyArgs),
+    /// Fill the database with a few days of sample events and run the job over them.
+    Demo(DemoArgs),
+}
+
+/// Flags of `telemetry-daily`.
+#[derive(Debug, Args)]
+pub struct TelemetryDailyArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+
+    /// Read and aggregate, write nothing, report what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Overwrite rollups even where the source now holds fewer events.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+impl Cli {
+    /// Parses the process arguments. Bad usage prints one line naming the problem
+    /// and gives exit status 2; `--help` and `--version` print and give 0.
+    ///
+    /// # Errors
+    ///
+    /// The exit status to leave with when the program should not go on.
+    pub fn parse_args() -> Result<Self, ExitCode> {
+        Self::try_parse().map_err(|error| {
+            use clap::error::ErrorKind;
+            match error.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = error.print();
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    let rendered = error.render().to_string();
+                    let first = rendered.lines().next().unwrap_or("error: bad usage");
+                    eprintln!("{first} (see veris-jobs --help)");
+                    ExitCode::from(2)
+                }
+            }
+        })
+    }
+}
+
+/// Sets up `tracing` on stderr in the chosen format. `RUST_LOG` filters; without
+/// it only warnings and errors are shown, since the report says the rest.
+pub fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match cli.global.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the parsed command.
+///
+/// # Errors
+///
+/// [`Error`], whose [`Error::exit_code`] gives the exit status.
+pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let store = Store::connect(&cli.global.database_url, &cli.global.source_table).await?;
+    match cli.command {
+        Command::Migrate => {
+            store.migrate().await?;
+            write_stdout(&format!(
+                "migrated: source table {} and rollup table telemetry_daily are ready\n",
+                cli.global.source_table
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TelemetryDaily(args) => {
+            let range = args.range.range()?;
+            let options = args.job.run_options(range, args.dry_run, args.force);
+            let report = telemetry_daily::run(&store, &options).await?;
+            print_report(&report, args.json);
+            Ok(exit_code(&report))
+        }
+        Command::Demo(args) => {
+            let report = crate::demo::run(&store, &cli.global.source_table, &args.job).await?;
+            Ok(exit_code(&report))
+        }
+    }
+}
+
+/// Prints the report as a table, or as JSON with `json`.
+pub fn print_report(report: &RunReport, json: bool) {
+    if json {
+        // A report holds only strings and numbers, so serializing cannot fail.
+        let text = serde_json::to_string_pretty(report).unwrap_or_default();
+        write_stdout(&format!("{text}\n"));
+    } else {
+        write_stdout(&report.to_table());
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`veris-jobs … | head` is fine).
+pub fn write_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// 0 when every day is ok, 1 when any failed.
+pub fn exit_code(report: &RunReport) -> ExitCode {
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,170 @@
+//! Settings from flags and environment, validated once at the edge.
+//!
+//! Each setting of the contract's configuration table is a clap argument with its
+//! environment variable and default. Values are parsed into checked types here
+//! (time zone, table name, durations, dates), so the rest of the crate never
+//! re-checks them and a bad value is refused with a message naming the flag.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+use crate::store::TableName;
+use crate::telemetry_daily::{DateError, DayRange, RunOptions, parse_date};
+
+/// Settings every command shares.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Database URL: postgres://… or sqlite://FILE (created if missing).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://veris.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Table holding the raw events (`name` or `schema.name`).
+    #[arg(
+        long,
+        env = "TELEMETRY_SOURCE_TABLE",
+        default_value = "telemetry_events",
+        value_parser = parse_table_name,
+        global = true
+    )]
+    pub source_table: TableName,
+
+    /// Log format; filter with RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the `telemetry-daily` job.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// IANA time zone that days are cut in.
+    #[arg(long, env = "TELEMETRY_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
+    pub timezone: TimeZone,
+
+    /// Top values kept per metadata key.
+    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20)]
+    pub meta_top_k: usize,
+
+    /// How long a run waits for a day another run holds (e.g. 60s, 5m, 500ms).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Days the default range covers, ending yesterday.
+    #[arg(
+        long,
+        env = "TELEMETRY_LOOKBACK_DAYS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=36_600)
+    )]
+    pub lookback_days: u32,
+}
+
+impl JobArgs {
+    /// The run options these settings give, for `range` (`None`: the default range).
+    pub fn run_options(&self, range: Option<DayRange>, dry_run: bool, force: bool) -> RunOptions {
+        RunOptions {
+            range,
+            timezone: self.timezone.clone(),
+            dry_run,
+            force,
+            meta_top_k: self.meta_top_k,
+            lock_timeout: self.lock_timeout,
+            lookback_days: self.lookback_days,
+        }
+    }
+}
+
+/// The days a command names on its command line.
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// One day, YYYY-MM-DD (short for --start-date D --end-date D).
+    #[arg(long, value_parser = parse_date_arg, conflicts_with_all = ["start_date", "end_date"])]
+    pub date: Option<Date>,
+
+    /// First day of the range, YYYY-MM-DD (alone: that one day).
+    #[arg(long, value_parser = parse_date_arg)]
+    pub start_date: Option<Date>,
+
+    /// Last day of the range, inclusive; needs --start-date.
+    #[arg(long, value_parser = parse_date_arg)]
+    pub end_date: Option<Date>,
+}
+
+impl RangeArgs {
+    /// The range asked for, or `None` for the default range.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError`] for an end without a start or an end before the start.
+    pub fn range(&self) -> Result<Option<DayRange>, DateError> {
+        match self.date {
+            Some(date) => Ok(Some(DayRange::single(date))),
+            None => DayRange::from_bounds(self.start_date, self.end_date),
+        }
+    }
+}
+
+/// Parses an IANA time zone name.
+///
+/// # Errors
+///
+/// A message saying the name is not a known zone.
+pub fn parse_timezone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name)
+        .map_err(|_| format!("'{name}' is not an IANA time zone name (e.g. UTC, Europe/Berlin)"))
+}
+
+fn parse_table_name(value: &str) -> Result<TableName, String> {
+    TableName::parse(value)
+}
+
+fn parse_date_arg(value: &str) -> Result<Date, String> {
+    parse_date("date", value).map_err(|_| format!("'{value}' is not a date in the form YYYY-MM-DD"))
+}
+
+/// Parses a duration such as `60s`, `5m`, `1h 30m` or `500ms`.
+///
+/// # Errors
+///
+/// A message when the text is not a non-negative duration.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let bad = || format!("'{value}' is not a duration such as 60s, 5m or 500ms");
+    let signed: jiff::SignedDuration = value.parse().map_err(|_| bad())?;
+    Duration::try_from(signed).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_friendly_form() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn time_zones_must_be_iana_names() {
+        assert!(parse_timezone("Europe/Berlin").is_ok());
+        assert!(parse_timezone("Mars/Olympus_Mons").is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! `veris-jobs demo`: a few days of realistic sample events, rolled up.
+//!
+//! The sample covers the three days ending yesterday: several event names with
+//! skewed frequencies, signed-in and anonymous users, metadata with strings,
+//! numbers, booleans and a nested object, and a few malformed events. The demo
+//! remembers which events it wrote, replaces them when run again, and refuses to
+//! touch a source that holds events it did not write.
+
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::json;
+
+use std::fmt::Write as _;
+
+use crate::cli::write_stdout;
+use crate::config::JobArgs;
+use crate::error::Error;
+use crate::store::{NewEvent, RollupStore as _, Store, TableName};
+use crate::telemetry_daily::{self, DayRange, DayWindow, RunReport};
+
+/// Days the sample covers, ending yesterday.
+const SAMPLE_DAYS: u32 = 3;
+
+/// Runs the demo: sample events, the job over them, the report and a glimpse of
+/// the rollup rows.
+///
+/// # Errors
+///
+/// [`Error::Usage`] when the source holds events the demo did not write;
+/// [`Error::Store`] or [`Error::Run`] when the database fails.
+pub async fn run(store: &Store, source: &TableName, job: &JobArgs) -> Result<RunReport, Error> {
+    store.migrate().await?;
+    let previous = store.demo_sample().await?;
+    let foreign = store.count_foreign_events(previous.as_ref()).await?;
+    if foreign > 0 {
+        return Err(Error::Usage(format!(
+            "the source table {source} holds {foreign} events that demo did not write; \
+             demo will not mix sample events into them (point --database-url at another database)"
+        )));
+    }
+    let range = DayRange::ending_yesterday(jiff::Timestamp::now(), &job.timezone, SAMPLE_DAYS)?;
+    let events = sample_events(&range, job, store.keeps_invalid_json())?;
+    store
+        .replace_demo_sample(previous.as_ref(), &events, &range)
+        .await?;
+    write_stdout(&format!(
+        "demo: wrote {} sample events over {} .. {} into {source}\n\n",
+        events.len(),
+        range.start(),
+        range.end()
+    ));
+
+    let options = job.run_options(Some(range), false, false);
+    let report = telemetry_daily::run(store, &options).await?;
+    let mut out = report.to_table();
+    let mut rows = store.load_day(range.end()).await?;
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
+    let _ = writeln!(out, "\ntelemetry_daily on {}:", range.end());
+    let _ = writeln!(out, "{:<12} {:>6} {:>6}  meta", "event", "count", "users");
+    for row in &rows {
+        let meta = glimpse(&row.meta, 90);
+        let _ = writeln!(
+            out,
+            "{:<12} {:>6} {:>6}  {meta}",
+            row.event, row.count, row.unique_users
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNext: veris-jobs telemetry-daily --start-date {} --end-date {} --dry-run",
+        range.start(),
+        range.end()
+    );
+    write_stdout(&out);
+    Ok(report)
+}
+
+fn glimpse(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(max_chars).collect();
+    format!("{cut}…")
+}
+
+/// The sample: the same for the same range and zone, run after run.
+fn sample_events(
+    range: &DayRange,
+    job: &JobArgs,
+    invalid_json: bool,
+) -> Result<Vec<NewEvent>, Error> {
+    let mut rng = SmallRng::seed_from_u64(0x7665_7269_7321);
+    let mut events = Vec::new();
+    for date in range.days() {
+        let window = DayWindow::new(date, &job.timezone)?;
+        let seconds = window.end.as_second() - window.start.as_second();
+        let per_day = rng.random_range(1_800..2_600);
+        for _ in 0..per_day {
+            let at = window.start + jiff::SignedDuration::from_secs(rng.random_range(0..seconds));
+            events.push(sample_event(&mut rng, at));
+        }
+        for bad in malformed_events(invalid_json) {
+            let at = window.start + jiff::SignedDuration::from_secs(rng.random_range(0..seconds));
+            events.push(NewEvent {
+                created_at: at,
+                ..bad
+            });
+        }
+    }
+    Ok(events)
+}
+
+const PATHS: [&str; 8] = [
+    "/",
+    "/pricing",
+    "/docs",
+    "/blog",
+    "/docs/install",
+    "/signup",
+    "/login",
+    "/changelog",
+];
+const BROWSERS: [&str; 4] = ["chrome", "safari", "firefox", "edge"];
+const PLANS: [&str; 3] = ["free", "pro", "team"];
+
+/// Picks from `items` with weights falling off like 1/rank.
+fn skewed<'a>(rng: &mut SmallRng, items: &[&'a str]) -> &'a str {
+    let total: f64 = (1..=items.len()).map(|r| 1.0 / r as f64).sum();
+    let mut pick = rng.random::<f64>() * total;
+    for (rank, item) in items.iter().enumerate() {
+        pick -= 1.0 / (rank + 1) as f64;
+        if pick <= 0.0 {
+            return item;
+        }
+    }
+    items[items.len() - 1]
+}
+
+fn sample_event(rng: &mut SmallRng, at: jiff::Timestamp) -> NewEvent {
+    let names = ["page_view", "click", "search", "sign_up", "purchase"];
+    let name = skewed(rng, &names);
+    // A few hundred users, the first ones far more active; a fifth anonymous.
+    let user = if rng.random_bool(0.2) {
+        None
+    } else {
+        let n = (rng.random::<f64>().powi(3) * 300.0) as u32;
+        Some(format!("user_{n}"))
+    };
+    let meta = match name {
+        "page_view" => json!({
+            "path": skewed(rng, &PATHS),
+            "browser": skewed(rng, &BROWSERS),
+            "duration_ms": rng.random_range(40..4_000),
+        }),
+        "click" => {
+            json!({"path": skewed(rng, &PATHS), "element": skewed(rng, &["cta", "nav", "footer", "card"])})
+        }
+        "search" => {
+            json!({"query": skewed(rng, &["rollups", "pricing", "sso", "export", "api"]), "results": rng.random_range(0..50)})
+        }
+        "sign_up" => json!({
+            "plan": skewed(rng, &PLANS),
+            "newsletter": rng.random_bool(0.4),
+            "referrer": if rng.random_bool(0.5) { json!(null) } else { json!(skewed(rng, &["google", "github", "friend"])) },
+        }),
+        _ => json!({
+            "plan": skewed(rng, &PLANS),
+            "amount": purchase_amount(rng),
+            "coupon": rng.random_bool(0.1),
+            "cart": {"items": rng.random_range(1..4), "currency": "EUR"},
+        }),
+    };
+    NewEvent {
+        event: Some(name.to_owned()),
+        user_id: user,
+        created_at: at,
+        meta: Some(meta.to_string()),
+    }
+}
+
+fn purchase_amount(rng: &mut SmallRng) -> f64 {
+    let base = [9.0, 29.0, 99.0][rng.random_range(0..3)];
+    if rng.random_bool(0.3) {
+        base + 0.5
+    } else {
+        base
+    }
+}
+
+/// A handful of bad events per day: nameless ones, metadata that is not an object,
+/// and (where the database can hold it) metadata that is not JSON at all.
+fn malformed_events(invalid_json: bool) -> Vec<NewEvent> {
+    let event = |name: &str, meta: Option<&str>| NewEvent {
+        event: Some(name.to_owned()),
+        user_id: Some("user_7".to_owned()),
+        created_at: jiff::Timestamp::UNIX_EPOCH,
+        meta: meta.map(str::to_owned),
+    };
+    let mut bad = vec![
+        event("", Some(r#"{"path":"/"}"#)),
+        event("click", Some(r#"["not","an","object"]"#)),
+        event("page_view", Some(r#""just a string""#)),
+        event("page_view", Some("null")),
+    ];
+    if invalid_json {
+        bad.push(event("click", Some(r#"{"path": "/pricing""#)));
+    }
+    bad
+}

@@ -1,0 +1,153 @@
+//! Holding days for one run.
+//!
+//! On PostgreSQL a run holds session advisory locks on a connection of its own; on
+//! SQLite it holds byte-range locks on a lock file beside the database, one byte per
+//! day. Both vanish with the process, so a crashed run never leaves a day stuck.
+
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+
+use super::StoreError;
+use crate::telemetry_daily::{DayRange, day_number};
+
+/// What a run holds until it lets go.
+#[derive(Debug)]
+pub(super) enum Held {
+    /// A connection holding one advisory lock per day.
+    Postgres(PgConnection),
+    /// An open lock file holding one byte-range lock per day.
+    File(#[allow(dead_code)] File),
+}
+
+impl Held {
+    pub(super) async fn release(self) {
+        match self {
+            // Closing the session releases its advisory locks.
+            Held::Postgres(conn) => {
+                let _ = conn.close().await;
+            }
+            Held::File(file) => drop(file),
+        }
+    }
+}
+
+/// How long to sleep between attempts while waiting for a day.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Takes one byte per day of `range` in the lock file at `path`, waiting up to `wait`.
+pub(super) async fn lock_file_days(
+    path: &std::path::Path,
+    range: &DayRange,
+    wait: Duration,
+) -> Result<Held, StoreError> {
+    let lock_error = |source| StoreError::LockFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(lock_error)?;
+    let started = Instant::now();
+    for date in range.days() {
+        loop {
+            if byte_lock::try_lock(&file, day_offset(date)).map_err(lock_error)? {
+                break;
+            }
+            if started.elapsed() >= wait {
+                // Dropping `file` lets go of the days already taken.
+                return Err(StoreError::DayBusy { date, waited: wait });
+            }
+            tokio::time::sleep(POLL.min(wait.saturating_sub(started.elapsed()))).await;
+        }
+    }
+    Ok(Held::File(file))
+}
+
+/// Days before 1970 have negative numbers; the offset keeps every date's byte positive.
+fn day_offset(date: jiff::civil::Date) -> i64 {
+    day_number(date) + 4_000_000
+}
+
+#[cfg(target_os = "linux")]
+mod byte_lock {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    /// Tries to take an exclusive lock on one byte. Open-file-description locks
+    /// (`F_OFD_SETLK`) belong to this open file, so two runs in one process exclude
+    /// each other just as two processes do.
+    pub(super) fn try_lock(file: &File, offset: i64) -> io::Result<bool> {
+        // SAFETY: `flock` is a plain C struct for which all-zero bytes are valid.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = offset;
+        lock.l_len = 1;
+        // SAFETY: the descriptor is open for the duration of the call and `lock`
+        // is a valid `flock` that the kernel only reads.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(error),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod byte_lock {
+    use std::fs::File;
+    use std::io;
+
+    /// Elsewhere the whole file stands for every day: runs exclude each other
+    /// entirely, which is coarser but just as safe.
+    pub(super) fn try_lock(file: &File, _offset: i64) -> io::Result<bool> {
+        match file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// Takes one advisory lock per day of `range` on `conn`, waiting up to `wait`.
+pub(super) async fn lock_pg_days(
+    mut conn: PgConnection,
+    range: &DayRange,
+    wait: Duration,
+) -> Result<Held, StoreError> {
+    /// The first key of the two-key advisory lock: ASCII "veri".
+    const NAMESPACE: i32 = 0x7665_7269;
+    let started = Instant::now();
+    for date in range.days() {
+        let day = i32::try_from(day_number(date)).unwrap_or(i32::MAX);
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(NAMESPACE)
+                .bind(day)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(super::query_error(format!("locking day {date}")))?;
+            if taken {
+                break;
+            }
+            if started.elapsed() >= wait {
+                let _ = conn.close().await;
+                return Err(StoreError::DayBusy { date, waited: wait });
+            }
+            tokio::time::sleep(POLL.min(wait.saturating_sub(started.elapsed()))).await;
+        }
+    }
+    Ok(Held::Postgres(conn))
+}

@@ -1,0 +1,364 @@
+//! PostgreSQL: the production database.
+//!
+//! Events stream out of the source with one query per day; a day's rollup changes
+//! are written with one batched statement per kind (arrays bound to `unnest`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use jiff::civil::Date;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection as _, Row as _};
+
+use super::{
+    DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, query_error, redact_url,
+};
+use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow, SourceEvent};
+
+/// How long connecting may take before the database counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A PostgreSQL database holding the source table and `telemetry_daily`.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    options: Arc<PgConnectOptions>,
+    target: String,
+    source: TableName,
+    sql: Arc<Statements>,
+}
+
+/// Statements that name the configured source table, built once.
+#[derive(Debug)]
+struct Statements {
+    scan: String,
+    insert_events: String,
+    count_foreign: String,
+    delete_sample: String,
+}
+
+impl Statements {
+    fn new(source: &TableName) -> Self {
+        let src = source.quoted();
+        Self {
+            scan: format!(
+                "SELECT event, user_id, meta::text FROM {src} \
+                 WHERE created_at >= $1::timestamptz AND created_at < $2::timestamptz"
+            ),
+            insert_events: format!(
+                "INSERT INTO {src} (event, user_id, created_at, meta) \
+                 SELECT e, u, c::timestamptz, m::jsonb \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(e, u, c, m) \
+                 RETURNING id"
+            ),
+            count_foreign: format!("SELECT count(*) FROM {src} WHERE NOT (id BETWEEN $1 AND $2)"),
+            delete_sample: format!("DELETE FROM {src} WHERE id BETWEEN $1 AND $2"),
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects a small pool to `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] or [`StoreError::Unreachable`].
+    pub async fn connect(url: &str, source: &TableName) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?;
+        let target = redact_url(url);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(|source| StoreError::Unreachable {
+                target: target.clone(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            options: Arc::new(options),
+            target,
+            source: source.clone(),
+            sql: Arc::new(Statements::new(source)),
+        })
+    }
+
+    /// The pool, for callers that need the database itself (tests, tools).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting the migration"))?;
+        // Concurrent migrations would race on CREATE ... IF NOT EXISTS.
+        sqlx::query("SELECT pg_advisory_xact_lock(1986359913)")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("locking for the migration"))?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(self.source.quoted())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_error("looking for the source table"))?;
+        if !exists {
+            let sql = include_str!("../../migrations/postgres/source.sql")
+                .replace("{source}", &self.source.quoted())
+                .replace(
+                    "{source_index}",
+                    &format!("\"{}_created_at_idx\"", self.source.table()),
+                );
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(format!(
+                    "creating the source table {}",
+                    self.source
+                )))?;
+        }
+        sqlx::raw_sql(include_str!("../../migrations/postgres/rollup.sql"))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("creating the rollup tables"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing the migration"))
+    }
+
+    pub(super) async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub(super) async fn scan_day(
+        &self,
+        window: &DayWindow,
+        sink: &mut (dyn EventSink + Send),
+    ) -> Result<(), StoreError> {
+        let action = || format!("reading the events of {} from {}", window.date, self.source);
+        let mut rows = sqlx::query(AssertSqlSafe(self.sql.scan.as_str()))
+            .bind(window.start.to_string())
+            .bind(window.end.to_string())
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await.map_err(query_error(action()))? {
+            let event = SourceEvent {
+                event: row.try_get(0).map_err(query_error(action()))?,
+                user_id: row.try_get(1).map_err(query_error(action()))?,
+                meta: row.try_get(2).map_err(query_error(action()))?,
+            };
+            sink.push(event);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event, count, unique_users, meta::text FROM telemetry_daily WHERE date = $1::date",
+        )
+        .bind(date.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(format!("reading the rollup rows of {date}")))?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(RollupRow {
+                    event: row.try_get(0)?,
+                    count: row.try_get(1)?,
+                    unique_users: row.try_get(2)?,
+                    meta: row.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error(format!("reading the rollup rows of {date}")))
+    }
+
+    pub(super) async fn write_day(
+        &self,
+        date: Date,
+        changes: &DayChanges,
+    ) -> Result<(), StoreError> {
+        let action = format!("writing the rollup rows of {date}");
+        let mut tx = self.pool.begin().await.map_err(query_error(&action))?;
+        if !changes.deletes.is_empty() {
+            sqlx::query(
+                "DELETE FROM telemetry_daily WHERE date = $1::date AND event = ANY($2::text[])",
+            )
+            .bind(date.to_string())
+            .bind(&changes.deletes)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
+        }
+        let upserts = changes.inserts.iter().chain(&changes.updates);
+        let (mut events, mut counts, mut users, mut metas) = (vec![], vec![], vec![], vec![]);
+        for row in upserts {
+            events.push(row.event.as_str());
+            counts.push(row.count);
+            users.push(row.unique_users);
+            metas.push(row.meta.as_str());
+        }
+        if !events.is_empty() {
+            sqlx::query(
+                "INSERT INTO telemetry_daily (date, event, count, unique_users, meta, updated_at) \
+                 SELECT $1::date, e, c, u, m::jsonb, now() \
+                 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS t(e, c, u, m) \
+                 ON CONFLICT (date, event) DO UPDATE SET count = EXCLUDED.count, \
+                 unique_users = EXCLUDED.unique_users, meta = EXCLUDED.meta, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(date.to_string())
+            .bind(&events)
+            .bind(&counts)
+            .bind(&users)
+            .bind(&metas)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
+        }
+        tx.commit().await.map_err(query_error(&action))
+    }
+
+    pub(super) async fn lock_days(
+        &self,
+        range: &DayRange,
+        wait: Duration,
+    ) -> Result<DayLocks, StoreError> {
+        // Session locks need a session of their own, outside the pool.
+        let conn = sqlx::postgres::PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|source| StoreError::Unreachable {
+                target: self.target.clone(),
+                source,
+            })?;
+        let inner = day_lock::lock_pg_days(conn, range, wait).await?;
+        Ok(DayLocks { inner })
+    }
+
+    pub(super) async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("inserting events"))?;
+        self.insert_events_in(&mut tx, events).await?;
+        tx.commit().await.map_err(query_error("inserting events"))
+    }
+
+    /// Inserts `events` in batches, returning the ids given to them.
+    async fn insert_events_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[NewEvent],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(events.len());
+        for chunk in events.chunks(10_000) {
+            let names: Vec<Option<&str>> = chunk.iter().map(|e| e.event.as_deref()).collect();
+            let users: Vec<Option<&str>> = chunk.iter().map(|e| e.user_id.as_deref()).collect();
+            let times: Vec<String> = chunk.iter().map(|e| e.created_at.to_string()).collect();
+            let metas: Vec<Option<&str>> = chunk.iter().map(|e| e.meta.as_deref()).collect();
+            let mut batch: Vec<i64> =
+                sqlx::query_scalar(AssertSqlSafe(self.sql.insert_events.as_str()))
+                    .bind(&names)
+                    .bind(&users)
+                    .bind(&times)
+                    .bind(&metas)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(query_error(format!(
+                        "inserting events into {}",
+                        self.source
+                    )))?;
+            ids.append(&mut batch);
+        }
+        Ok(ids)
+    }
+
+    pub(super) async fn demo_sample(&self) -> Result<Option<DemoSample>, StoreError> {
+        let row = sqlx::query(
+            "SELECT first_id, last_id, start_date::text, end_date::text FROM veris_demo_sample LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("reading the demo sample"))?;
+        row.map(|row| {
+            let start: String = row.try_get(2)?;
+            let end: String = row.try_get(3)?;
+            Ok(DemoSample {
+                first_id: row.try_get(0)?,
+                last_id: row.try_get(1)?,
+                start_date: start
+                    .parse()
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                end_date: end.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            })
+        })
+        .transpose()
+        .map_err(query_error("reading the demo sample"))
+    }
+
+    pub(super) async fn count_foreign_events(
+        &self,
+        sample: Option<&DemoSample>,
+    ) -> Result<i64, StoreError> {
+        let (first, last) = sample.map_or((0, -1), |s| (s.first_id, s.last_id));
+        sqlx::query_scalar(AssertSqlSafe(self.sql.count_foreign.as_str()))
+            .bind(first)
+            .bind(last)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error(format!(
+                "counting the events in {}",
+                self.source
+            )))
+    }
+
+    pub(super) async fn replace_demo_sample(
+        &self,
+        previous: Option<&DemoSample>,
+        events: &[NewEvent],
+        range: &DayRange,
+    ) -> Result<DemoSample, StoreError> {
+        let action = "replacing the demo sample";
+        let mut tx = self.pool.begin().await.map_err(query_error(action))?;
+        if let Some(old) = previous {
+            sqlx::query(AssertSqlSafe(self.sql.delete_sample.as_str()))
+                .bind(old.first_id)
+                .bind(old.last_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(action))?;
+            sqlx::query("DELETE FROM telemetry_daily WHERE date BETWEEN $1::date AND $2::date")
+                .bind(old.start_date.to_string())
+                .bind(old.end_date.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(action))?;
+        }
+        let ids = self.insert_events_in(&mut tx, events).await?;
+        let sample = DemoSample {
+            first_id: ids.iter().copied().min().unwrap_or(0),
+            last_id: ids.iter().copied().max().unwrap_or(-1),
+            start_date: range.start(),
+            end_date: range.end(),
+        };
+        sqlx::query("DELETE FROM veris_demo_sample")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(action))?;
+        sqlx::query("INSERT INTO veris_demo_sample (first_id, last_id, start_date, end_date) VALUES ($1, $2, $3::date, $4::date)")
+            .bind(sample.first_id)
+            .bind(sample.last_id)
+            .bind(sample.start_date.to_string())
+            .bind(sample.end_date.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(action))?;
+        tx.commit().await.map_err(query_error(action))?;
+        Ok(sample)
+    }
+}

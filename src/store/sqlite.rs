@@ -1,0 +1,384 @@
+//! SQLite: the embedded default, zero set-up.
+//!
+//! The database runs in WAL mode so that readers see the old day or the new day
+//! while a day commits. Rollup changes are written with one statement per kind,
+//! the rows passed as one JSON array and unpacked by `json_each`.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use jiff::Timestamp;
+use jiff::civil::Date;
+use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::{DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, query_error};
+use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow, SourceEvent};
+
+/// How long a statement waits for another writer before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A SQLite database file holding the source table and `telemetry_daily`.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    lock_path: PathBuf,
+    source: TableName,
+    sql: Arc<Statements>,
+}
+
+/// Statements that name the configured source table, built once.
+#[derive(Debug)]
+struct Statements {
+    scan: String,
+    insert_events: String,
+    count_foreign: String,
+    delete_sample: String,
+}
+
+impl Statements {
+    fn new(source: &TableName) -> Self {
+        let src = source.quoted();
+        Self {
+            // Text compared as text: the contract's fixed RFC 3339 form sorts in time order.
+            // BLOB casts let text that is not UTF-8 through, to be decoded leniently.
+            scan: format!(
+                "SELECT CAST(event AS BLOB), CAST(user_id AS BLOB), CAST(meta AS BLOB) FROM {src} \
+                 WHERE created_at >= ?1 AND created_at < ?2"
+            ),
+            insert_events: format!(
+                "INSERT INTO {src} (event, user_id, created_at, meta) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1) \
+                 RETURNING id"
+            ),
+            count_foreign: format!("SELECT count(*) FROM {src} WHERE NOT (id BETWEEN ?1 AND ?2)"),
+            delete_sample: format!("DELETE FROM {src} WHERE id BETWEEN ?1 AND ?2"),
+        }
+    }
+}
+
+/// An instant in the source table's text form, e.g. `2024-01-15T10:00:00.000Z`.
+pub fn sqlite_timestamp(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file named by `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] for an in-memory or malformed URL,
+    /// [`StoreError::Unreachable`] when the file cannot be opened.
+    pub async fn connect(url: &str, source: &TableName) -> Result<Self, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::InvalidUrl(format!(
+                "'{url}' is an in-memory database; veris-jobs needs a file, e.g. sqlite://veris.db"
+            )));
+        }
+        let options: SqliteConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::InvalidUrl(format!("{url}: {e}")))?;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT);
+        let mut lock_path = options.get_filename().as_os_str().to_owned();
+        lock_path.push(".veris-lock");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Unreachable {
+                target: url.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            lock_path: lock_path.into(),
+            source: source.clone(),
+            sql: Arc::new(Statements::new(source)),
+        })
+    }
+
+    /// The pool, for callers that need the database itself (tests, tools).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error("starting the migration"))?;
+        let (schema, table) = match self.source.to_string().split_once('.') {
+            Some((schema, table)) => (format!("\"{schema}\""), table.to_owned()),
+            None => ("\"main\"".to_owned(), self.source.table().to_owned()),
+        };
+        let exists: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1"
+        )))
+        .bind(&table)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error("looking for the source table"))?;
+        if exists == 0 {
+            let sql = include_str!("../../migrations/sqlite/source.sql")
+                .replace("{source}", &self.source.quoted())
+                .replace("{source_unqualified}", &format!("\"{table}\""))
+                .replace(
+                    "{source_index}",
+                    &format!("{schema}.\"{table}_created_at_idx\""),
+                );
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(format!(
+                    "creating the source table {}",
+                    self.source
+                )))?;
+        }
+        sqlx::raw_sql(include_str!("../../migrations/sqlite/rollup.sql"))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("creating the rollup tables"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing the migration"))
+    }
+
+    pub(super) async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub(super) async fn scan_day(
+        &self,
+        window: &DayWindow,
+        sink: &mut (dyn EventSink + Send),
+    ) -> Result<(), StoreError> {
+        let action = || format!("reading the events of {} from {}", window.date, self.source);
+        let mut rows = sqlx::query(AssertSqlSafe(self.sql.scan.as_str()))
+            .bind(sqlite_timestamp(window.start))
+            .bind(sqlite_timestamp(window.end))
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await.map_err(query_error(action()))? {
+            let event: Option<&[u8]> = row.try_get(0).map_err(query_error(action()))?;
+            let user_id: Option<&[u8]> = row.try_get(1).map_err(query_error(action()))?;
+            let meta: Option<&[u8]> = row.try_get(2).map_err(query_error(action()))?;
+            let (event, user_id, meta) = (
+                event.map(String::from_utf8_lossy),
+                user_id.map(String::from_utf8_lossy),
+                meta.map(String::from_utf8_lossy),
+            );
+            sink.push(SourceEvent {
+                event: event.as_deref(),
+                user_id: user_id.as_deref(),
+                meta: meta.as_deref(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event, count, unique_users, meta FROM telemetry_daily WHERE date = ?1",
+        )
+        .bind(date.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error(format!("reading the rollup rows of {date}")))?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(RollupRow {
+                    event: row.try_get(0)?,
+                    count: row.try_get(1)?,
+                    unique_users: row.try_get(2)?,
+                    meta: row.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error(format!("reading the rollup rows of {date}")))
+    }
+
+    pub(super) async fn write_day(
+        &self,
+        date: Date,
+        changes: &DayChanges,
+    ) -> Result<(), StoreError> {
+        let action = format!("writing the rollup rows of {date}");
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error(&action))?;
+        if !changes.deletes.is_empty() {
+            sqlx::query(
+                "DELETE FROM telemetry_daily WHERE date = ?1 AND event IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(date.to_string())
+            .bind(json!(changes.deletes).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
+        }
+        let rows: Vec<_> = changes
+            .inserts
+            .iter()
+            .chain(&changes.updates)
+            .map(|r| json!([r.event, r.count, r.unique_users, r.meta]))
+            .collect();
+        if !rows.is_empty() {
+            // `WHERE true` keeps SQLite from reading ON CONFLICT as part of a join.
+            sqlx::query(
+                "INSERT INTO telemetry_daily (date, event, count, unique_users, meta, updated_at) \
+                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?2) WHERE true \
+                 ON CONFLICT (date, event) DO UPDATE SET count = excluded.count, \
+                 unique_users = excluded.unique_users, meta = excluded.meta, updated_at = excluded.updated_at",
+            )
+            .bind(date.to_string())
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
+        }
+        tx.commit().await.map_err(query_error(&action))
+    }
+
+    pub(super) async fn lock_days(
+        &self,
+        range: &DayRange,
+        wait: Duration,
+    ) -> Result<DayLocks, StoreError> {
+        let inner = day_lock::lock_file_days(&self.lock_path, range, wait).await?;
+        Ok(DayLocks { inner })
+    }
+
+    pub(super) async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error("inserting events"))?;
+        self.insert_events_in(&mut tx, events).await?;
+        tx.commit().await.map_err(query_error("inserting events"))
+    }
+
+    async fn insert_events_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        events: &[NewEvent],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(events.len());
+        for chunk in events.chunks(10_000) {
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|e| json!([e.event, e.user_id, sqlite_timestamp(e.created_at), e.meta]))
+                .collect();
+            let mut batch: Vec<i64> =
+                sqlx::query_scalar(AssertSqlSafe(self.sql.insert_events.as_str()))
+                    .bind(serde_json::Value::Array(rows).to_string())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(query_error(format!(
+                        "inserting events into {}",
+                        self.source
+                    )))?;
+            ids.append(&mut batch);
+        }
+        Ok(ids)
+    }
+
+    pub(super) async fn demo_sample(&self) -> Result<Option<DemoSample>, StoreError> {
+        let row = sqlx::query(
+            "SELECT first_id, last_id, start_date, end_date FROM veris_demo_sample LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("reading the demo sample"))?;
+        row.map(|row| {
+            let start: Cow<'_, str> = row.try_get::<String, _>(2)?.into();
+            let end: Cow<'_, str> = row.try_get::<String, _>(3)?.into();
+            Ok(DemoSample {
+                first_id: row.try_get(0)?,
+                last_id: row.try_get(1)?,
+                start_date: start
+                    .parse()
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                end_date: end.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            })
+        })
+        .transpose()
+        .map_err(query_error("reading the demo sample"))
+    }
+
+    pub(super) async fn count_foreign_events(
+        &self,
+        sample: Option<&DemoSample>,
+    ) -> Result<i64, StoreError> {
+        let (first, last) = sample.map_or((0, -1), |s| (s.first_id, s.last_id));
+        sqlx::query_scalar(AssertSqlSafe(self.sql.count_foreign.as_str()))
+            .bind(first)
+            .bind(last)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error(format!(
+                "counting the events in {}",
+                self.source
+            )))
+    }
+
+    pub(super) async fn replace_demo_sample(
+        &self,
+        previous: Option<&DemoSample>,
+        events: &[NewEvent],
+        range: &DayRange,
+    ) -> Result<DemoSample, StoreError> {
+        let action = "replacing the demo sample";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error(action))?;
+        if let Some(old) = previous {
+            sqlx::query(AssertSqlSafe(self.sql.delete_sample.as_str()))
+                .bind(old.first_id)
+                .bind(old.last_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(action))?;
+            sqlx::query("DELETE FROM telemetry_daily WHERE date BETWEEN ?1 AND ?2")
+                .bind(old.start_date.to_string())
+                .bind(old.end_date.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(action))?;
+        }
+        let ids = self.insert_events_in(&mut tx, events).await?;
+        let sample = DemoSample {
+            first_id: ids.iter().copied().min().unwrap_or(0),
+            last_id: ids.iter().copied().max().unwrap_or(-1),
+            start_date: range.start(),
+            end_date: range.end(),
+        };
+        sqlx::query("DELETE FROM veris_demo_sample")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(action))?;
+        sqlx::query("INSERT INTO veris_demo_sample (first_id, last_id, start_date, end_date) VALUES (?1, ?2, ?3, ?4)")
+            .bind(sample.first_id)
+            .bind(sample.last_id)
+            .bind(sample.start_date.to_string())
+            .bind(sample.end_date.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(action))?;
+        tx.commit().await.map_err(query_error(action))?;
+        Ok(sample)
+    }
+}

@@ -1,0 +1,281 @@
+//! Days and ranges of days, cut in an IANA time zone.
+//!
+//! A day is `[00:00, 24:00)` local time in the configured zone, so it lasts 23 or
+//! 25 hours on daylight-saving days. This module turns dates into the instants that
+//! bound them; it knows nothing of databases.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+/// Why a date or a range was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DateError {
+    /// The text is not a `YYYY-MM-DD` calendar date.
+    #[error("{field}: '{value}' is not a date in the form YYYY-MM-DD")]
+    Malformed { field: &'static str, value: String },
+    /// The end of the range comes before its start.
+    #[error("the end date {end} is before the start date {start}")]
+    EndBeforeStart { start: Date, end: Date },
+    /// An end date was given without a start date.
+    #[error("--end-date needs --start-date")]
+    EndWithoutStart,
+    /// The date lies outside the span of time the job can represent.
+    #[error("{date} is out of the supported range of dates")]
+    OutOfRange { date: Date },
+}
+
+/// Parses a strict `YYYY-MM-DD` date; `field` names the flag or field in the error.
+///
+/// # Errors
+///
+/// [`DateError::Malformed`] when `value` is not exactly a calendar date.
+pub fn parse_date(field: &'static str, value: &str) -> Result<Date, DateError> {
+    let malformed = || DateError::Malformed {
+        field,
+        value: value.to_owned(),
+    };
+    let bytes = value.as_bytes();
+    let shape_ok = bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit());
+    if !shape_ok {
+        return Err(malformed());
+    }
+    value.parse::<Date>().map_err(|_| malformed())
+}
+
+/// An inclusive range of calendar dates, `start..=end`, never empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayRange {
+    start: Date,
+    end: Date,
+}
+
+impl DayRange {
+    /// The range `start..=end`.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError::EndBeforeStart`] when `end < start`.
+    pub fn new(start: Date, end: Date) -> Result<Self, DateError> {
+        if end < start {
+            return Err(DateError::EndBeforeStart { start, end });
+        }
+        Ok(Self { start, end })
+    }
+
+    /// The one-day range holding `date`.
+    pub fn single(date: Date) -> Self {
+        Self {
+            start: date,
+            end: date,
+        }
+    }
+
+    /// The range from optional start and end dates as the command line and the
+    /// endpoint take them: neither means `None` (the default range); a start alone
+    /// means that one day; an end alone is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError::EndWithoutStart`] or [`DateError::EndBeforeStart`].
+    pub fn from_bounds(start: Option<Date>, end: Option<Date>) -> Result<Option<Self>, DateError> {
+        match (start, end) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(DateError::EndWithoutStart),
+            (Some(start), None) => Ok(Some(Self::single(start))),
+            (Some(start), Some(end)) => Self::new(start, end).map(Some),
+        }
+    }
+
+    /// The `lookback_days` days ending yesterday, as seen at `now` in `tz`.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError::OutOfRange`] only at the limits of the calendar.
+    pub fn ending_yesterday(
+        now: Timestamp,
+        tz: &TimeZone,
+        lookback_days: u32,
+    ) -> Result<Self, DateError> {
+        let today = now.to_zoned_datetime(tz.clone()).date();
+        let end = today
+            .yesterday()
+            .map_err(|_| DateError::OutOfRange { date: today })?;
+        let back = i64::from(lookback_days.max(1) - 1);
+        let start = end
+            .checked_sub(jiff::Span::new().days(back))
+            .map_err(|_| DateError::OutOfRange { date: end })?;
+        Self::new(start, end)
+    }
+
+    /// The first day of the range.
+    pub fn start(&self) -> Date {
+        self.start
+    }
+
+    /// The last day of the range (inclusive).
+    pub fn end(&self) -> Date {
+        self.end
+    }
+
+    /// How many days the range holds.
+    pub fn len_days(&self) -> i64 {
+        day_number(self.end) - day_number(self.start) + 1
+    }
+
+    /// The days of the range in order.
+    pub fn days(&self) -> impl Iterator<Item = Date> + use<> {
+        let end = self.end;
+        std::iter::successors(Some(self.start), move |d| {
+            d.tomorrow().ok().filter(|next| *next <= end)
+        })
+    }
+}
+
+impl fmt::Display for DayRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}..={}", self.start, self.end)
+        }
+    }
+}
+
+/// The instants bounding one local day: events with `start <= created_at < end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayWindow {
+    /// The calendar date in the configured zone.
+    pub date: Date,
+    /// The first instant of the day.
+    pub start: Timestamp,
+    /// The first instant of the next day.
+    pub end: Timestamp,
+}
+
+impl DayWindow {
+    /// The window of `date` in `tz`.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError::OutOfRange`] at the limits of the calendar.
+    pub fn new(date: Date, tz: &TimeZone) -> Result<Self, DateError> {
+        let out_of_range = || DateError::OutOfRange { date };
+        let next = date.tomorrow().map_err(|_| out_of_range())?;
+        let start = date
+            .to_zoned_datetime(tz.clone())
+            .map_err(|_| out_of_range())?;
+        let end = next
+            .to_zoned_datetime(tz.clone())
+            .map_err(|_| out_of_range())?;
+        Ok(Self {
+            date,
+            start: start.timestamp(),
+            end: end.timestamp(),
+        })
+    }
+
+    /// How long the day lasts: 24 hours, or 23 or 25 on daylight-saving days.
+    pub fn hours(&self) -> i64 {
+        (self.end.as_second() - self.start.as_second()) / 3600
+    }
+}
+
+/// Days since 1970-01-01 (negative before): a stable number per date, used for lock keys.
+pub fn day_number(date: Date) -> i64 {
+    // Midnight UTC of any `Date` is a representable timestamp, so this never fails;
+    // the fallback keeps the function total anyway.
+    date.to_zoned_datetime(TimeZone::UTC)
+        .map(|z| z.timestamp().as_second().div_euclid(86_400))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::date;
+
+    #[test]
+    fn parse_date_accepts_only_the_strict_form() {
+        assert_eq!(parse_date("--date", "2024-02-29"), Ok(date(2024, 2, 29)));
+        for bad in [
+            "2024-2-29",
+            "2023-02-29",
+            "20240229",
+            "2024-02-29T00:00",
+            " 2024-02-29",
+            "",
+        ] {
+            assert!(
+                parse_date("--date", bad).is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn range_is_inclusive_and_ordered() {
+        let range = DayRange::new(date(2024, 2, 28), date(2024, 3, 1)).unwrap();
+        let days: Vec<_> = range.days().collect();
+        assert_eq!(
+            days,
+            vec![date(2024, 2, 28), date(2024, 2, 29), date(2024, 3, 1)]
+        );
+        assert_eq!(range.len_days(), 3);
+        assert!(DayRange::new(date(2024, 3, 1), date(2024, 2, 28)).is_err());
+    }
+
+    #[test]
+    fn bounds_follow_the_contract() {
+        let d = date(2024, 1, 1);
+        assert_eq!(DayRange::from_bounds(None, None), Ok(None));
+        assert_eq!(
+            DayRange::from_bounds(Some(d), None),
+            Ok(Some(DayRange::single(d)))
+        );
+        assert_eq!(
+            DayRange::from_bounds(None, Some(d)),
+            Err(DateError::EndWithoutStart)
+        );
+    }
+
+    #[test]
+    fn daylight_saving_days_last_23_and_25_hours() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        assert_eq!(DayWindow::new(date(2024, 3, 31), &tz).unwrap().hours(), 23);
+        assert_eq!(DayWindow::new(date(2024, 10, 27), &tz).unwrap().hours(), 25);
+        assert_eq!(DayWindow::new(date(2024, 6, 1), &tz).unwrap().hours(), 24);
+    }
+
+    #[test]
+    fn default_range_ends_yesterday_in_the_zone() {
+        // 2024-01-15 03:00 UTC is still 2024-01-14 in New York.
+        let now: Timestamp = "2024-01-15T03:00:00Z".parse().unwrap();
+        let ny = TimeZone::get("America/New_York").unwrap();
+        let range = DayRange::ending_yesterday(now, &ny, 1).unwrap();
+        assert_eq!(
+            (range.start(), range.end()),
+            (date(2024, 1, 13), date(2024, 1, 13))
+        );
+        let utc = DayRange::ending_yesterday(now, &TimeZone::UTC, 3).unwrap();
+        assert_eq!(
+            (utc.start(), utc.end()),
+            (date(2024, 1, 12), date(2024, 1, 14))
+        );
+    }
+
+    #[test]
+    fn day_numbers_count_from_the_epoch() {
+        assert_eq!(day_number(date(1970, 1, 1)), 0);
+        assert_eq!(day_number(date(1969, 12, 31)), -1);
+        assert_eq!(day_number(date(2024, 1, 1)), 19_723);
+    }
+}

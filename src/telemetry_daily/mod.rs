@@ -1,0 +1,296 @@
+//! The `telemetry-daily` job: raw events rolled up into one row per (day, event).
+//!
+//! [`run`] walks the days of a range in order. For each day it streams the source
+//! events into a [`DayAggregate`], compares the result with the stored rows
+//! ([`diff`]), and applies the difference in one transaction, unless the retention
+//! guard or a dry run says otherwise. Everything here is pure logic over the two
+//! storage interfaces in [`crate::store`]; no SQL, no HTTP.
+//!
+//! # Examples
+//!
+//! Yesterday (in UTC), on a SQLite file:
+//!
+//! ```no_run
+//! use veris_jobs::store::{Store, TableName};
+//! use veris_jobs::telemetry_daily::{self, RunOptions};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Store::connect("sqlite://veris.db", &TableName::parse("telemetry_events")?).await?;
+//! store.migrate().await?;
+//! let report = telemetry_daily::run(&store, &RunOptions::default()).await?;
+//! assert!(report.ok);
+//! # Ok(()) }
+//! ```
+//!
+//! A range of days, cut in New York time:
+//!
+//! ```no_run
+//! use jiff::civil::date;
+//! use jiff::tz::TimeZone;
+//! use veris_jobs::telemetry_daily::{self, DayRange, RunOptions};
+//! # async fn example(store: veris_jobs::store::Store) -> Result<(), Box<dyn std::error::Error>> {
+//! let options = RunOptions {
+//!     range: Some(DayRange::new(date(2024, 1, 1), date(2024, 1, 31))?),
+//!     timezone: TimeZone::get("America/New_York")?,
+//!     ..RunOptions::default()
+//! };
+//! let report = telemetry_daily::run(&store, &options).await?;
+//! println!("{} rows", report.totals.rows);
+//! # Ok(()) }
+//! ```
+//!
+//! A dry run, which writes nothing and says what would change:
+//!
+//! ```no_run
+//! use veris_jobs::telemetry_daily::{self, RunOptions};
+//! # async fn example(store: veris_jobs::store::Store) -> Result<(), Box<dyn std::error::Error>> {
+//! let options = RunOptions { dry_run: true, ..RunOptions::default() };
+//! let report = telemetry_daily::run(&store, &options).await?;
+//! for day in &report.days {
+//!     println!("{}: +{} ~{} -{}", day.date, day.inserted, day.updated, day.deleted);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod aggregate;
+mod days;
+mod diff;
+pub mod meta;
+mod report;
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+pub use self::aggregate::{DayAggregate, DayRollup, EventSink, RollupRow, SkipCounts, SourceEvent};
+pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
+pub use self::diff::{DayChanges, diff};
+pub use self::report::{DayReport, DayStatus, RunReport, Totals};
+
+use crate::store::{EventSource, RollupStore, StoreError};
+
+/// The job's name, as reports and logs give it.
+pub const JOB_NAME: &str = "telemetry-daily";
+
+/// How one run behaves. `RunOptions::default()` is the contract's default run:
+/// yesterday in UTC, written, top 20 values, waiting up to 60 s for busy days.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The days to do; `None` means the `lookback_days` days ending yesterday.
+    pub range: Option<DayRange>,
+    /// The zone days are cut in.
+    pub timezone: TimeZone,
+    /// Read and aggregate, write nothing, report what would change.
+    pub dry_run: bool,
+    /// Overwrite days whose source holds fewer events than their rollups.
+    pub force: bool,
+    /// Values kept per metadata key.
+    pub meta_top_k: usize,
+    /// How long to wait for days another run holds.
+    pub lock_timeout: Duration,
+    /// Days the default range covers, ending yesterday.
+    pub lookback_days: u32,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            range: None,
+            timezone: TimeZone::UTC,
+            dry_run: false,
+            force: false,
+            meta_top_k: 20,
+            lock_timeout: Duration::from_secs(60),
+            lookback_days: 1,
+        }
+    }
+}
+
+impl RunOptions {
+    /// The range this run covers, resolving the default against `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError`] only at the limits of the calendar.
+    pub fn resolve_range(&self, now: Timestamp) -> Result<DayRange, DateError> {
+        match self.range {
+            Some(range) => Ok(range),
+            None => DayRange::ending_yesterday(now, &self.timezone, self.lookback_days),
+        }
+    }
+}
+
+/// Why a run could not start. Failures of single days do not stop a run; they are
+/// reported in its [`RunReport`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The range could not be resolved.
+    #[error(transparent)]
+    Date(#[from] DateError),
+    /// The days could not be taken, or the database is unreachable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs `telemetry-daily` over `options`' range, reading events from and writing
+/// rollups to `store`.
+///
+/// # Errors
+///
+/// [`RunError`] when the run cannot start: a day is held by another run past
+/// `lock_timeout` ([`StoreError::DayBusy`]), or the database is unreachable. Once the
+/// run has started, failed days are reported in the report, not returned as errors.
+pub async fn run<S>(store: &S, options: &RunOptions) -> Result<RunReport, RunError>
+where
+    S: EventSource + RollupStore + Sync,
+{
+    let started = Instant::now();
+    let range = options.resolve_range(Timestamp::now())?;
+    let windows = range
+        .days()
+        .map(|date| DayWindow::new(date, &options.timezone))
+        .collect::<Result<Vec<_>, _>>()?;
+    let locks = if options.dry_run {
+        None
+    } else {
+        Some(store.lock_days(&range, options.lock_timeout).await?)
+    };
+    let mut report = RunReport {
+        job: JOB_NAME.to_owned(),
+        dry_run: options.dry_run,
+        ok: true,
+        start_date: range.start().to_string(),
+        end_date: range.end().to_string(),
+        timezone: options.timezone.iana_name().unwrap_or("UTC").to_owned(),
+        days: Vec::new(),
+        totals: Totals::default(),
+        duration_ms: 0,
+    };
+    let mut unreachable: Option<String> = None;
+    for window in &windows {
+        let date = window.date;
+        let day_started = Instant::now();
+        let day = match &unreachable {
+            Some(reason) => failed_day(date, format!("not attempted: {reason}"), 0),
+            None => match run_day(store, window, options).await {
+                Ok(day) => day,
+                Err(error) => {
+                    if error.is_unreachable() {
+                        unreachable = Some(format!("the database became unreachable ({error})"));
+                    }
+                    failed_day(date, error.to_string(), elapsed_ms(day_started))
+                }
+            },
+        };
+        log_day(&day);
+        report.days.push(day);
+    }
+    if let Some(locks) = locks {
+        locks.release().await;
+    }
+    report.summarize();
+    report.duration_ms = elapsed_ms(started);
+    Ok(report)
+}
+
+/// Aggregates one day and, unless told otherwise, writes it.
+async fn run_day<S>(
+    store: &S,
+    window: &DayWindow,
+    options: &RunOptions,
+) -> Result<DayReport, StoreError>
+where
+    S: EventSource + RollupStore + Sync,
+{
+    let started = Instant::now();
+    let date = window.date;
+    let mut aggregate = DayAggregate::new();
+    store.scan_day(window, &mut aggregate).await?;
+    let rollup = aggregate.finish(options.meta_top_k);
+    let stored = store.load_day(date).await?;
+    let changes = diff(&rollup.rows, &stored);
+
+    let stored_events: i64 = stored.iter().map(|r| r.count).sum();
+    let purged = i64::try_from(rollup.named_events()).unwrap_or(i64::MAX) < stored_events;
+    let mut day = DayReport {
+        date: date.to_string(),
+        status: if options.dry_run {
+            DayStatus::DryRun
+        } else {
+            DayStatus::Written
+        },
+        events_read: rollup.events_read,
+        events_skipped: rollup.skipped.total(),
+        skipped: rollup
+            .skipped
+            .by_reason()
+            .into_iter()
+            .map(|(reason, n)| (reason.to_owned(), n))
+            .collect(),
+        rows: rollup.rows.len() as u64,
+        inserted: changes.inserts.len() as u64,
+        updated: changes.updates.len() as u64,
+        deleted: changes.deletes.len() as u64,
+        unchanged: changes.unchanged,
+        duration_ms: 0,
+        error: None,
+    };
+    if purged && !options.force {
+        day.status = DayStatus::Kept;
+        day.error = Some(format!(
+            "the source holds {} events but the stored rollups count {stored_events}; \
+             kept the rollups (use --force to overwrite)",
+            rollup.named_events()
+        ));
+        day.rows = stored.len() as u64;
+        (day.inserted, day.updated, day.deleted) = (0, 0, 0);
+        day.unchanged = stored.len() as u64;
+    } else if !options.dry_run && !changes.is_empty() {
+        store.write_day(date, &changes).await?;
+    }
+    day.duration_ms = elapsed_ms(started);
+    Ok(day)
+}
+
+fn failed_day(date: Date, error: String, duration_ms: u64) -> DayReport {
+    DayReport {
+        date: date.to_string(),
+        status: DayStatus::Failed,
+        events_read: 0,
+        events_skipped: 0,
+        skipped: Default::default(),
+        rows: 0,
+        inserted: 0,
+        updated: 0,
+        deleted: 0,
+        unchanged: 0,
+        duration_ms,
+        error: Some(error),
+    }
+}
+
+fn log_day(day: &DayReport) {
+    if day.status == DayStatus::Failed {
+        tracing::error!(date = %day.date, error = day.error.as_deref().unwrap_or(""), "day failed");
+    } else {
+        tracing::info!(
+            date = %day.date,
+            status = %day.status,
+            events_read = day.events_read,
+            events_skipped = day.events_skipped,
+            rows = day.rows,
+            inserted = day.inserted,
+            updated = day.updated,
+            deleted = day.deleted,
+            unchanged = day.unchanged,
+            duration_ms = day.duration_ms,
+            "day done"
+        );
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
