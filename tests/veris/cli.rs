@@ -1,0 +1,305 @@
+//! The built binary: exit statuses, messages on stderr, and the `--json` report.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use veris_jobs::store::RollupStore as _;
+use veris_jobs::telemetry_daily::DayRange;
+
+use crate::common::{Kind, TestDb, event};
+
+/// Runs `veris-jobs ARGS` against `database_url`, with none of the job's
+/// environment variables inherited from the shell.
+fn veris(database_url: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+    for var in [
+        "TELEMETRY_TIMEZONE",
+        "TELEMETRY_SOURCE_TABLE",
+        "TELEMETRY_META_TOP_K",
+        "TELEMETRY_LOOKBACK_DAYS",
+        "LOG_FORMAT",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("DATABASE_URL", database_url)
+        .args(args)
+        .output()
+        .expect("run veris-jobs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn demo_runs_on_a_fresh_sqlite_file_and_starts_afresh_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let first = veris(&url, &["demo"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(text.contains("sample events"), "{text}");
+    assert!(text.contains("written"), "{text}");
+    for name in ["page_view", "click", "purchase"] {
+        assert!(text.contains(name), "the glimpse shows {name}: {text}");
+    }
+    assert!(
+        text.contains("missing_event"),
+        "malformed events are reported: {text}"
+    );
+
+    let second = veris(&url, &["demo"]);
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    let totals = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("total"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        totals(&stdout(&second)).map(|l| l.split_whitespace().nth(2).map(str::to_owned)),
+        totals(&text).map(|l| l.split_whitespace().nth(2).map(str::to_owned)),
+        "the second demo reads the same number of events, not twice as many"
+    );
+}
+
+#[tokio::test]
+async fn demo_refuses_a_source_holding_events_it_did_not_write() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    db.insert(&[event("real", Some("u"), "2024-01-01T00:00:00Z", None)])
+        .await;
+    let output = veris(&db.url, &["demo"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains("1 events that demo did not write"),
+        "{message}"
+    );
+    assert!(db.rollups().await.is_empty(), "nothing was written");
+}
+
+#[tokio::test]
+async fn telemetry_daily_prints_the_contract_json_report() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let Some(db) = TestDb::new(kind).await else {
+            continue;
+        };
+        db.insert(&[
+            event(
+                "view",
+                Some("a"),
+                "2024-01-01T10:00:00Z",
+                Some(r#"{"plan":"pro"}"#),
+            ),
+            event("view", Some("b"), "2024-01-02T10:00:00Z", Some("[1]")),
+        ])
+        .await;
+        let output = veris(
+            &db.url,
+            &[
+                "telemetry-daily",
+                "--start-date",
+                "2024-01-01",
+                "--end-date",
+                "2024-01-02",
+                "--json",
+            ],
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+        assert_eq!(report["job"], "telemetry-daily");
+        assert_eq!(report["dryRun"], false);
+        assert_eq!(report["ok"], true);
+        assert_eq!(report["startDate"], "2024-01-01");
+        assert_eq!(report["endDate"], "2024-01-02");
+        assert_eq!(report["timezone"], "UTC");
+        assert_eq!(report["days"][0]["status"], "written");
+        assert_eq!(report["days"][0]["inserted"], 1);
+        assert_eq!(report["days"][1]["skipped"]["non_object_meta"], 1);
+        assert_eq!(report["days"][1]["eventsSkipped"], 1);
+        assert!(report["days"][0]["error"].is_null());
+        assert_eq!(report["totals"]["eventsRead"], 2);
+        assert_eq!(report["totals"]["rows"], 2);
+        assert!(report["durationMs"].is_u64());
+    }
+}
+
+#[tokio::test]
+async fn the_readable_table_and_dry_run_write_nothing() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    db.insert(&[event("view", None, "2024-01-01T10:00:00Z", None)])
+        .await;
+    let output = veris(
+        &db.url,
+        &["telemetry-daily", "--date", "2024-01-01", "--dry-run"],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(text.contains("dry run: nothing written"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("2024-01-01") && l.contains("dry_run")),
+        "{text}"
+    );
+    assert!(db.rollups().await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_usage_exits_2_with_one_line_naming_the_problem() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["telemetry-daily", "--end-date", "2024-01-02"],
+            "--end-date needs --start-date",
+        ),
+        (
+            &[
+                "telemetry-daily",
+                "--start-date",
+                "2024-01-05",
+                "--end-date",
+                "2024-01-01",
+            ],
+            "before the start date",
+        ),
+        (&["telemetry-daily", "--date", "2024-13-01"], "--date"),
+        (&["telemetry-daily", "--date", "yesterday"], "YYYY-MM-DD"),
+        (
+            &["telemetry-daily", "--timezone", "Mars/Olympus"],
+            "--timezone",
+        ),
+        (
+            &[
+                "telemetry-daily",
+                "--source-table",
+                "events; DROP TABLE telemetry_daily",
+            ],
+            "--source-table",
+        ),
+        (
+            &["telemetry-daily", "--source-table", "ev\"ents"],
+            "--source-table",
+        ),
+        (
+            &["telemetry-daily", "--source-table", "events--"],
+            "--source-table",
+        ),
+        (&["telemetry-daily", "--meta-top-k", "lots"], "--meta-top-k"),
+        (
+            &["telemetry-daily", "--lock-timeout", "soon"],
+            "--lock-timeout",
+        ),
+        (
+            &["telemetry-daily", "--lookback-days", "0"],
+            "--lookback-days",
+        ),
+        (
+            &[
+                "telemetry-daily",
+                "--date",
+                "2024-01-01",
+                "--start-date",
+                "2024-01-01",
+            ],
+            "--date",
+        ),
+        (&["telemetry-daily", "--no-such-flag"], "--no-such-flag"),
+        (&["no-such-command"], "no-such-command"),
+    ];
+    for (args, expected) in cases {
+        let output = veris(&db.url, args);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        assert_eq!(message.trim_end().lines().count(), 1, "{args:?}: {message}");
+        assert!(message.contains(expected), "{args:?}: {message}");
+    }
+    let bad_url = veris("mysql://localhost/x", &["migrate"]);
+    assert_eq!(bad_url.status.code(), Some(2));
+    assert!(
+        stderr(&bad_url).contains("DATABASE_URL"),
+        "{}",
+        stderr(&bad_url)
+    );
+    assert!(db.rollups().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_day_is_reported_and_exits_1() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let output = veris(
+        &db.url,
+        &[
+            "telemetry-daily",
+            "--date",
+            "2024-01-01",
+            "--source-table",
+            "missing_table",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["days"][0]["status"], "failed");
+    assert!(
+        report["days"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing_table"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_day_held_by_another_run_fails_after_the_lock_timeout() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let Some(db) = TestDb::new(kind).await else {
+            continue;
+        };
+        let day: jiff::civil::Date = "2024-01-01".parse().unwrap();
+        let locks = db
+            .store
+            .lock_days(&DayRange::single(day), Duration::ZERO)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let output = veris(
+            &db.url,
+            &[
+                "telemetry-daily",
+                "--date",
+                "2024-01-01",
+                "--lock-timeout",
+                "300ms",
+            ],
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(output.status.code(), Some(1), "{kind:?}");
+        let message = stderr(&output);
+        assert!(
+            message.contains("day 2024-01-01 is held by another run"),
+            "{message}"
+        );
+        locks.release().await;
+        let output = veris(&db.url, &["telemetry-daily", "--date", "2024-01-01"]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+}
+
+#[tokio::test]
+async fn migrate_creates_the_tables_and_can_be_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    for _ in 0..2 {
+        let output = veris(&url, &["migrate"]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert!(stdout(&output).contains("telemetry_daily"));
+    }
+}

@@ -1,0 +1,469 @@
+//! The job's behaviour, on both databases, case by case as the contract states it.
+
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use serde_json::{Value, json};
+use veris_jobs::store::{RollupStore as _, StoreError};
+use veris_jobs::telemetry_daily::{self, DayRange, DayStatus, RunError, RunOptions};
+
+use crate::common::{Kind, TestDb, event, range_options};
+
+crate::on_both_databases!(
+    days_are_cut_in_the_configured_zone_including_daylight_saving_days,
+    the_default_range_is_yesterday_in_the_zone,
+    ranges_are_inclusive_at_both_ends,
+    a_day_is_made_equal_to_its_aggregate_and_no_other_day_is_touched,
+    rerunning_a_range_leaves_rows_byte_identical,
+    count_and_unique_users_are_exact_with_anonymous_users_left_out,
+    the_metadata_summary_follows_the_contract,
+    bad_events_are_counted_by_reason_and_never_abort_the_run,
+    the_retention_guard_keeps_rollups_unless_forced,
+    a_dry_run_writes_nothing_and_reports_what_would_change,
+    a_run_waits_for_days_another_run_holds_then_fails_clearly,
+    concurrent_overlapping_runs_end_equal_to_a_clean_run,
+);
+
+fn count_of(rows: &[crate::common::StoredRow], date: &str, name: &str) -> Option<i64> {
+    rows.iter()
+        .find(|r| r.0 == date && r.1 == name)
+        .map(|r| r.2)
+}
+
+async fn days_are_cut_in_the_configured_zone_including_daylight_saving_days(db: TestDb) {
+    // Berlin springs forward on 2024-03-31 (23 h) and falls back on 2024-10-27 (25 h).
+    db.insert(&[
+        event("e", None, "2024-03-30T22:59:59Z", None), // 03-30 23:59:59 CET
+        event("e", None, "2024-03-30T23:00:00Z", None), // 03-31 00:00 CET: first instant
+        event("e", None, "2024-03-31T21:59:59Z", None), // 03-31 23:59:59 CEST: last second
+        event("e", None, "2024-03-31T22:00:00Z", None), // 04-01 00:00 CEST
+        event("e", None, "2024-10-26T22:00:00Z", None), // 10-27 00:00 CEST
+        event("e", None, "2024-10-27T00:30:00Z", None), // 10-27 02:30 CEST (first pass)
+        event("e", None, "2024-10-27T01:30:00Z", None), // 10-27 02:30 CET (second pass)
+        event("e", None, "2024-10-27T22:59:59Z", None), // 10-27 23:59:59 CET
+        event("e", None, "2024-10-27T23:00:00Z", None), // 10-28 00:00 CET
+    ])
+    .await;
+    let berlin = TimeZone::get("Europe/Berlin").unwrap();
+    for (start, end) in [("2024-03-30", "2024-04-01"), ("2024-10-27", "2024-10-28")] {
+        let options = RunOptions {
+            timezone: berlin.clone(),
+            ..range_options(start, end)
+        };
+        let report = db.run(&options).await;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.timezone, "Europe/Berlin");
+    }
+    let rows = db.rollups().await;
+    assert_eq!(count_of(&rows, "2024-03-30", "e"), Some(1));
+    assert_eq!(count_of(&rows, "2024-03-31", "e"), Some(2));
+    assert_eq!(count_of(&rows, "2024-04-01", "e"), Some(1));
+    assert_eq!(count_of(&rows, "2024-10-27", "e"), Some(4));
+    assert_eq!(count_of(&rows, "2024-10-28", "e"), Some(1));
+
+    // The same events cut in UTC fall on other days.
+    let utc = db.run(&range_options("2024-03-31", "2024-03-31")).await;
+    assert_eq!(utc.days[0].events_read, 2);
+}
+
+async fn the_default_range_is_yesterday_in_the_zone(db: TestDb) {
+    let tz = TimeZone::get("Pacific/Kiritimati").unwrap(); // UTC+14: far from UTC's days
+    let today = jiff::Timestamp::now().to_zoned_datetime(tz.clone()).date();
+    let yesterday = today.yesterday().unwrap();
+    let at = |date: jiff::civil::Date, hour: i8| {
+        date.at(hour, 0, 0, 0)
+            .to_zoned_datetime(tz.clone())
+            .unwrap()
+            .timestamp()
+            .to_string()
+    };
+    db.insert(&[
+        event("seen", None, &at(yesterday, 0), None),
+        event("seen", None, &at(yesterday, 23), None),
+        event("too_new", None, &at(today, 0), None),
+        event(
+            "too_old",
+            None,
+            &at(yesterday.yesterday().unwrap(), 23),
+            None,
+        ),
+    ])
+    .await;
+    let options = RunOptions {
+        timezone: tz,
+        ..RunOptions::default()
+    };
+    let report = db.run(&options).await;
+    assert_eq!(report.start_date, yesterday.to_string());
+    assert_eq!(report.end_date, yesterday.to_string());
+    let rows = db.rollups().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(count_of(&rows, &yesterday.to_string(), "seen"), Some(2));
+}
+
+async fn ranges_are_inclusive_at_both_ends(db: TestDb) {
+    for day in [
+        "2024-01-01",
+        "2024-01-02",
+        "2024-01-03",
+        "2024-01-04",
+        "2024-01-05",
+    ] {
+        db.insert(&[event("e", None, &format!("{day}T12:00:00Z"), None)])
+            .await;
+    }
+    let report = db.run(&range_options("2024-01-02", "2024-01-04")).await;
+    let dates: Vec<&str> = report.days.iter().map(|d| d.date.as_str()).collect();
+    assert_eq!(dates, ["2024-01-02", "2024-01-03", "2024-01-04"]);
+    let stored: Vec<String> = db.rollups().await.into_iter().map(|r| r.0).collect();
+    assert_eq!(stored, ["2024-01-02", "2024-01-03", "2024-01-04"]);
+}
+
+async fn a_day_is_made_equal_to_its_aggregate_and_no_other_day_is_touched(db: TestDb) {
+    db.insert(&[
+        event("stays", Some("u1"), "2024-01-01T10:00:00Z", None),
+        event("grows", Some("u1"), "2024-01-01T10:00:00Z", None),
+        event("goes", Some("u1"), "2024-01-01T10:00:00Z", None),
+        event("other_day", Some("u1"), "2024-01-02T10:00:00Z", None),
+    ])
+    .await;
+    db.run(&range_options("2024-01-01", "2024-01-02")).await;
+    let before = db.rollups().await;
+
+    db.execute("DELETE FROM telemetry_events WHERE event = 'goes'")
+        .await;
+    db.insert(&[
+        event("grows", Some("u2"), "2024-01-01T11:00:00Z", None),
+        event("arrives", None, "2024-01-01T12:00:00Z", None),
+        event("other_day", Some("u2"), "2024-01-02T11:00:00Z", None),
+    ])
+    .await;
+    let options = RunOptions {
+        force: true, // "goes" leaving lowers the day's total below its stored count
+        ..range_options("2024-01-01", "2024-01-01")
+    };
+    let report = db.run(&options).await;
+    let day = &report.days[0];
+    assert_eq!(day.status, DayStatus::Written);
+    assert_eq!(
+        (day.inserted, day.updated, day.deleted, day.unchanged),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(day.rows, 3);
+
+    let after = db.rollups().await;
+    let names: Vec<(&str, &str, i64)> = after
+        .iter()
+        .map(|r| (r.0.as_str(), r.1.as_str(), r.2))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("2024-01-01", "arrives", 1),
+            ("2024-01-01", "grows", 2),
+            ("2024-01-01", "stays", 1),
+            ("2024-01-02", "other_day", 1),
+        ]
+    );
+    let untouched =
+        |rows: &[crate::common::StoredRow], name: &str| rows.iter().find(|r| r.1 == name).cloned();
+    assert_eq!(
+        untouched(&after, "other_day"),
+        untouched(&before, "other_day")
+    );
+    assert_eq!(
+        untouched(&after, "stays"),
+        untouched(&before, "stays"),
+        "unchanged rows are not rewritten"
+    );
+}
+
+async fn rerunning_a_range_leaves_rows_byte_identical(db: TestDb) {
+    let mut events = Vec::new();
+    for i in 0..300 {
+        let plan = ["free", "pro", "team"][i % 3];
+        let meta = json!({
+            "plan": plan,
+            "amount": (i as f64) * 0.1 + 0.05,
+            "ok": i % 2 == 0,
+            "nested": {"b": i % 4, "a": [1, 2]},
+        });
+        let user = format!("u{}", i % 17);
+        let name = ["view", "click"][i % 2];
+        let at = format!("2024-02-{:02}T{:02}:{:02}:00Z", 1 + i % 3, i % 24, i % 60);
+        events.push(event(name, Some(&user), &at, Some(&meta.to_string())));
+    }
+    db.insert(&events).await;
+    let options = range_options("2024-02-01", "2024-02-03");
+    let first = db.run(&options).await;
+    assert_eq!(first.totals.inserted, 6);
+    let before = db.rollups().await;
+
+    let second = db.run(&options).await;
+    assert_eq!(second.totals.unchanged, 6);
+    assert_eq!(
+        (
+            second.totals.inserted,
+            second.totals.updated,
+            second.totals.deleted
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        db.rollups().await,
+        before,
+        "rows, metadata text and updated_at stay byte-identical"
+    );
+
+    // Split differently (day by day, in reverse order), the rows are the same.
+    for day in ["2024-02-03", "2024-02-02", "2024-02-01"] {
+        let report = db.run(&range_options(day, day)).await;
+        assert_eq!(report.totals.unchanged, 2);
+    }
+    assert_eq!(db.rollups().await, before);
+}
+
+async fn count_and_unique_users_are_exact_with_anonymous_users_left_out(db: TestDb) {
+    let mut events = Vec::new();
+    for i in 0..1000 {
+        let user = match i % 10 {
+            0 => None,
+            1 => Some(String::new()),
+            _ => Some(format!("user-{}", i % 250)),
+        };
+        events.push(event("view", user.as_deref(), "2024-03-01T08:00:00Z", None));
+    }
+    db.insert(&events).await;
+    db.run(&range_options("2024-03-01", "2024-03-01")).await;
+    let rows = db.rollups().await;
+    assert_eq!((rows[0].2, rows[0].3), (1000, 200));
+}
+
+async fn the_metadata_summary_follows_the_contract(db: TestDb) {
+    let metas = [
+        r#"{"plan":"pro","amount":9,"path":"/","flag":true}"#,
+        r#"{"plan":"pro","amount":99.5,"path":"/pricing","flag":false}"#,
+        r#"{"plan":"free","amount":null,"path":"/docs","cart":{"z":1,"a":[2,3]}}"#,
+        r#"{"plan":"free","amount":"n/a","path":"/"}"#,
+        r#"{"plan":"team","path":"/blog"}"#,
+        r#"null"#,
+    ];
+    let events: Vec<_> = metas
+        .iter()
+        .map(|m| event("purchase", Some("u"), "2024-04-01T09:00:00Z", Some(m)))
+        .collect();
+    db.insert(&events).await;
+    let options = RunOptions {
+        meta_top_k: 2,
+        ..range_options("2024-04-01", "2024-04-01")
+    };
+    db.run(&options).await;
+    let meta: Value = serde_json::from_str(&db.rollups().await[0].4).unwrap();
+    assert_eq!(
+        meta,
+        json!({
+            "amount": {"n": 3, "sum": 108.5, "min": 9, "max": 99.5, "values": {"n/a": 1}, "other": 0},
+            "cart": {"n": 1, "values": {"{\"a\":[2,3],\"z\":1}": 1}, "other": 0},
+            "flag": {"n": 2, "values": {"false": 1, "true": 1}, "other": 0},
+            "path": {"n": 5, "values": {"/": 2, "/blog": 1}, "other": 2},
+            "plan": {"n": 5, "values": {"free": 2, "pro": 2}, "other": 1},
+        })
+    );
+}
+
+async fn bad_events_are_counted_by_reason_and_never_abort_the_run(db: TestDb) {
+    let mut events = vec![
+        event("", Some("u"), "2024-05-01T01:00:00Z", Some(r#"{"a":1}"#)),
+        event("ok", Some("u"), "2024-05-01T01:00:00Z", Some(r#"[1,2]"#)),
+        event("ok", Some("u"), "2024-05-01T01:00:00Z", Some(r#""text""#)),
+        event("ok", Some("u"), "2024-05-01T01:00:00Z", Some(r#"{"a":1}"#)),
+    ];
+    if db.kind == Kind::Sqlite {
+        // Only SQLite can hold a missing name and text that is not JSON.
+        events.push(veris_jobs::store::NewEvent {
+            event: None,
+            ..event("x", None, "2024-05-01T01:00:00Z", None)
+        });
+        events.push(event("ok", None, "2024-05-01T01:00:00Z", Some("{broken")));
+    }
+    db.insert(&events).await;
+    let report = db.run(&range_options("2024-05-01", "2024-05-01")).await;
+    assert!(report.ok);
+    let day = &report.days[0];
+    let (missing, invalid) = if db.kind == Kind::Sqlite {
+        (2, 1)
+    } else {
+        (1, 0)
+    };
+    assert_eq!(day.events_read, events.len() as u64);
+    assert_eq!(day.skipped.get("missing_event").copied(), Some(missing));
+    assert_eq!(day.skipped.get("non_object_meta").copied(), Some(2));
+    assert_eq!(
+        day.skipped.get("invalid_meta").copied(),
+        (invalid > 0).then_some(invalid)
+    );
+    assert_eq!(day.events_skipped, missing + 2 + invalid);
+    let rows = db.rollups().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].2,
+        3 + invalid as i64,
+        "bad metadata still counts the event"
+    );
+    let meta: Value = serde_json::from_str(&rows[0].4).unwrap();
+    assert_eq!(meta, json!({"a": {"n": 1, "sum": 1, "min": 1, "max": 1}}));
+}
+
+async fn the_retention_guard_keeps_rollups_unless_forced(db: TestDb) {
+    db.insert(&[
+        event("view", Some("a"), "2024-06-01T10:00:00Z", None),
+        event("view", Some("b"), "2024-06-01T11:00:00Z", None),
+        event("click", Some("a"), "2024-06-01T12:00:00Z", None),
+    ])
+    .await;
+    let options = range_options("2024-06-01", "2024-06-01");
+    db.run(&options).await;
+    let kept_rows = db.rollups().await;
+
+    db.execute("DELETE FROM telemetry_events").await; // raw data purged
+    for dry_run in [false, true] {
+        let report = db
+            .run(&RunOptions {
+                dry_run,
+                ..options.clone()
+            })
+            .await;
+        let day = &report.days[0];
+        assert_eq!(day.status, DayStatus::Kept, "dry_run={dry_run}");
+        assert!(report.ok);
+        assert_eq!((day.rows, day.deleted, day.unchanged), (2, 0, 2));
+        assert!(day.error.as_deref().unwrap().contains("--force"));
+        assert_eq!(db.rollups().await, kept_rows);
+    }
+
+    let report = db
+        .run(&RunOptions {
+            force: true,
+            ..options
+        })
+        .await;
+    assert_eq!(report.days[0].status, DayStatus::Written);
+    assert_eq!(report.days[0].deleted, 2);
+    assert!(db.rollups().await.is_empty());
+}
+
+async fn a_dry_run_writes_nothing_and_reports_what_would_change(db: TestDb) {
+    db.insert(&[
+        event("view", None, "2024-07-01T10:00:00Z", None),
+        event("click", None, "2024-07-01T10:00:00Z", None),
+    ])
+    .await;
+    let dry = RunOptions {
+        dry_run: true,
+        ..range_options("2024-07-01", "2024-07-01")
+    };
+    let report = db.run(&dry).await;
+    assert!(report.dry_run);
+    assert_eq!(report.days[0].status, DayStatus::DryRun);
+    assert_eq!((report.days[0].inserted, report.days[0].rows), (2, 2));
+    assert!(db.rollups().await.is_empty(), "a dry run inserts nothing");
+
+    db.run(&range_options("2024-07-01", "2024-07-01")).await;
+    let written = db.rollups().await;
+    db.insert(&[
+        event("view", None, "2024-07-01T11:00:00Z", None),
+        event("scroll", None, "2024-07-01T11:00:00Z", None),
+    ])
+    .await;
+    let report = db.run(&dry).await;
+    let day = &report.days[0];
+    assert_eq!(
+        (day.inserted, day.updated, day.deleted, day.unchanged),
+        (1, 1, 0, 1)
+    );
+    assert_eq!(db.rollups().await, written, "a dry run updates nothing");
+}
+
+async fn a_run_waits_for_days_another_run_holds_then_fails_clearly(db: TestDb) {
+    db.insert(&[event("e", None, "2024-08-02T10:00:00Z", None)])
+        .await;
+    let other = db.second_store(&crate::common::default_table()).await;
+    let held = DayRange::new("2024-08-02".parse().unwrap(), "2024-08-03".parse().unwrap()).unwrap();
+    let locks = other
+        .lock_days(&held, Duration::ZERO)
+        .await
+        .expect("first run takes its days");
+
+    let options = RunOptions {
+        lock_timeout: Duration::from_millis(300),
+        ..range_options("2024-08-01", "2024-08-02")
+    };
+    let started = std::time::Instant::now();
+    let error = telemetry_daily::run(&db.store, &options)
+        .await
+        .expect_err("day 2 is held");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    match &error {
+        RunError::Store(StoreError::DayBusy { date, .. }) => {
+            assert_eq!(date.to_string(), "2024-08-02")
+        }
+        other => panic!("expected DayBusy, got {other:?}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .contains("2024-08-02 is held by another run"),
+        "{error}"
+    );
+    assert!(db.rollups().await.is_empty(), "nothing was written");
+
+    // A run that waits long enough goes ahead once the other run lets go.
+    let waiting = RunOptions {
+        lock_timeout: Duration::from_secs(30),
+        ..options
+    };
+    let store = db.store.clone();
+    let run = tokio::spawn(async move { telemetry_daily::run(&store, &waiting).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!run.is_finished(), "the second run waits");
+    locks.release().await;
+    let report = run.await.unwrap().expect("runs once the days are free");
+    assert!(report.ok);
+    assert_eq!(db.rollups().await.len(), 1);
+}
+
+async fn concurrent_overlapping_runs_end_equal_to_a_clean_run(db: TestDb) {
+    let mut events = Vec::new();
+    for i in 0..2000 {
+        let at = format!("2024-09-{:02}T{:02}:00:00Z", 1 + i % 6, i % 24);
+        let meta = json!({"n": i % 7, "s": format!("v{}", i % 5)}).to_string();
+        events.push(event(
+            ["a", "b", "c"][(i / 6) % 3],
+            Some(&format!("u{}", i % 40)),
+            &at,
+            Some(&meta),
+        ));
+    }
+    db.insert(&events).await;
+    let ranges = [
+        ("2024-09-01", "2024-09-04"),
+        ("2024-09-03", "2024-09-06"),
+        ("2024-09-02", "2024-09-05"),
+    ];
+    let mut runs = Vec::new();
+    for (start, end) in ranges {
+        let store = db.second_store(&crate::common::default_table()).await;
+        let options = range_options(start, end);
+        runs.push(tokio::spawn(async move {
+            telemetry_daily::run(&store, &options).await
+        }));
+    }
+    for run in runs {
+        let report = run.await.unwrap().expect("each run gets its days in time");
+        assert!(report.ok);
+    }
+    let concurrent = db.rollups().await;
+    let clean = db.run(&range_options("2024-09-01", "2024-09-06")).await;
+    assert_eq!(clean.totals.unchanged, 18, "a clean run changes nothing");
+    assert_eq!(db.rollups().await, concurrent);
+}

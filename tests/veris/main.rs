@@ -1,0 +1,8 @@
+//! Integration tests: one binary, one module per surface. Every test gets a
+//! database of its own: a SQLite file in a temporary directory, or a PostgreSQL
+//! database created on `TEST_DATABASE_URL` and dropped afterwards.
+
+mod cli;
+mod common;
+mod job;
+mod store;
