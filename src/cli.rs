@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{GlobalArgs, JobArgs, LogFormat, RangeArgs};
+use crate::config::{GlobalArgs, JobArgs, LogFormat, RangeArgs, ServeArgs};
 use crate::error::Error;
+use crate::http::{self, AppState, CronSecret, JOB_PATH, MIN_SECRET_LEN};
 use crate::store::Store;
 use crate::telemetry_daily::{self, RunReport};
+use tokio::net::TcpListener;
 
 /// Background jobs of the Veris application.
 #[derive(Debug, Parser)]
@@ -33,6 +35,8 @@ pub enum Command {
     Migrate,
     /// Roll raw events up into one row per (day, event).
     TelemetryDaily(TelemetryDailyArgs),
+    /// Serve the job over HTTP (needs CRON_SECRET in the environment).
+    Serve(ServeArgs),
     /// Fill the database with a few days of sample events and run the job over them.
     Demo(DemoArgs),
 }
@@ -93,9 +97,15 @@ impl Cli {
 }
 
 /// Sets up `tracing` on stderr in the chosen format. `RUST_LOG` filters; without
-/// it only warnings and errors are shown, since the report says the rest.
+/// it `serve` logs at `info` (a line per request and per day), the other commands
+/// only warnings and errors, since their report says the rest.
 pub fn init_logging(cli: &Cli) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -112,6 +122,11 @@ pub fn init_logging(cli: &Cli) {
 ///
 /// [`Error`], whose [`Error::exit_code`] gives the exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    // Checked before connecting, so a missing secret is reported as such.
+    let secret = match &cli.command {
+        Command::Serve(_) => Some(cron_secret()?),
+        _ => None,
+    };
     let store = Store::connect(&cli.global.database_url, &cli.global.source_table).await?;
     match cli.command {
         Command::Migrate => {
@@ -129,11 +144,60 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             print_report(&report, args.json);
             Ok(exit_code(&report))
         }
+        Command::Serve(args) => {
+            let options = args.job.run_options(None, false, false);
+            let secret = secret.ok_or_else(|| Error::Usage("CRON_SECRET is not set".into()))?;
+            let state = AppState::new(store, options, args.max_range_days, secret);
+            let listener = TcpListener::bind(args.bind).await.map_err(|e| {
+                Error::Usage(format!("--bind {}: cannot listen there: {e}", args.bind))
+            })?;
+            let address = listener.local_addr().unwrap_or(args.bind);
+            tracing::info!(%address, "serving {JOB_PATH} and /healthz");
+            http::serve(listener, state, shutdown_signal())
+                .await
+                .map_err(|e| Error::Usage(format!("serving on {address}: {e}")))?;
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => {
             let report = crate::demo::run(&store, &cli.global.source_table, &args.job).await?;
             Ok(exit_code(&report))
         }
     }
+}
+
+/// The endpoint's secret from `CRON_SECRET` (never from a flag, so it stays out of
+/// process listings and shell history).
+fn cron_secret() -> Result<CronSecret, Error> {
+    let value = std::env::var("CRON_SECRET").map_err(|_| {
+        Error::Usage(format!(
+            "CRON_SECRET is not set: serve needs a bearer secret of at least {MIN_SECRET_LEN} characters in the environment"
+        ))
+    })?;
+    CronSecret::new(&value).map_err(Error::Usage)
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received: finishing runs under way");
 }
 
 /// Prints the report as a table, or as JSON with `json`.

@@ -90,6 +90,26 @@ impl JobArgs {
     }
 }
 
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:3000")]
+    pub bind: std::net::SocketAddr,
+
+    /// Longest range, in days, that one HTTP request may ask for.
+    #[arg(
+        long,
+        env = "TELEMETRY_MAX_RANGE_DAYS",
+        default_value_t = 366,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_range_days: u32,
+
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
 /// The days a command names on its command line.
 #[derive(Debug, Clone, Args)]
 pub struct RangeArgs {

@@ -14,7 +14,8 @@
 //!   [`store::RollupStore`] writes rollups and holds days; [`store::Store`]
 //!   implements both for PostgreSQL and SQLite.
 //! - [`config`]: settings from flags and environment, validated once.
-//! - [`cli`]: the command line (`migrate`, `telemetry-daily`, `demo`).
+//! - [`http`]: the endpoint `serve` answers: router, bearer auth, handlers.
+//! - [`cli`]: the command line (`migrate`, `telemetry-daily`, `serve`, `demo`).
 //! - [`demo`]: sample events for a first look.
 //! - [`error`]: the top-level error and its exit status.
 //!
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod http;
 pub mod store;
 pub mod telemetry_daily;
 

@@ -1,0 +1,264 @@
+//! The HTTP endpoint: `veris-jobs serve`.
+//!
+//! [`router`] answers `/api/jobs/telemetry-daily` (bearer-protected, GET and POST)
+//! and `/healthz`; it is a plain axum `Router`, so an existing axum application can
+//! mount it. [`serve`] runs it on a listener until a shutdown signal, then waits for
+//! the runs under way to finish. Handlers parse, call the job, answer; the SQL stays
+//! in [`crate::store`].
+//!
+//! A run started by a request goes on to its end even if the caller hangs up: it
+//! runs on a task of its own, whose outcome is logged.
+
+mod auth;
+mod error;
+mod request;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use self::auth::{CronSecret, MIN_SECRET_LEN};
+pub use self::error::ApiError;
+pub use self::request::RunRequest;
+
+use crate::store::{Store, StoreError};
+use crate::telemetry_daily::{self, RunError, RunOptions, RunReport};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The job's path.
+pub const JOB_PATH: &str = "/api/jobs/telemetry-daily";
+
+/// What the handlers share: the store, the job's settings and the secret.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    job: RunOptions,
+    max_range_days: u32,
+    secret: CronSecret,
+    runs: TaskTracker,
+}
+
+impl AppState {
+    /// State for a router over `store`. `job` gives the zone, top-K and lookback of
+    /// every run (its range, dry-run and lock timeout are set per request);
+    /// `max_range_days` caps the range one request may ask for.
+    pub fn new(store: Store, job: RunOptions, max_range_days: u32, secret: CronSecret) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                job,
+                max_range_days,
+                secret,
+                runs: TaskTracker::new(),
+            }),
+        }
+    }
+
+    fn secret(&self) -> &CronSecret {
+        &self.inner.secret
+    }
+
+    /// Starts a run on a task of its own and waits for it. If the caller goes away,
+    /// the run still finishes and its outcome is logged.
+    async fn run(&self, request: RunRequest) -> Result<RunReport, ApiError> {
+        let options = RunOptions {
+            range: request.range,
+            dry_run: request.dry_run,
+            force: false,
+            // A day held by another run is answered 409 at once, never waited for.
+            lock_timeout: std::time::Duration::ZERO,
+            ..self.inner.job.clone()
+        };
+        let store = self.inner.store.clone();
+        let task = self.inner.runs.spawn(async move {
+            let outcome = telemetry_daily::run(&store, &options).await;
+            match &outcome {
+                Ok(report) => tracing::info!(
+                    start_date = %report.start_date,
+                    end_date = %report.end_date,
+                    dry_run = report.dry_run,
+                    ok = report.ok,
+                    duration_ms = report.duration_ms,
+                    "run finished"
+                ),
+                Err(error) => tracing::warn!(%error, "run did not start"),
+            }
+            outcome
+        });
+        match task.await {
+            Ok(outcome) => outcome.map_err(run_error),
+            Err(join_error) => Err(ApiError::Internal(format!(
+                "the run ended abnormally: {join_error}"
+            ))),
+        }
+    }
+}
+
+/// The endpoint's routes, ready to serve or to mount in another axum application.
+pub fn router(state: AppState) -> Router {
+    let job = get(run_from_query)
+        .post(run_from_body)
+        .fallback(method_not_allowed);
+    let protected = Router::new()
+        .route(JOB_PATH, job.clone())
+        // Served as it is, never redirected: cron callers do not follow redirects.
+        .route(&format!("{JOB_PATH}/"), job)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_bearer,
+        ));
+    Router::new()
+        .merge(protected)
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes; then stops
+/// accepting requests and waits for every run under way to finish.
+///
+/// # Errors
+///
+/// An I/O error of the listener.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let runs = state.inner.runs.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    runs.close();
+    if !runs.is_empty() {
+        tracing::info!(runs = runs.len(), "waiting for runs under way to finish");
+    }
+    runs.wait().await;
+    Ok(())
+}
+
+/// The requested range, passed from the handler to the request log line.
+#[derive(Debug, Clone, Copy)]
+struct Requested(RunRequest);
+
+async fn run_from_query(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    match RunRequest::from_query(query.as_deref().unwrap_or(""), state.inner.max_range_days) {
+        Ok(request) => run_and_answer(&state, request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn run_from_body(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::PayloadTooLarge.into_response();
+        }
+        Err(rejection) => {
+            return ApiError::bad_request("invalid_body", rejection.body_text()).into_response();
+        }
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !body.iter().all(u8::is_ascii_whitespace) && !is_json {
+        return ApiError::UnsupportedMediaType.into_response();
+    }
+    match RunRequest::from_json(&body, state.inner.max_range_days) {
+        Ok(request) => run_and_answer(&state, request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn run_and_answer(state: &AppState, request: RunRequest) -> Response {
+    let mut response = match state.run(request).await {
+        Ok(report) => {
+            let status = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(error) => error.into_response(),
+    };
+    response.extensions_mut().insert(Requested(request));
+    response
+}
+
+fn run_error(error: RunError) -> ApiError {
+    match error {
+        RunError::Store(busy @ StoreError::DayBusy { .. }) => ApiError::Conflict(busy.to_string()),
+        RunError::Store(store) if store.is_unreachable() => {
+            ApiError::Unavailable(store.to_string())
+        }
+        RunError::Date(date) => ApiError::bad_request("invalid_range", date.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.inner.store.ping().await {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        ApiError::Unavailable("the database does not answer".into()).into_response()
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// One log line per request: method, path, status, duration and, for runs, the
+/// requested range. Headers are never logged, so the secret cannot leak here.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let requested = response.extensions().get::<Requested>().map(|r| r.0);
+    let range = requested
+        .and_then(|r| r.range)
+        .map_or_else(|| "default".to_owned(), |range| range.to_string());
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        range = requested.map(|_| range),
+        dry_run = requested.map(|r| r.dry_run),
+        "request"
+    );
+    response
+}

@@ -1,0 +1,229 @@
+//! What a request asks for: a range and whether to dry-run, from a query string or
+//! a JSON body, validated into the job's types.
+
+use jiff::civil::Date;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::telemetry_daily::{DateError, DayRange, parse_date};
+
+/// A validated request to run the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunRequest {
+    /// `None`: the default range.
+    pub range: Option<DayRange>,
+    /// Read and aggregate only.
+    pub dry_run: bool,
+}
+
+const FIELDS: [&str; 3] = ["startDate", "endDate", "dryRun"];
+
+impl RunRequest {
+    /// Reads `startDate`, `endDate` and `dryRun` from a query string.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::BadRequest`] for an unknown or repeated parameter, a malformed
+    /// date or `dryRun`, or a bad range.
+    pub fn from_query(query: &str, max_days: u32) -> Result<Self, ApiError> {
+        let (mut start, mut end, mut dry_run) = (None, None, None);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match key.as_ref() {
+                "startDate" => &mut start,
+                "endDate" => &mut end,
+                "dryRun" => &mut dry_run,
+                other => return Err(unknown_field(other)),
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("'{key}' is given more than once"),
+                ));
+            }
+        }
+        let dry_run = match dry_run.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_dry_run",
+                    format!(
+                        "dryRun must be true or false, not '{}'",
+                        other.escape_debug()
+                    ),
+                ));
+            }
+        };
+        Self::new(start.as_deref(), end.as_deref(), dry_run, max_days)
+    }
+
+    /// Reads the JSON body `{"startDate", "endDate", "dryRun"}`, every field optional;
+    /// an empty (or all-whitespace) body means the default range.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::BadRequest`] for malformed JSON, an unknown field, a field of the
+    /// wrong type, a malformed date or a bad range.
+    pub fn from_json(body: &[u8], max_days: u32) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "the body must be a JSON object",
+            ));
+        };
+        if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(unknown_field(unknown));
+        }
+        let date = |name: &'static str| match fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_date",
+                format!("{name} must be a YYYY-MM-DD string"),
+            )),
+        };
+        let dry_run = match fields.get("dryRun") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_dry_run",
+                    "dryRun must be true or false",
+                ));
+            }
+        };
+        Self::new(date("startDate")?, date("endDate")?, dry_run, max_days)
+    }
+
+    fn new(
+        start: Option<&str>,
+        end: Option<&str>,
+        dry_run: bool,
+        max_days: u32,
+    ) -> Result<Self, ApiError> {
+        let parse = |field, value: Option<&str>| -> Result<Option<Date>, ApiError> {
+            value
+                .map(|v| parse_date(field, v))
+                .transpose()
+                .map_err(date_error)
+        };
+        let range = DayRange::from_bounds(parse("startDate", start)?, parse("endDate", end)?)
+            .map_err(date_error)?;
+        if let Some(range) = range
+            && range.len_days() > i64::from(max_days)
+        {
+            return Err(ApiError::bad_request(
+                "range_too_long",
+                format!(
+                    "the range {range} has {} days; at most {max_days} are allowed",
+                    range.len_days()
+                ),
+            ));
+        }
+        Ok(Self { range, dry_run })
+    }
+}
+
+fn unknown_field(name: &str) -> ApiError {
+    ApiError::bad_request(
+        "unknown_field",
+        format!(
+            "unknown field '{}'; expected startDate, endDate or dryRun",
+            name.escape_debug()
+        ),
+    )
+}
+
+fn date_error(error: DateError) -> ApiError {
+    let code = match error {
+        DateError::Malformed { .. } | DateError::OutOfRange { .. } => "invalid_date",
+        DateError::EndBeforeStart { .. } | DateError::EndWithoutStart => "invalid_range",
+    };
+    let message = match error {
+        DateError::EndWithoutStart => "endDate needs startDate".to_owned(),
+        other => other.to_string(),
+    };
+    ApiError::bad_request(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::date;
+
+    fn code(result: Result<RunRequest, ApiError>) -> &'static str {
+        result.unwrap_err().code()
+    }
+
+    #[test]
+    fn query_strings_follow_the_contract() {
+        assert_eq!(RunRequest::from_query("", 366), Ok(RunRequest::default()));
+        let request =
+            RunRequest::from_query("startDate=2024-01-01&endDate=2024-01-03&dryRun=true", 366)
+                .unwrap();
+        assert_eq!(
+            request.range,
+            Some(DayRange::new(date(2024, 1, 1), date(2024, 1, 3)).unwrap())
+        );
+        assert!(request.dry_run);
+        assert_eq!(
+            code(RunRequest::from_query("dryRun=yes", 366)),
+            "invalid_dry_run"
+        );
+        assert_eq!(
+            code(RunRequest::from_query("startDate=2024-1-1", 366)),
+            "invalid_date"
+        );
+        assert_eq!(
+            code(RunRequest::from_query("endDate=2024-01-01", 366)),
+            "invalid_range"
+        );
+        assert_eq!(
+            code(RunRequest::from_query(
+                "startDate=2024-01-02&endDate=2024-01-01",
+                366
+            )),
+            "invalid_range"
+        );
+        assert_eq!(
+            code(RunRequest::from_query(
+                "startDate=2024-01-01&endDate=2025-01-01",
+                366
+            )),
+            "range_too_long"
+        );
+        assert_eq!(
+            code(RunRequest::from_query("date=2024-01-01", 366)),
+            "unknown_field"
+        );
+    }
+
+    #[test]
+    fn json_bodies_follow_the_contract() {
+        assert_eq!(RunRequest::from_json(b"", 366), Ok(RunRequest::default()));
+        assert_eq!(RunRequest::from_json(b"{}", 366), Ok(RunRequest::default()));
+        let request =
+            RunRequest::from_json(br#"{"startDate":"2024-01-01","dryRun":true}"#, 366).unwrap();
+        assert_eq!(request.range, Some(DayRange::single(date(2024, 1, 1))));
+        assert_eq!(code(RunRequest::from_json(b"{", 366)), "invalid_json");
+        assert_eq!(code(RunRequest::from_json(b"[]", 366)), "invalid_json");
+        assert_eq!(
+            code(RunRequest::from_json(br#"{"start":"2024-01-01"}"#, 366)),
+            "unknown_field"
+        );
+        assert_eq!(
+            code(RunRequest::from_json(br#"{"dryRun":"true"}"#, 366)),
+            "invalid_dry_run"
+        );
+        assert_eq!(
+            code(RunRequest::from_json(br#"{"startDate":20240101}"#, 366)),
+            "invalid_date"
+        );
+    }
+}
