@@ -4,5 +4,6 @@
 
 mod cli;
 mod common;
+mod http;
 mod job;
 mod store;
