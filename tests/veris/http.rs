@@ -437,7 +437,7 @@ async fn every_bad_token_shape_is_refused_with_401() {
     let truncated = &SECRET[..SECRET.len() - 1];
     let extra = format!("{SECRET}x");
     let shapes = [
-        Some(format!("Bearer wrong-secret-0123456789")),
+        Some("Bearer wrong-secret-0123456789".to_owned()),
         Some(format!("Bearer {truncated}")),
         Some(format!("Bearer {extra}")),
         Some(format!("Basic {SECRET}")),
