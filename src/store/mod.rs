@@ -12,6 +12,7 @@
 //! needs. It knows nothing of aggregation.
 
 mod day_lock;
+mod pg_copy;
 pub mod postgres;
 pub mod sqlite;
 
