@@ -415,6 +415,8 @@ impl Target {
 
 /// Runs `veris-jobs ARGS`; returns the events it read and its peak RSS in KiB.
 fn run_binary(url: &str, args: &[&str]) -> (u64, u64) {
+    // Reaped below by wait4, which also reports the child's peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
         .env("DATABASE_URL", url)
         .env_remove("RUST_LOG")
