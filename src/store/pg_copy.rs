@@ -147,7 +147,15 @@ fn read_fields(data: &[u8], mut pos: usize) -> Option<([Option<&[u8]>; 3], usize
 /// PostgreSQL sends text in the database encoding; anything not UTF-8 is decoded
 /// leniently rather than failing the day.
 fn text(bytes: Option<&[u8]>) -> Option<Cow<'_, str>> {
-    bytes.map(String::from_utf8_lossy)
+    bytes.map(lenient_utf8)
+}
+
+/// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.
+pub(super) fn lenient_utf8(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 fn be_u32(bytes: &[u8]) -> u32 {

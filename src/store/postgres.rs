@@ -9,21 +9,22 @@ use std::time::Duration;
 use futures_util::TryStreamExt as _;
 use jiff::civil::Date;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt as _, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection as _, Row as _};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
 use tokio::sync::OnceCell;
 
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
-    DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, query_error, redact_url,
+    DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, failed, query_error,
+    redact_url,
 };
 use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn copy_error(action: String) -> impl FnOnce(CopyFormatError) -> StoreError {
+fn copy_error(action: &str) -> impl FnOnce(CopyFormatError) -> StoreError + '_ {
     move |error| StoreError::Query {
-        action,
+        action: action.to_owned(),
         source: sqlx::Error::Decode(Box::new(error)),
     }
 }
@@ -74,6 +75,8 @@ impl PgStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?;
+        // Streaming a big day takes seconds by design: not worth a warning.
+        let options = options.log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let target = redact_url(url);
         let pool = PgPoolOptions::new()
             .max_connections(4)
@@ -150,7 +153,7 @@ impl PgStore {
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),
     ) -> Result<(), StoreError> {
-        let action = || format!("reading the events of {} from {}", window.date, self.source);
+        let action = format!("reading the events of {} from {}", window.date, self.source);
         let meta_is_jsonb = *self
             .meta_is_jsonb
             .get_or_try_init(|| self.source_meta_is_jsonb())
@@ -169,12 +172,12 @@ impl PgStore {
             .pool
             .copy_out_raw(&sql)
             .await
-            .map_err(query_error(action()))?;
+            .map_err(failed(&action))?;
         let mut reader = CopyReader::new(meta_is_jsonb);
-        while let Some(chunk) = chunks.try_next().await.map_err(query_error(action()))? {
-            reader.feed(&chunk, sink).map_err(copy_error(action()))?;
+        while let Some(chunk) = chunks.try_next().await.map_err(failed(&action))? {
+            reader.feed(&chunk, sink).map_err(copy_error(&action))?;
         }
-        reader.finish().map_err(copy_error(action()))
+        reader.finish().map_err(copy_error(&action))
     }
 
     /// Whether the source's `meta` column is `jsonb` (sent with a version byte) rather

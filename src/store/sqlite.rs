@@ -14,9 +14,10 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Row as _};
 
-use super::{DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, query_error};
+use super::pg_copy::lenient_utf8;
+use super::{DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, failed, query_error};
 use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow, SourceEvent};
 
 /// How long a statement waits for another writer before giving up.
@@ -85,7 +86,9 @@ impl SqliteStore {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Streaming a big day takes seconds by design: not worth a warning.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let mut lock_path = options.get_filename().as_os_str().to_owned();
         lock_path.push(".veris-lock");
         let pool = SqlitePoolOptions::new()
@@ -161,19 +164,19 @@ impl SqliteStore {
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),
     ) -> Result<(), StoreError> {
-        let action = || format!("reading the events of {} from {}", window.date, self.source);
+        let action = format!("reading the events of {} from {}", window.date, self.source);
         let mut rows = sqlx::query(AssertSqlSafe(self.sql.scan.as_str()))
             .bind(sqlite_timestamp(window.start))
             .bind(sqlite_timestamp(window.end))
             .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await.map_err(query_error(action()))? {
-            let event: Option<&[u8]> = row.try_get(0).map_err(query_error(action()))?;
-            let user_id: Option<&[u8]> = row.try_get(1).map_err(query_error(action()))?;
-            let meta: Option<&[u8]> = row.try_get(2).map_err(query_error(action()))?;
+        while let Some(row) = rows.try_next().await.map_err(failed(&action))? {
+            let event: Option<&[u8]> = row.try_get(0).map_err(failed(&action))?;
+            let user_id: Option<&[u8]> = row.try_get(1).map_err(failed(&action))?;
+            let meta: Option<&[u8]> = row.try_get(2).map_err(failed(&action))?;
             let (event, user_id, meta) = (
-                event.map(String::from_utf8_lossy),
-                user_id.map(String::from_utf8_lossy),
-                meta.map(String::from_utf8_lossy),
+                event.map(lenient_utf8),
+                user_id.map(lenient_utf8),
+                meta.map(lenient_utf8),
             );
             sink.push(SourceEvent {
                 event: event.as_deref(),

@@ -5,9 +5,10 @@
 //! pass over all of them gives. Memory grows with the distinct (event, user) and
 //! (event, key, value) pairs, never with the number of events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::meta::{MetaSummary, ParsedMeta, parse_meta};
+use super::{FastMap, FastSet};
 
 /// One raw event as a source hands it over, borrowed from the source's buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,28 +80,46 @@ pub struct RollupRow {
 #[derive(Debug, Default)]
 struct EventGroup {
     count: u64,
-    users: HashSet<Box<str>>,
+    /// Distinct users, as numbers from the aggregate's [`UserIds`].
+    users: FastSet<u32>,
     meta: MetaSummary,
 }
 
 impl EventGroup {
-    fn merge(&mut self, other: EventGroup) {
+    /// Folds in `other`, whose user numbers `remap` translates into this aggregate's.
+    fn merge(&mut self, other: EventGroup, remap: &[u32]) {
         self.count += other.count;
-        if self.users.len() < other.users.len() {
-            // Extend the larger set with the smaller one.
-            let mine = std::mem::replace(&mut self.users, other.users);
-            self.users.extend(mine);
-        } else {
-            self.users.extend(other.users);
-        }
+        self.users
+            .extend(other.users.into_iter().map(|id| remap[id as usize]));
         self.meta.merge(other.meta);
+    }
+}
+
+/// Each distinct user id of the day, stored once and numbered, so that the sets of
+/// users per event hold 4-byte numbers instead of strings.
+#[derive(Debug, Default)]
+struct UserIds {
+    ids: FastMap<Box<str>, u32>,
+}
+
+impl UserIds {
+    fn number(&mut self, user: &str) -> u32 {
+        if let Some(id) = self.ids.get(user) {
+            return *id;
+        }
+        // A day would need over 4 billion distinct users, and far more memory than
+        // any machine has, before this could wrap.
+        let id = self.ids.len() as u32;
+        self.ids.insert(user.into(), id);
+        id
     }
 }
 
 /// The running aggregate of (part of) one day's events.
 #[derive(Debug, Default)]
 pub struct DayAggregate {
-    groups: HashMap<Box<str>, EventGroup>,
+    groups: FastMap<Box<str>, EventGroup>,
+    users: UserIds,
     events_read: u64,
     skipped: SkipCounts,
 }
@@ -138,11 +157,17 @@ impl DayAggregate {
     pub fn merge(&mut self, other: DayAggregate) {
         self.events_read += other.events_read;
         self.skipped.add(&other.skipped);
+        let mut remap = vec![0u32; other.users.ids.len()];
+        for (user, id) in &other.users.ids {
+            remap[*id as usize] = self.users.number(user);
+        }
         for (name, group) in other.groups {
             match self.groups.get_mut(&name) {
-                Some(mine) => mine.merge(group),
+                Some(mine) => mine.merge(group, &remap),
                 None => {
-                    self.groups.insert(name, group);
+                    let mut fresh = EventGroup::default();
+                    fresh.merge(group, &remap);
+                    self.groups.insert(name, fresh);
                 }
             }
         }
@@ -188,10 +213,8 @@ impl EventSink for DayAggregate {
             None => self.groups.entry(name.into()).or_default(),
         };
         group.count += 1;
-        if let Some(user) = event.user_id.filter(|u| !u.is_empty())
-            && !group.users.contains(user)
-        {
-            group.users.insert(user.into());
+        if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
+            group.users.insert(self.users.number(user));
         }
         match parse_meta(event.meta) {
             ParsedMeta::Absent => {}

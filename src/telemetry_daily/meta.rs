@@ -6,12 +6,13 @@
 //! same events always give the same bytes.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use super::FastMap;
 
 /// Most keys one rollup row's summary keeps; the rest are counted in `$dropped_keys`.
 pub const MAX_KEYS: usize = 100;
@@ -204,7 +205,7 @@ struct KeyStats {
     /// Events where the key has a non-null value.
     n: u64,
     /// Occurrences of each string, boolean or nested value.
-    values: HashMap<Box<str>, u64>,
+    values: FastMap<Box<str>, u64>,
     numbers: Option<NumberStats>,
 }
 
@@ -298,7 +299,7 @@ impl KeyStats {
     }
 }
 
-fn count_value(values: &mut HashMap<Box<str>, u64>, text: &str, by: u64) {
+fn count_value(values: &mut FastMap<Box<str>, u64>, text: &str, by: u64) {
     match values.get_mut(text) {
         Some(count) => *count += by,
         None => {
@@ -310,7 +311,7 @@ fn count_value(values: &mut HashMap<Box<str>, u64>, text: &str, by: u64) {
 /// The metadata summary of one (day, event) group, built event by event.
 #[derive(Debug, Clone, Default)]
 pub struct MetaSummary {
-    keys: HashMap<Box<str>, KeyStats>,
+    keys: FastMap<Box<str>, KeyStats>,
 }
 
 impl MetaSummary {
