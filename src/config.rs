@@ -73,6 +73,15 @@ pub struct JobArgs {
         value_parser = clap::value_parser!(u32).range(1..=36_600)
     )]
     pub lookback_days: u32,
+
+    /// Time slices each day is read in, concurrently over as many connections.
+    #[arg(
+        long,
+        env = "TELEMETRY_READ_SLICES",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub read_slices: u32,
 }
 
 impl JobArgs {
@@ -86,6 +95,7 @@ impl JobArgs {
             meta_top_k: self.meta_top_k,
             lock_timeout: self.lock_timeout,
             lookback_days: self.lookback_days,
+            read_slices: self.read_slices,
         }
     }
 }

@@ -51,6 +51,9 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres_url: String,
+    /// Also time the job reading each day in this many concurrent time slices.
+    #[arg(long, default_value_t = 1)]
+    slices: u32,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -360,24 +363,25 @@ enum Target {
 }
 
 impl Target {
-    fn names(&self) -> [&'static str; 3] {
-        match self {
-            Target::Postgres { .. } => [
-                "floor: COPY binary read to the end",
-                "plain SQL GROUP BY event",
-                "the job (rollups written)",
-            ],
-            Target::Sqlite { .. } => [
-                "floor: bare scan of the same columns",
-                "plain SQL GROUP BY event",
-                "the job (rollups written)",
-            ],
+    fn names(&self, slices: u32) -> Vec<String> {
+        let floor = match self {
+            Target::Postgres { .. } => "floor: COPY binary read to the end",
+            Target::Sqlite { .. } => "floor: bare scan of the same columns",
+        };
+        let mut names = vec![
+            floor.to_owned(),
+            "plain SQL GROUP BY event".to_owned(),
+            "the job (rollups written)".to_owned(),
+        ];
+        if slices > 1 {
+            names.push(format!("the job, {slices} time slices"));
         }
+        names
     }
 
     /// Runs contender `which`; returns a count of its work (never zero) and records
     /// the job's peak resident memory in `rss_kib`.
-    async fn run(&self, which: usize, rss_kib: &mut u64) -> u64 {
+    async fn run(&self, which: usize, slices: u32, rss_kib: &mut u64) -> u64 {
         match (self, which) {
             (Target::Postgres { pool, .. }, 0) => pg_floor(pool).await,
             (Target::Postgres { pool, .. }, 1) => pg_group_by(pool).await,
@@ -401,8 +405,17 @@ impl Target {
                         url.clone()
                     }
                 };
+                let slices = if which == 2 { 1 } else { slices }.to_string();
                 let (events, max_rss) = tokio::task::spawn_blocking(move || {
-                    run_binary(&url, &["telemetry-daily", "--date", DAY, "--json"])
+                    let args = [
+                        "telemetry-daily",
+                        "--date",
+                        DAY,
+                        "--json",
+                        "--read-slices",
+                        &slices,
+                    ];
+                    run_binary(&url, &args)
                 })
                 .await
                 .unwrap();
@@ -450,13 +463,13 @@ fn run_binary(url: &str, args: &[&str]) -> (u64, u64) {
 }
 
 async fn compare(args: &Args, target: &Target) {
-    let names = target.names();
+    let names = target.names(args.slices);
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut rss = 0u64;
     for run in 0..=args.runs {
         for (i, times) in times.iter_mut().enumerate() {
             let started = Instant::now();
-            let work = target.run(i, &mut rss).await;
+            let work = target.run(i, args.slices, &mut rss).await;
             let elapsed = started.elapsed();
             assert!(work > 0, "{} did no work", names[i]);
             if run > 0 {

@@ -3,7 +3,7 @@
 //! Two interfaces keep reading raw events apart from writing rollups, so that a
 //! source can live in another system than the rollups:
 //!
-//! - [`EventSource`] streams one day's raw events into an [`EventSink`].
+//! - [`EventSource`] streams the raw events of a window of time into an [`EventSink`].
 //! - [`RollupStore`] reads and writes one day's `telemetry_daily` rows, one
 //!   transaction per day, and takes the per-day locks that keep runs apart.
 //!
@@ -56,6 +56,9 @@ pub enum StoreError {
         "day {date} is held by another run (waited {waited:?}); try again when it has finished"
     )]
     DayBusy { date: Date, waited: Duration },
+    /// The work was cancelled before it finished (the runtime is shutting down).
+    #[error("{0}")]
+    Aborted(String),
     /// The lock file beside a SQLite database could not be used.
     #[error("lock file {path}: {source}")]
     LockFile {
@@ -159,7 +162,7 @@ pub trait EventSource {
     /// # Errors
     ///
     /// [`StoreError`] when the source cannot be read.
-    fn scan_day(
+    fn scan_window(
         &self,
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),
@@ -352,14 +355,14 @@ impl Store {
 }
 
 impl EventSource for Store {
-    async fn scan_day(
+    async fn scan_window(
         &self,
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),
     ) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(s) => s.scan_day(window, sink).await,
-            Store::Sqlite(s) => s.scan_day(window, sink).await,
+            Store::Postgres(s) => s.scan_window(window, sink).await,
+            Store::Sqlite(s) => s.scan_window(window, sink).await,
         }
     }
 }

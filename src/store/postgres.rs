@@ -79,7 +79,7 @@ impl PgStore {
         let options = options.log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let target = redact_url(url);
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options.clone())
             .await
@@ -148,7 +148,7 @@ impl PgStore {
 
     /// Streams the day out with binary `COPY`, the fastest way PostgreSQL hands
     /// rows over.
-    pub(super) async fn scan_day(
+    pub(super) async fn scan_window(
         &self,
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),

@@ -92,7 +92,7 @@ impl SqliteStore {
         let mut lock_path = options.get_filename().as_os_str().to_owned();
         lock_path.push(".veris-lock");
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .acquire_timeout(BUSY_TIMEOUT)
             .connect_with(options)
             .await
@@ -159,7 +159,7 @@ impl SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    pub(super) async fn scan_day(
+    pub(super) async fn scan_window(
         &self,
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),

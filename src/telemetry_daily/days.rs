@@ -183,6 +183,25 @@ impl DayWindow {
         })
     }
 
+    /// The window cut into `n` consecutive slices of (nearly) equal length that
+    /// together cover it exactly, each with the same `date`.
+    pub fn slices(&self, n: u32) -> Vec<DayWindow> {
+        let n = i128::from(n.max(1));
+        let start = self.start.as_nanosecond();
+        let length = self.end.as_nanosecond() - start;
+        let bound = |i: i128| {
+            // Every bound lies between `start` and `end`, so it is a valid timestamp.
+            Timestamp::from_nanosecond(start + length * i / n).unwrap_or(self.end)
+        };
+        (0..n)
+            .map(|i| DayWindow {
+                date: self.date,
+                start: bound(i),
+                end: if i + 1 == n { self.end } else { bound(i + 1) },
+            })
+            .collect()
+    }
+
     /// How long the day lasts: 24 hours, or 23 or 25 on daylight-saving days.
     pub fn hours(&self) -> i64 {
         (self.end.as_second() - self.start.as_second()) / 3600
@@ -270,6 +289,22 @@ mod tests {
             (utc.start(), utc.end()),
             (date(2024, 1, 12), date(2024, 1, 14))
         );
+    }
+
+    #[test]
+    fn slices_cover_the_window_exactly() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        let window = DayWindow::new(date(2024, 10, 27), &tz).unwrap();
+        for n in [1, 2, 3, 7] {
+            let slices = window.slices(n);
+            assert_eq!(slices.len(), n as usize);
+            assert_eq!(slices[0].start, window.start);
+            assert_eq!(slices[slices.len() - 1].end, window.end);
+            for pair in slices.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "no gap, no overlap");
+                assert!(pair[0].start < pair[0].end);
+            }
+        }
     }
 
     #[test]

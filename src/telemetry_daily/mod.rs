@@ -97,6 +97,9 @@ pub struct RunOptions {
     pub lock_timeout: Duration,
     /// Days the default range covers, ending yesterday.
     pub lookback_days: u32,
+    /// Time slices each day is read in, concurrently, over as many connections;
+    /// their partial aggregates are merged. 1 reads a day in one stream.
+    pub read_slices: u32,
 }
 
 impl Default for RunOptions {
@@ -109,6 +112,7 @@ impl Default for RunOptions {
             meta_top_k: 20,
             lock_timeout: Duration::from_secs(60),
             lookback_days: 1,
+            read_slices: 1,
         }
     }
 }
@@ -149,7 +153,7 @@ pub enum RunError {
 /// run has started, failed days are reported in the report, not returned as errors.
 pub async fn run<S>(store: &S, options: &RunOptions) -> Result<RunReport, RunError>
 where
-    S: EventSource + RollupStore + Sync,
+    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
 {
     let started = Instant::now();
     let range = options.resolve_range(Timestamp::now())?;
@@ -207,13 +211,13 @@ async fn run_day<S>(
     options: &RunOptions,
 ) -> Result<DayReport, StoreError>
 where
-    S: EventSource + RollupStore + Sync,
+    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
 {
     let started = Instant::now();
     let date = window.date;
-    let mut aggregate = DayAggregate::new();
-    store.scan_day(window, &mut aggregate).await?;
-    let rollup = aggregate.finish(options.meta_top_k);
+    let rollup = read_day(store, window, options.read_slices)
+        .await?
+        .finish(options.meta_top_k);
     let stored = store.load_day(date).await?;
     let changes = diff(&rollup.rows, &stored);
 
@@ -256,6 +260,44 @@ where
         store.write_day(date, &changes).await?;
     }
     day.duration_ms = elapsed_ms(started);
+    Ok(day)
+}
+
+/// Streams a day's events into an aggregate: in one stream, or in `slices` time
+/// slices read concurrently on tasks of their own (so that their parsing can use
+/// several cores) and merged. The aggregate is mergeable, so the result is the same.
+async fn read_day<S>(store: &S, window: &DayWindow, slices: u32) -> Result<DayAggregate, StoreError>
+where
+    S: EventSource + Clone + Send + Sync + 'static,
+{
+    let mut day = DayAggregate::new();
+    if slices <= 1 {
+        store.scan_window(window, &mut day).await?;
+        return Ok(day);
+    }
+    let tasks: Vec<_> = window
+        .slices(slices)
+        .into_iter()
+        .map(|slice| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut part = DayAggregate::new();
+                store.scan_window(&slice, &mut part).await.map(|()| part)
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await {
+            Ok(part) => day.merge(part?),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => {
+                return Err(StoreError::Aborted(format!(
+                    "reading {} was cancelled",
+                    window.date
+                )));
+            }
+        }
+    }
     Ok(day)
 }
 
