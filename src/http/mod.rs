@@ -15,11 +15,10 @@ mod request;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -33,11 +32,14 @@ pub use self::auth::{CronSecret, MIN_SECRET_LEN};
 pub use self::error::ApiError;
 pub use self::request::RunRequest;
 
-use crate::store::{Store, StoreError};
+use crate::store::{RollupStore as _, Store, StoreError};
 use crate::telemetry_daily::{self, RunError, RunOptions, RunReport};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How long a client may take to send its request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The job's path.
 pub const JOB_PATH: &str = "/api/jobs/telemetry-daily";
@@ -46,6 +48,7 @@ pub const JOB_PATH: &str = "/api/jobs/telemetry-daily";
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
+    body_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -70,7 +73,15 @@ impl AppState {
                 secret,
                 runs: TaskTracker::new(),
             }),
+            body_timeout: BODY_TIMEOUT,
         }
+    }
+
+    /// The same state with another limit on how long a request body may take to
+    /// arrive (default [`BODY_TIMEOUT`]).
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 
     fn secret(&self) -> &CronSecret {
@@ -169,19 +180,26 @@ async fn run_from_query(State(state): State<AppState>, RawQuery(query): RawQuery
     }
 }
 
-async fn run_from_body(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::PayloadTooLarge.into_response();
+async fn run_from_body(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    // A client that sends its body slowly, or never finishes it, is cut off.
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::PayloadTooLarge.into_response()
+            } else {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("the request body could not be read: {error}"),
+                )
+                .into_response()
+            };
         }
-        Err(rejection) => {
-            return ApiError::bad_request("invalid_body", rejection.body_text()).into_response();
-        }
+        Err(_) => return ApiError::RequestTimeout.into_response(),
     };
     let is_json = headers
         .get(header::CONTENT_TYPE)

@@ -205,6 +205,9 @@ pub trait RollupStore {
         range: &DayRange,
         wait: Duration,
     ) -> impl Future<Output = Result<DayLocks, StoreError>> + Send;
+
+    /// Whether the database answers now (on a fresh connection if need be).
+    fn ping(&self) -> impl Future<Output = bool> + Send;
 }
 
 /// Days held by one run; dropping it (or the process ending) lets them go.
@@ -280,14 +283,6 @@ impl Store {
         match self {
             Store::Postgres(s) => s.migrate().await,
             Store::Sqlite(s) => s.migrate().await,
-        }
-    }
-
-    /// Whether the database answers.
-    pub async fn ping(&self) -> bool {
-        match self {
-            Store::Postgres(s) => s.ping().await,
-            Store::Sqlite(s) => s.ping().await,
         }
     }
 
@@ -386,6 +381,13 @@ impl RollupStore for Store {
         match self {
             Store::Postgres(s) => s.lock_days(range, wait).await,
             Store::Sqlite(s) => s.lock_days(range, wait).await,
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        match self {
+            Store::Postgres(s) => s.ping().await,
+            Store::Sqlite(s) => s.ping().await,
         }
     }
 }

@@ -142,8 +142,18 @@ impl PgStore {
             .map_err(query_error("committing the migration"))
     }
 
+    /// Asks through the pool, and if that fails on a fresh connection: a pooled
+    /// connection may be one the server has just closed.
     pub(super) async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
+            return true;
+        }
+        let Ok(mut conn) = sqlx::postgres::PgConnection::connect_with(&self.options).await else {
+            return false;
+        };
+        let answered = sqlx::query("SELECT 1").execute(&mut conn).await.is_ok();
+        let _ = conn.close().await;
+        answered
     }
 
     /// Streams the day out with binary `COPY`, the fastest way PostgreSQL hands

@@ -21,7 +21,7 @@ use super::{DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, fai
 use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow, SourceEvent};
 
 /// How long a statement waits for another writer before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A SQLite database file holding the source table and `telemetry_daily`.
 #[derive(Debug, Clone)]

@@ -27,11 +27,17 @@ pub trait EventSink {
     fn push(&mut self, event: SourceEvent<'_>);
 }
 
+/// The longest event name kept, in bytes. Longer names cannot be a real event's
+/// name, and PostgreSQL could not index them in the rollup's primary key.
+pub const MAX_EVENT_NAME_BYTES: usize = 1024;
+
 /// Events that were skipped whole or had their metadata left out, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SkipCounts {
     /// Events with a null or empty name, skipped whole.
     pub missing_event: u64,
+    /// Events whose name is longer than [`MAX_EVENT_NAME_BYTES`], skipped whole.
+    pub invalid_event: u64,
     /// Events whose `meta` is not valid JSON: counted, metadata left out.
     pub invalid_meta: u64,
     /// Events whose `meta` is valid JSON but not an object: counted, metadata left out.
@@ -41,13 +47,19 @@ pub struct SkipCounts {
 impl SkipCounts {
     /// All skips together.
     pub fn total(&self) -> u64 {
-        self.missing_event + self.invalid_meta + self.non_object_meta
+        self.missing_event + self.invalid_event + self.invalid_meta + self.non_object_meta
+    }
+
+    /// Events skipped whole, which count towards no row.
+    pub fn whole_events(&self) -> u64 {
+        self.missing_event + self.invalid_event
     }
 
     /// The non-zero counts by reason name, as the run report lists them.
     pub fn by_reason(&self) -> BTreeMap<&'static str, u64> {
         [
             ("missing_event", self.missing_event),
+            ("invalid_event", self.invalid_event),
             ("invalid_meta", self.invalid_meta),
             ("non_object_meta", self.non_object_meta),
         ]
@@ -59,6 +71,7 @@ impl SkipCounts {
     /// Adds `other`'s counts.
     pub fn add(&mut self, other: &SkipCounts) {
         self.missing_event += other.missing_event;
+        self.invalid_event += other.invalid_event;
         self.invalid_meta += other.invalid_meta;
         self.non_object_meta += other.non_object_meta;
     }
@@ -138,7 +151,7 @@ pub struct DayRollup {
 impl DayRollup {
     /// Events that had a name, and so count towards some row.
     pub fn named_events(&self) -> u64 {
-        self.events_read - self.skipped.missing_event
+        self.events_read - self.skipped.whole_events()
     }
 }
 
@@ -202,6 +215,10 @@ impl EventSink for DayAggregate {
     fn push(&mut self, event: SourceEvent<'_>) {
         self.events_read += 1;
         let name = match event.event {
+            Some(name) if name.len() > MAX_EVENT_NAME_BYTES => {
+                self.skipped.invalid_event += 1;
+                return;
+            }
             Some(name) if !name.is_empty() => name,
             _ => {
                 self.skipped.missing_event += 1;
@@ -262,13 +279,16 @@ mod tests {
         agg.push(event(Some("click"), None, Some("{oops")));
         agg.push(event(Some("click"), None, Some("[1]")));
         agg.push(event(Some("click"), None, Some("null")));
+        let long_name = "e".repeat(MAX_EVENT_NAME_BYTES + 1);
+        agg.push(event(Some(&long_name), None, None));
         let day = agg.finish(20);
-        assert_eq!(day.events_read, 5);
+        assert_eq!(day.events_read, 6);
         assert_eq!(day.named_events(), 3);
         assert_eq!(
             day.skipped,
             SkipCounts {
                 missing_event: 2,
+                invalid_event: 1,
                 invalid_meta: 1,
                 non_object_meta: 1
             }

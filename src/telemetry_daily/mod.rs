@@ -64,7 +64,9 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-pub use self::aggregate::{DayAggregate, DayRollup, EventSink, RollupRow, SkipCounts, SourceEvent};
+pub use self::aggregate::{
+    DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, RollupRow, SkipCounts, SourceEvent,
+};
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};
 pub use self::report::{DayReport, DayStatus, RunReport, Totals};
@@ -186,7 +188,9 @@ where
             None => match run_day(store, window, options).await {
                 Ok(day) => day,
                 Err(error) => {
-                    if error.is_unreachable() {
+                    // A lost connection is retried on the next day; a database that no
+                    // longer answers at all ends the run.
+                    if error.is_unreachable() && !store.ping().await {
                         unreachable = Some(format!("the database became unreachable ({error})"));
                     }
                     failed_day(date, error.to_string(), elapsed_ms(day_started))

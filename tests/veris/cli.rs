@@ -11,7 +11,7 @@ use crate::common::{Kind, TestDb, event};
 
 /// Runs `veris-jobs ARGS` against `database_url`, with none of the job's
 /// environment variables inherited from the shell.
-fn veris(database_url: &str, args: &[&str]) -> Output {
+pub fn veris(database_url: &str, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
     for var in [
         "TELEMETRY_TIMEZONE",
@@ -34,7 +34,7 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

@@ -6,4 +6,5 @@ mod cli;
 mod common;
 mod http;
 mod job;
+mod reliability;
 mod store;

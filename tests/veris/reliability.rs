@@ -1,0 +1,516 @@
+//! Faults, crashes, concurrency and hostile input: nothing is lost or corrupted.
+//! `docs/RELIABILITY.md` lists each fault, the test that tries it and what it saw.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use veris_jobs::store::NewEvent;
+use veris_jobs::telemetry_daily::{DayStatus, MAX_EVENT_NAME_BYTES};
+
+use crate::cli::{stderr, veris};
+use crate::common::{Kind, StoredRow, TestDb, event, range_options};
+
+crate::on_both_databases!(
+    hostile_events_land_under_a_reason_or_in_the_summary,
+    kill_9_at_20_moments_leaves_every_day_old_or_new,
+    a_concurrency_soak_ends_with_every_day_right,
+);
+
+async fn hostile_events_land_under_a_reason_or_in_the_summary(db: TestDb) {
+    let at = "2024-05-05T12:00:00Z";
+    let deep = format!(r#"{{"deep":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let big_string = format!(r#"{{"big":"{}"}}"#, "x".repeat(1 << 20));
+    let long_name = "n".repeat(100 * 1024);
+    let mut events = vec![
+        event("deep", None, at, Some(&deep)),
+        event("big", None, at, Some(&big_string)),
+        event(
+            "numbers",
+            None,
+            at,
+            Some(r#"{"wide":123456789012345678901234567890,"tiny":-1e-300}"#),
+        ),
+        event("numbers", None, at, Some(r#"{"huge":1e400}"#)),
+        event("dup", None, at, Some(r#"{"k":1,"k":"last"}"#)),
+        event(&long_name, None, at, None),
+        event(
+            "unicode",
+            Some("üser-😀"),
+            at,
+            Some(r#"{"ключ":"значение","emoji":"😀"}"#),
+        ),
+    ];
+    if db.kind == Kind::Sqlite {
+        events.push(event("nan", None, at, Some(r#"{"x":NaN}"#)));
+        events.push(event("inf", None, at, Some("Infinity")));
+    }
+    db.insert(&events).await;
+    if db.kind == Kind::Sqlite {
+        // Text that is not UTF-8, as only SQLite can hold it.
+        db.execute(
+            "INSERT INTO telemetry_events (event, user_id, created_at, meta) VALUES \
+             (CAST(X'76696577ff' AS TEXT), CAST(X'c3' AS TEXT), '2024-05-05T12:00:00.000Z', CAST(X'7b2261223a2280ff227d' AS TEXT))",
+        )
+        .await;
+    }
+
+    let started = Instant::now();
+    let report = db.run(&range_options("2024-05-05", "2024-05-05")).await;
+    assert!(started.elapsed() < Duration::from_secs(30), "no stall");
+    let day = &report.days[0];
+    assert_eq!(day.status, DayStatus::Written, "{day:?}");
+    let reason = |r: &str| day.skipped.get(r).copied().unwrap_or(0);
+    assert_eq!(
+        reason("invalid_event"),
+        1,
+        "the 100 KB name is skipped whole"
+    );
+    // Too deep for the parser, and (on PostgreSQL, as 1e400 comes back as a 401-digit
+    // number) beyond f64: the metadata is left out, the event still counts.
+    let invalid = if db.kind == Kind::Sqlite { 4 } else { 2 };
+    assert_eq!(reason("invalid_meta"), invalid, "{:?}", day.skipped);
+    assert_eq!(reason("non_object_meta"), 0);
+
+    let rows: BTreeMap<String, StoredRow> = db
+        .rollups()
+        .await
+        .into_iter()
+        .map(|r| (r.1.clone(), r))
+        .collect();
+    assert!(!rows.keys().any(|k| k.len() > MAX_EVENT_NAME_BYTES));
+    assert_eq!(rows["deep"].2, 1);
+    assert_eq!(rows["deep"].4, "{}");
+    let big: Value = serde_json::from_str(&rows["big"].4).unwrap();
+    assert_eq!(
+        big["big"]["values"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+    let numbers: Value = serde_json::from_str(&rows["numbers"].4).unwrap();
+    assert_eq!(numbers["wide"]["sum"].as_f64(), Some(1.2345678901234568e29));
+    assert_eq!(numbers["tiny"]["min"].as_f64(), Some(-1e-300));
+    let dup: Value = serde_json::from_str(&rows["dup"].4).unwrap();
+    assert_eq!(dup["k"]["values"]["last"], 1, "the last duplicate key wins");
+    assert!(dup["k"].get("sum").is_none());
+    let unicode: Value = serde_json::from_str(&rows["unicode"].4).unwrap();
+    assert_eq!(unicode["ключ"]["values"]["значение"], 1);
+    assert_eq!(rows["unicode"].3, 1);
+    if db.kind == Kind::Sqlite {
+        assert!(
+            rows.contains_key("view\u{fffd}"),
+            "text that is not UTF-8 is read leniently"
+        );
+    }
+
+    // A re-run is byte-identical, hostile rows included.
+    let before = db.rollups().await;
+    let again = db.run(&range_options("2024-05-05", "2024-05-05")).await;
+    assert_eq!(again.days[0].unchanged, again.days[0].rows);
+    assert_eq!(db.rollups().await, before);
+}
+
+/// Events on `days` days from 2024-06-01, `per_day` each, with a `round` in their
+/// metadata so that every round changes every day's aggregate.
+fn round_events(days: u32, per_day: u32, round: u32) -> Vec<NewEvent> {
+    let mut events = Vec::new();
+    for day in 1..=days {
+        for i in 0..per_day {
+            let at = format!("2024-06-{day:02}T{:02}:{:02}:00Z", i % 24, i % 60);
+            let meta = format!(r#"{{"round":{round},"path":"/p{}"}}"#, i % 7);
+            events.push(event(
+                ["view", "click"][(i % 2) as usize],
+                Some(&format!("u{}", i % 31)),
+                &at,
+                Some(&meta),
+            ));
+        }
+    }
+    events
+}
+
+fn by_date(rows: &[StoredRow]) -> BTreeMap<String, Vec<(String, i64, i64, String)>> {
+    let mut days: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for (date, event, count, users, meta, _) in rows {
+        days.entry(date.clone())
+            .or_default()
+            .push((event.clone(), *count, *users, meta.clone()));
+    }
+    days
+}
+
+async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
+    const DAYS: u32 = 20;
+    let range = [
+        "telemetry-daily",
+        "--start-date",
+        "2024-06-01",
+        "--end-date",
+        "2024-06-20",
+        "--force",
+    ];
+    db.insert(&round_events(DAYS, 150, 0)).await;
+    let output = veris(&db.url, &range);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // How long a whole run takes, to spread the kills over it.
+    db.insert(&round_events(DAYS, 150, 1)).await;
+    let started = Instant::now();
+    assert!(veris(&db.url, &range).status.success());
+    let full_run = started.elapsed();
+
+    let mut states_seen = std::collections::BTreeSet::new();
+    for moment in 0..20u32 {
+        let old = by_date(&db.rollups().await);
+        db.insert(&round_events(DAYS, 150, moment + 2)).await;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+            .env("DATABASE_URL", &db.url)
+            .args(range)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(full_run * moment / 20).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let after_kill = by_date(&db.rollups().await);
+
+        let output = veris(&db.url, &range);
+        assert!(
+            output.status.success(),
+            "the re-run completes: {}",
+            stderr(&output)
+        );
+        let new = by_date(&db.rollups().await);
+        let mut written = 0;
+        for (date, rows) in &after_kill {
+            if Some(rows) == new.get(date) {
+                written += 1;
+            } else {
+                assert_eq!(
+                    Some(rows),
+                    old.get(date),
+                    "moment {moment}: {date} is neither old nor new"
+                );
+            }
+        }
+        states_seen.insert(written);
+
+        // The repaired range equals a clean run from scratch.
+        db.execute("DELETE FROM telemetry_daily").await;
+        assert!(veris(&db.url, &range).status.success());
+        assert_eq!(by_date(&db.rollups().await), new, "moment {moment}");
+    }
+    assert!(
+        states_seen.len() >= 3,
+        "kills landed at several points of the run: {states_seen:?}"
+    );
+}
+
+async fn a_concurrency_soak_ends_with_every_day_right(db: TestDb) {
+    db.insert(&round_events(10, 100, 0)).await;
+    let server = crate::http::TestServer::start(db.store.clone(), 366).await;
+    let server = std::sync::Arc::new(server);
+    let ranges = [
+        ("01", "05"),
+        ("03", "08"),
+        ("06", "10"),
+        ("01", "10"),
+        ("04", "06"),
+    ];
+    let writer_store = db.second_store(&crate::common::default_table()).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut round = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writer_store
+                    .insert_events(&round_events(10, 3, round))
+                    .await
+                    .unwrap();
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for (i, (start, end)) in ranges.iter().cycle().take(10).enumerate() {
+        let (start, end) = (format!("2024-06-{start}"), format!("2024-06-{end}"));
+        if i % 2 == 0 {
+            let url = db.url.clone();
+            calls.push(tokio::task::spawn_blocking(move || {
+                let output = veris(
+                    &url,
+                    &[
+                        "telemetry-daily",
+                        "--start-date",
+                        &start,
+                        "--end-date",
+                        &end,
+                        "--force",
+                        "--lock-timeout",
+                        "60s",
+                    ],
+                );
+                output.status.code().unwrap_or(-1) as u16
+            }));
+        } else {
+            let server = server.clone();
+            calls.push(tokio::spawn(async move {
+                let body = format!(r#"{{"startDate":"{start}","endDate":"{end}"}}"#);
+                server.post_json(&body).await.0.as_u16()
+            }));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(
+            tokio::time::timeout(Duration::from_secs(120), call)
+                .await
+                .expect("every call ends")
+                .unwrap(),
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(120), "no deadlock");
+    // Command-line runs wait and succeed (0); HTTP runs succeed or are turned away (409).
+    assert!(
+        outcomes.iter().all(|c| [0, 200, 409].contains(c)),
+        "{outcomes:?}"
+    );
+
+    // A clean run brings in the events that arrived after the last writes, and then
+    // the table equals a recomputation from scratch.
+    let all = range_options("2024-06-01", "2024-06-10");
+    db.run(&all).await;
+    let settled = db.rollups().await;
+    let check = db
+        .run(&veris_jobs::telemetry_daily::RunOptions {
+            dry_run: true,
+            ..all.clone()
+        })
+        .await;
+    assert_eq!(check.totals.unchanged, check.totals.rows);
+    db.execute("DELETE FROM telemetry_daily").await;
+    db.run(&all).await;
+    assert_eq!(by_date(&db.rollups().await), by_date(&settled));
+    let Ok(server) = std::sync::Arc::try_unwrap(server) else {
+        panic!("server still shared")
+    };
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminated_connection_fails_that_day_and_a_rerun_repairs_it() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    // A big middle day, so that its COPY can be caught in flight.
+    let mut events = round_events(3, 50, 0);
+    for i in 0..150_000u32 {
+        let at = format!("2024-06-02T{:02}:{:02}:{:02}Z", i % 24, i % 60, i % 59);
+        events.push(event(
+            "bulk",
+            Some(&format!("u{}", i % 1000)),
+            &at,
+            Some(r#"{"k":"v","n":1}"#),
+        ));
+    }
+    db.insert(&events).await;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+        .env("DATABASE_URL", &db.url)
+        .args([
+            "telemetry-daily",
+            "--start-date",
+            "2024-06-01",
+            "--end-date",
+            "2024-06-03",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin = veris_jobs::store::Store::connect(
+        &crate::common::server_url(),
+        &crate::common::default_table(),
+    )
+    .await
+    .unwrap();
+    let veris_jobs::store::Store::Postgres(admin) = admin else {
+        unreachable!()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY%created_at >= ''2024-06-02T%'",
+        )
+        .bind(&name)
+        .fetch_all(admin.pool())
+        .await
+        .unwrap();
+        if killed.contains(&true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caught the day's COPY in flight");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["days"][0]["status"], "written");
+    assert_eq!(report["days"][1]["status"], "failed");
+    let error = report["days"][1]["error"].as_str().unwrap();
+    assert!(
+        error.contains("reading the events of 2024-06-02"),
+        "{error}"
+    );
+    assert_eq!(
+        report["days"][2]["status"], "written",
+        "the run goes on once the database answers again"
+    );
+    assert!(
+        !db.rollups().await.iter().any(|r| r.0 == "2024-06-02"),
+        "the failed day wrote nothing"
+    );
+
+    let rerun = veris(
+        &db.url,
+        &[
+            "telemetry-daily",
+            "--start-date",
+            "2024-06-01",
+            "--end-date",
+            "2024-06-03",
+            "--json",
+        ],
+    );
+    assert_eq!(rerun.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    assert_eq!(
+        report["days"][1]["inserted"], 3,
+        "the re-run repairs the day"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_reported_within_the_connect_timeout() {
+    // Nothing listens on port 9 of the loopback: the connection is refused at once.
+    let started = Instant::now();
+    let output = veris(
+        "postgres://postgres@127.0.0.1:9/none",
+        &["telemetry-daily", "--date", "2024-01-01"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("cannot reach the database postgres://postgres@127.0.0.1:9/none"),
+        "{message}"
+    );
+    assert_eq!(message.trim_end().lines().count(), 1, "{message}");
+}
+
+#[tokio::test]
+async fn a_sqlite_file_held_by_another_writer_waits_then_fails_clearly() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    db.insert(&[event("view", None, "2024-01-01T10:00:00Z", None)])
+        .await;
+    let veris_jobs::store::Store::Sqlite(sqlite) = &db.store else {
+        unreachable!()
+    };
+    let mut holder = sqlite.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let output = veris(
+        &db.url,
+        &["telemetry-daily", "--date", "2024-01-01", "--json"],
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(30),
+        "bounded wait: {waited:?}"
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["days"][0]["status"], "failed");
+    assert!(
+        report["days"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{report}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
+    drop(holder);
+    assert_eq!(
+        veris(&db.url, &["telemetry-daily", "--date", "2024-01-01"])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn hostile_configuration_is_refused_before_any_sql() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    for hostile in [
+        "events\"; DROP TABLE telemetry_daily; --",
+        "events; DELETE FROM telemetry_daily",
+        "events/*comment*/",
+        "events -- comment",
+        "évènements",
+        "events\u{200b}",
+        "'events'",
+        "public.events.x",
+    ] {
+        let output = veris(&db.url, &["telemetry-daily", "--source-table", hostile]);
+        assert_eq!(output.status.code(), Some(2), "{hostile}");
+        let by_env = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+            .env("DATABASE_URL", &db.url)
+            .env("TELEMETRY_SOURCE_TABLE", hostile)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert_eq!(
+            by_env.status.code(),
+            Some(2),
+            "{hostile} from the environment"
+        );
+        assert!(
+            stderr(&by_env).contains("--source-table"),
+            "{}",
+            stderr(&by_env)
+        );
+    }
+    let tables: Vec<String> = match &db.store {
+        veris_jobs::store::Store::Sqlite(s) => {
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .fetch_all(s.pool())
+                .await
+                .unwrap()
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        tables,
+        ["telemetry_daily", "telemetry_events", "veris_demo_sample"]
+    );
+}
