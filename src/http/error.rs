@@ -17,9 +17,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
-    /// A method the route does not serve.
-    #[error("method not allowed: use GET or POST")]
-    MethodNotAllowed,
+    /// A method the route does not serve; `allow` lists those it does.
+    #[error("method not allowed: use {allow}")]
+    MethodNotAllowed { allow: &'static str },
     /// Another run holds one of the requested days.
     #[error("{0}")]
     Conflict(String),
@@ -55,7 +55,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,7 +71,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "day_busy",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -92,10 +92,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::MethodNotAllowed => {
+            ApiError::MethodNotAllowed { allow } => {
                 response
                     .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             _ => {}
         }

@@ -128,7 +128,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let job = get(run_from_query)
         .post(run_from_body)
-        .fallback(method_not_allowed);
+        .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, POST" } });
     let protected = Router::new()
         .route(JOB_PATH, job.clone())
         // Served as it is, never redirected: cron callers do not follow redirects.
@@ -139,7 +139,10 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(protected)
-        .route("/healthz", get(healthz))
+        .route(
+            "/healthz",
+            get(healthz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(log_request))
@@ -182,9 +185,8 @@ async fn run_from_query(State(state): State<AppState>, RawQuery(query): RawQuery
 
 async fn run_from_body(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     // A client that sends its body slowly, or never finishes it, is cut off.
-    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
-        .await
-    {
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let body = match tokio::time::timeout(state.body_timeout, read).await {
         Ok(Ok(body)) => body,
         Ok(Err(error)) => {
             let too_large = std::error::Error::source(&error)
@@ -248,10 +250,6 @@ async fn healthz(State(state): State<AppState>) -> Response {
     } else {
         ApiError::Unavailable("the database does not answer".into()).into_response()
     }
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }
 
 async fn not_found() -> ApiError {

@@ -80,7 +80,7 @@ impl TestServer {
     }
 }
 
-const JOB: &str = "/api/jobs/telemetry-daily";
+pub const JOB: &str = "/api/jobs/telemetry-daily";
 
 async fn body(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
@@ -473,7 +473,7 @@ async fn every_bad_token_shape_is_refused_with_401() {
 
 /// A day's worth of events on each of `days` days from 2024-01-01, so that a run
 /// over them takes a noticeable time.
-async fn fill_days(db: &TestDb, days: u32) -> DayRange {
+pub async fn fill_days(db: &TestDb, days: u32) -> DayRange {
     let start: jiff::civil::Date = "2024-01-01".parse().unwrap();
     let range = DayRange::new(
         start,

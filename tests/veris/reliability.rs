@@ -514,3 +514,289 @@ async fn hostile_configuration_is_refused_before_any_sql() {
         ["telemetry_daily", "telemetry_events", "veris_demo_sample"]
     );
 }
+
+/// Valid HTTP, hostile content: 10,000 generated requests, never a 5xx, always the
+/// contract's 4xx with an error code when not a 200.
+#[test]
+fn ten_thousand_hostile_requests_get_only_contract_answers() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, _db) = runtime.block_on(async {
+        let db = TestDb::new(Kind::Sqlite).await.unwrap();
+        db.insert(&[event(
+            "view",
+            Some("u"),
+            "2024-01-02T10:00:00Z",
+            Some(r#"{"a":1}"#),
+        )])
+        .await;
+        (
+            crate::http::TestServer::start(db.store.clone(), 3).await,
+            db,
+        )
+    });
+
+    let text = prop_oneof![
+        Just(String::new()),
+        Just("2024-01-01".to_owned()),
+        Just("2024-01-03".to_owned()),
+        Just("2099-12-31".to_owned()),
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        "[0-9-]{0,12}",
+        any::<String>(),
+        "\\PC{0,40}",
+        Just("9".repeat(400)),
+    ];
+    let key = prop_oneof![
+        Just("startDate".to_owned()),
+        Just("endDate".to_owned()),
+        Just("dryRun".to_owned()),
+        "[a-zA-Z]{1,8}",
+        any::<String>(),
+    ];
+    let query = prop::collection::vec((key.clone(), text.clone()), 0..4);
+    let json_leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        text.clone().prop_map(Value::from),
+    ];
+    let json = json_leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..4)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    });
+    let body = prop_oneof![
+        Just(Vec::new()),
+        prop::collection::vec(any::<u8>(), 0..64),
+        json.prop_map(|v| v.to_string().into_bytes()),
+        (1usize..300).prop_map(|depth| format!(
+            "{}{}",
+            "[".repeat(depth * 10),
+            "]".repeat(depth * 10)
+        )
+        .into_bytes()),
+        Just(
+            format!(
+                r#"{{"startDate":"2024-01-01","pad":"{}"}}"#,
+                "x".repeat(20_000)
+            )
+            .into_bytes()
+        ),
+        Just(br#"{"startDate":"2024-01-01","endDate":"2024-01-03","dryRun":true}"#.to_vec()),
+    ];
+    let method = prop_oneof![
+        4 => Just(reqwest::Method::GET),
+        4 => Just(reqwest::Method::POST),
+        1 => Just(reqwest::Method::PUT),
+        1 => Just(reqwest::Method::DELETE),
+        1 => Just(reqwest::Method::PATCH),
+    ];
+    let path = prop_oneof![
+        6 => Just(crate::http::JOB.to_owned()),
+        2 => Just(format!("{}/", crate::http::JOB)),
+        1 => Just("/healthz".to_owned()),
+        1 => "/[a-z/]{0,24}",
+    ];
+    let auth = prop_oneof![
+        6 => Just(Some(format!("Bearer {}", crate::http::SECRET))),
+        1 => Just(None),
+        1 => "[ -~]{0,40}".prop_map(Some),
+    ];
+    let content_type = prop_oneof![
+        Just(Some("application/json".to_owned())),
+        Just(Some("application/json; charset=utf-8".to_owned())),
+        Just(None),
+        "[ -~]{0,30}".prop_map(Some),
+    ];
+    let request = (method, path, query, auth, content_type, body);
+
+    let mut runner = TestRunner::new(Config {
+        cases: 10_000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let seen = std::sync::Mutex::new(BTreeMap::<u16, u32>::new());
+    runner
+        .run(
+            &request,
+            |(method, path, query, auth, content_type, body)| {
+                let mut url = server.url(&path);
+                if !query.is_empty() {
+                    let mut encoded = form_urlencoded::Serializer::new(String::new());
+                    for (k, v) in &query {
+                        encoded.append_pair(k, v);
+                    }
+                    url = format!("{url}?{}", encoded.finish());
+                }
+                let (status, answer) = runtime.block_on(async {
+                    let mut request = server
+                        .client
+                        .request(method.clone(), &url)
+                        .body(body.clone());
+                    if let Some(auth) = &auth
+                        && let Ok(value) = reqwest::header::HeaderValue::from_str(auth)
+                    {
+                        request = request.header("authorization", value);
+                    }
+                    if let Some(ct) = &content_type
+                        && let Ok(value) = reqwest::header::HeaderValue::from_str(ct)
+                    {
+                        request = request.header("content-type", value);
+                    }
+                    let response = request.send().await.expect("the server answers");
+                    let status = response.status().as_u16();
+                    (status, response.bytes().await.unwrap_or_default())
+                });
+                *seen.lock().unwrap().entry(status).or_default() += 1;
+                prop_assert!(
+                    status < 500,
+                    "{method} {url} -> {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                prop_assert!(
+                    [200, 400, 401, 404, 405, 413, 415].contains(&status),
+                    "{method} {url} -> {status}"
+                );
+                if status != 200 {
+                    let error: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+                    prop_assert!(
+                        error["error"]["code"]
+                            .as_str()
+                            .is_some_and(|c| !c.is_empty()),
+                        "{status}: {error}"
+                    );
+                    prop_assert!(error["error"]["message"].is_string());
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    eprintln!("statuses seen: {seen:?}");
+    for status in [200, 400, 401, 404, 405, 413, 415] {
+        assert!(
+            seen.contains_key(&status),
+            "the generator reached {status}: {seen:?}"
+        );
+    }
+    runtime.block_on(server.stop());
+}
+
+#[tokio::test]
+async fn bad_tokens_and_health_checks_under_load_do_not_disturb_a_run() {
+    use futures_util::StreamExt as _;
+
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let range = crate::http::fill_days(&db, 300).await;
+    let server = std::sync::Arc::new(crate::http::TestServer::start(db.store.clone(), 366).await);
+    let run = {
+        let server = server.clone();
+        let body = format!(
+            r#"{{"startDate":"{}","endDate":"{}"}}"#,
+            range.start(),
+            range.end()
+        );
+        tokio::spawn(async move { server.post_json(&body).await })
+    };
+    let started = Instant::now();
+    let latencies: Vec<(u16, Duration)> = futures_util::stream::iter(0..2_200)
+        .map(|i| {
+            let server = server.clone();
+            async move {
+                let sent = Instant::now();
+                let request = if i % 11 == 0 {
+                    server.client.get(server.url("/healthz"))
+                } else {
+                    server
+                        .client
+                        .get(server.url(crate::http::JOB))
+                        .bearer_auth(format!("wrong-{i}"))
+                };
+                let status = request.send().await.unwrap().status().as_u16();
+                (status, sent.elapsed())
+            }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let storm = started.elapsed();
+    assert_eq!(latencies.iter().filter(|(s, _)| *s == 401).count(), 2_000);
+    assert_eq!(latencies.iter().filter(|(s, _)| *s == 200).count(), 200);
+    let mut times: Vec<Duration> = latencies.iter().map(|(_, t)| *t).collect();
+    times.sort_unstable();
+    let p99 = times[times.len() * 99 / 100];
+    eprintln!(
+        "2,200 requests at concurrency 50 in {storm:?}; p50 {:?}, p99 {p99:?}",
+        times[times.len() / 2]
+    );
+    assert!(
+        p99 < Duration::from_secs(2),
+        "answered quickly: p99 {p99:?}"
+    );
+
+    let (status, report) = run.await.unwrap();
+    assert_eq!(status.as_u16(), 200, "{report}");
+    assert_eq!(report["totals"]["rows"], 300, "the run was not disturbed");
+    assert_eq!(db.rollups().await.len(), 300);
+    let Ok(server) = std::sync::Arc::try_unwrap(server) else {
+        panic!("server still shared")
+    };
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_or_never_finishing_request_bodies_are_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let secret = veris_jobs::http::CronSecret::new(crate::http::SECRET).unwrap();
+    let state = veris_jobs::http::AppState::new(db.store.clone(), Default::default(), 366, secret)
+        .with_body_timeout(Duration::from_millis(500));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(veris_jobs::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    for framing in ["Content-Length: 100\r\n", "Transfer-Encoding: chunked\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{framing}\r\n",
+            crate::http::JOB,
+            crate::http::SECRET
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(if framing.starts_with("Content") {
+                b"{"
+            } else {
+                b"1\r\n{\r\n"
+            })
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
