@@ -15,6 +15,7 @@ mod day_lock;
 mod pg_copy;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_scan;
 
 use std::fmt;
 use std::future::Future;
@@ -45,7 +46,7 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     /// A statement failed.
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", describe(source))]
     Query {
         action: String,
         #[source]
@@ -56,6 +57,13 @@ pub enum StoreError {
         "day {date} is held by another run (waited {waited:?}); try again when it has finished"
     )]
     DayBusy { date: Date, waited: Duration },
+    /// Reading SQLite source events failed.
+    #[error("{action}: {source}")]
+    Read {
+        action: String,
+        #[source]
+        source: rusqlite::Error,
+    },
     /// The work was cancelled before it finished (the runtime is shutting down).
     #[error("{0}")]
     Aborted(String),
@@ -77,6 +85,15 @@ impl StoreError {
             StoreError::Query { source, .. } => is_connection_error(source),
             _ => false,
         }
+    }
+}
+
+/// A driver error in words: a lost connection says so first.
+fn describe(error: &sqlx::Error) -> String {
+    if is_connection_error(error) {
+        format!("the connection to the database was lost ({error})")
+    } else {
+        error.to_string()
     }
 }
 

@@ -9,16 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::TryStreamExt as _;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Row as _};
 
-use super::pg_copy::lenient_utf8;
-use super::{DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, failed, query_error};
-use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow, SourceEvent};
+use super::{
+    DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, query_error, sqlite_scan,
+};
+use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
 
 /// How long a statement waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +27,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    db_path: PathBuf,
     lock_path: PathBuf,
     source: TableName,
     sql: Arc<Statements>,
@@ -89,7 +90,8 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             // Streaming a big day takes seconds by design: not worth a warning.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
-        let mut lock_path = options.get_filename().as_os_str().to_owned();
+        let db_path = options.get_filename().to_owned();
+        let mut lock_path = db_path.as_os_str().to_owned();
         lock_path.push(".veris-lock");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -102,6 +104,7 @@ impl SqliteStore {
             })?;
         Ok(Self {
             pool,
+            db_path,
             lock_path: lock_path.into(),
             source: source.clone(),
             sql: Arc::new(Statements::new(source)),
@@ -159,32 +162,33 @@ impl SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Reads the window on a blocking thread with a plain SQLite connection, in
+    /// batches (see [`sqlite_scan`](super::sqlite_scan)).
     pub(super) async fn scan_window(
         &self,
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),
     ) -> Result<(), StoreError> {
-        let action = format!("reading the events of {} from {}", window.date, self.source);
-        let mut rows = sqlx::query(AssertSqlSafe(self.sql.scan.as_str()))
-            .bind(sqlite_timestamp(window.start))
-            .bind(sqlite_timestamp(window.end))
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await.map_err(failed(&action))? {
-            let event: Option<&[u8]> = row.try_get(0).map_err(failed(&action))?;
-            let user_id: Option<&[u8]> = row.try_get(1).map_err(failed(&action))?;
-            let meta: Option<&[u8]> = row.try_get(2).map_err(failed(&action))?;
-            let (event, user_id, meta) = (
-                event.map(lenient_utf8),
-                user_id.map(lenient_utf8),
-                meta.map(lenient_utf8),
-            );
-            sink.push(SourceEvent {
-                event: event.as_deref(),
-                user_id: user_id.as_deref(),
-                meta: meta.as_deref(),
-            });
+        let action = || format!("reading the events of {} from {}", window.date, self.source);
+        let (mut batches, reader) = sqlite_scan::read_batches(
+            &self.db_path,
+            &self.sql.scan,
+            sqlite_timestamp(window.start),
+            sqlite_timestamp(window.end),
+            BUSY_TIMEOUT,
+        );
+        while let Some(batch) = batches.recv().await {
+            batch.drain_into(sink);
         }
-        Ok(())
+        match reader.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(StoreError::Read {
+                action: action(),
+                source,
+            }),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(StoreError::Aborted(format!("{} was cancelled", action()))),
+        }
     }
 
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {

@@ -57,6 +57,7 @@ async fn hostile_events_land_under_a_reason_or_in_the_summary(db: TestDb) {
 
     let started = Instant::now();
     let report = db.run(&range_options("2024-05-05", "2024-05-05")).await;
+    eprintln!("hostile events rolled up in {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(30), "no stall");
     let day = &report.days[0];
     assert_eq!(day.status, DayStatus::Written, "{day:?}");
@@ -375,6 +376,7 @@ async fn a_terminated_connection_fails_that_day_and_a_rerun_repairs_it() {
     assert_eq!(report["days"][0]["status"], "written");
     assert_eq!(report["days"][1]["status"], "failed");
     let error = report["days"][1]["error"].as_str().unwrap();
+    eprintln!("the failed day: {error}");
     assert!(
         error.contains("reading the events of 2024-06-02"),
         "{error}"
