@@ -58,14 +58,30 @@ pub fn parse_meta(text: Option<&str>) -> ParsedMeta<'_> {
         Ok(TopLevel::Null) => ParsedMeta::Absent,
         Ok(TopLevel::NonObject) => ParsedMeta::NonObject,
         Ok(TopLevel::Object(mut entries)) => {
-            // Like PostgreSQL's jsonb, the last of duplicate keys wins.
-            entries.reverse();
-            entries.sort_by(|a, b| a.0.cmp(&b.0)); // stable: last-in-text comes first
-            entries.dedup_by(|later, first| later.0 == first.0);
+            if has_duplicate_keys(&entries) {
+                // Like PostgreSQL's jsonb, the last of duplicate keys wins.
+                entries.reverse();
+                entries.sort_by(|a, b| a.0.cmp(&b.0)); // stable: last-in-text comes first
+                entries.dedup_by(|later, first| later.0 == first.0);
+            }
             ParsedMeta::Object(entries)
         }
         Err(_) => ParsedMeta::Invalid,
     }
+}
+
+/// Whether two entries share a key. Objects are small, so pairwise comparison beats
+/// sorting in the usual case; large ones are checked by sorting their keys.
+fn has_duplicate_keys(entries: &[(Cow<'_, str>, MetaValue<'_>)]) -> bool {
+    if entries.len() <= 16 {
+        return entries
+            .iter()
+            .enumerate()
+            .any(|(i, (key, _))| entries[i + 1..].iter().any(|(other, _)| other == key));
+    }
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| &**k).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|pair| pair[0] == pair[1])
 }
 
 enum TopLevel<'a> {
