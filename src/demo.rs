@@ -67,7 +67,8 @@ pub async fn run(store: &Store, source: &TableName, job: &JobArgs) -> Result<Run
     }
     let _ = writeln!(
         out,
-        "\nNext: veris-jobs telemetry-daily --start-date {} --end-date {} --dry-run",
+        "\nNext, a dry run over the same days (from a checkout, `cargo run --release --` in place of `veris-jobs`):\n  \
+         veris-jobs telemetry-daily --start-date {} --end-date {} --dry-run",
         range.start(),
         range.end()
     );

@@ -101,17 +101,10 @@ impl AppState {
         };
         let store = self.inner.store.clone();
         let task = self.inner.runs.spawn(async move {
+            // The run logs its own outcome, so it is on record even if the caller hung up.
             let outcome = telemetry_daily::run(&store, &options).await;
-            match &outcome {
-                Ok(report) => tracing::info!(
-                    start_date = %report.start_date,
-                    end_date = %report.end_date,
-                    dry_run = report.dry_run,
-                    ok = report.ok,
-                    duration_ms = report.duration_ms,
-                    "run finished"
-                ),
-                Err(error) => tracing::warn!(%error, "run did not start"),
+            if let Err(error) = &outcome {
+                tracing::warn!(%error, "run did not start");
             }
             outcome
         });

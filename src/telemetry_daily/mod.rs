@@ -205,6 +205,16 @@ where
     }
     report.summarize();
     report.duration_ms = elapsed_ms(started);
+    tracing::info!(
+        start_date = %report.start_date,
+        end_date = %report.end_date,
+        dry_run = report.dry_run,
+        ok = report.ok,
+        events_read = report.totals.events_read,
+        rows = report.totals.rows,
+        duration_ms = report.duration_ms,
+        "run done"
+    );
     Ok(report)
 }
 
