@@ -127,7 +127,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Serve(_) => Some(cron_secret()?),
         _ => None,
     };
-    let store = Store::connect(&cli.global.database_url, &cli.global.source_table).await?;
+    let store = match &cli.command {
+        // A server starts even while its database is down, and answers 503 until it is up.
+        Command::Serve(_) => {
+            Store::connect_lazy(&cli.global.database_url, &cli.global.source_table).await?
+        }
+        _ => Store::connect(&cli.global.database_url, &cli.global.source_table).await?,
+    };
     match cli.command {
         Command::Migrate => {
             store.migrate().await?;

@@ -291,6 +291,24 @@ impl Store {
         }
     }
 
+    /// Like [`Store::connect`], but a PostgreSQL pool connects on first use, so that a
+    /// server can start, and answer 503, while its database is down.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`]; for SQLite also [`StoreError::Unreachable`] when the
+    /// file cannot be opened.
+    pub async fn connect_lazy(
+        database_url: &str,
+        source_table: &TableName,
+    ) -> Result<Self, StoreError> {
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            PgStore::connect_lazy(database_url, source_table).map(Store::Postgres)
+        } else {
+            Self::connect(database_url, source_table).await
+        }
+    }
+
     /// Creates the source table (when absent) and the rollup table; safe to repeat.
     ///
     /// # Errors

@@ -21,6 +21,8 @@ use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupR
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a health check waits for the pool.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn copy_error(action: &str) -> impl FnOnce(CopyFormatError) -> StoreError + '_ {
     move |error| StoreError::Query {
@@ -72,6 +74,21 @@ impl PgStore {
     ///
     /// [`StoreError::InvalidUrl`] or [`StoreError::Unreachable`].
     pub async fn connect(url: &str, source: &TableName) -> Result<Self, StoreError> {
+        let store = Self::connect_lazy(url, source)?;
+        // Connects once now, so that an unreachable server is reported at once (the
+        // pool would retry until its timeout).
+        let conn = store.fresh_connection().await?;
+        let _ = conn.close().await;
+        Ok(store)
+    }
+
+    /// A pool that connects on first use: for a server that should start (and answer
+    /// 503) while the database is down.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`].
+    pub fn connect_lazy(url: &str, source: &TableName) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?;
@@ -81,12 +98,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(|source| StoreError::Unreachable {
-                target: target.clone(),
-                source,
-            })?;
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             options: Arc::new(options),
@@ -100,6 +112,21 @@ impl PgStore {
     /// The pool, for callers that need the database itself (tests, tools).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection of its own, outside the pool, within the connect timeout.
+    async fn fresh_connection(&self) -> Result<sqlx::postgres::PgConnection, StoreError> {
+        let unreachable = |source| StoreError::Unreachable {
+            target: self.target.clone(),
+            source,
+        };
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            sqlx::postgres::PgConnection::connect_with(&self.options),
+        )
+        .await
+        .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
+        .map_err(unreachable)
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
@@ -145,10 +172,13 @@ impl PgStore {
     /// Asks through the pool, and if that fails on a fresh connection: a pooled
     /// connection may be one the server has just closed.
     pub(super) async fn ping(&self) -> bool {
-        if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
+        // A health check answers quickly, well within the pool's connect timeout.
+        let pooled =
+            tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        if matches!(pooled, Ok(Ok(_))) {
             return true;
         }
-        let Ok(mut conn) = sqlx::postgres::PgConnection::connect_with(&self.options).await else {
+        let Ok(mut conn) = self.fresh_connection().await else {
             return false;
         };
         let answered = sqlx::query("SELECT 1").execute(&mut conn).await.is_ok();
@@ -279,12 +309,7 @@ impl PgStore {
         wait: Duration,
     ) -> Result<DayLocks, StoreError> {
         // Session locks need a session of their own, outside the pool.
-        let conn = sqlx::postgres::PgConnection::connect_with(&self.options)
-            .await
-            .map_err(|source| StoreError::Unreachable {
-                target: self.target.clone(),
-                source,
-            })?;
+        let conn = self.fresh_connection().await?;
         let inner = day_lock::lock_pg_days(conn, range, wait).await?;
         Ok(DayLocks { inner })
     }
