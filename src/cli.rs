@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{GlobalArgs, JobArgs, LogFormat, RangeArgs, ServeArgs};
 use crate::error::Error;
 use crate::http::{self, AppState, CronSecret, JOB_PATH, MIN_SECRET_LEN};
-use crate::store::Store;
+use crate::store::{RunHistory as _, RunRecord, Store};
 use crate::telemetry_daily::{self, RunReport};
 use tokio::net::TcpListener;
 
@@ -35,6 +35,8 @@ pub enum Command {
     Migrate,
     /// Roll raw events up into one row per (day, event).
     TelemetryDaily(TelemetryDailyArgs),
+    /// List recent runs from the run history (job_runs).
+    Runs(RunsArgs),
     /// Serve the job over HTTP (needs CRON_SECRET in the environment).
     Serve(ServeArgs),
     /// Fill the database with a few days of sample events and run the job over them.
@@ -61,6 +63,18 @@ pub struct TelemetryDailyArgs {
 
     #[command(flatten)]
     pub job: JobArgs,
+}
+
+/// Flags of `runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+
+    /// Print the runs as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `demo`.
@@ -150,6 +164,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             print_report(&report, args.json);
             Ok(exit_code(&report))
         }
+        Command::Runs(args) => {
+            let runs = store.recent_runs(args.limit).await?;
+            if args.json {
+                // Run records hold only strings, numbers and reports: serializing cannot fail.
+                write_stdout(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&runs).unwrap_or_default()
+                ));
+            } else {
+                write_stdout(&runs_table(&runs));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(args) => {
             let options = args.job.run_options(None, false, false);
             let secret = secret.ok_or_else(|| Error::Usage("CRON_SECRET is not set".into()))?;
@@ -204,6 +231,32 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     tracing::info!("shutdown signal received: finishing runs under way");
+}
+
+/// The run history as a readable table.
+fn runs_table(runs: &[RunRecord]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:>5}  {:<8}  {:<9}  {:<24}  {:<23}  {:>9}\n",
+        "id", "trigger", "status", "started (UTC)", "range", "days"
+    );
+    for run in runs {
+        let range = if run.start_date == run.end_date {
+            run.start_date.clone()
+        } else {
+            format!("{} .. {}", run.start_date, run.end_date)
+        };
+        let days = format!("{}/{}", run.days_done, run.days_total);
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<8}  {:<9}  {:<24}  {:<23}  {:>9}",
+            run.id, run.trigger, run.status, run.started_at, range, days
+        );
+    }
+    if runs.is_empty() {
+        out.push_str("(no runs recorded yet)\n");
+    }
+    out
 }
 
 /// Prints the report as a table, or as JSON with `json`.

@@ -96,6 +96,7 @@ impl JobArgs {
             lock_timeout: self.lock_timeout,
             lookback_days: self.lookback_days,
             read_slices: self.read_slices,
+            trigger: crate::telemetry_daily::Trigger::Cli,
         }
     }
 }

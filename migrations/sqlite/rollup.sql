@@ -16,3 +16,19 @@ CREATE TABLE IF NOT EXISTS veris_demo_sample (
     start_date text    NOT NULL,
     end_date   text    NOT NULL
 );
+
+-- One row per run that writes (dry runs are not recorded).
+CREATE TABLE IF NOT EXISTS job_runs (
+    id          integer PRIMARY KEY,
+    job         text    NOT NULL,
+    trigger     text    NOT NULL,
+    started_at  text    NOT NULL,
+    finished_at text,
+    start_date  text    NOT NULL,
+    end_date    text    NOT NULL,
+    timezone    text    NOT NULL,
+    status      text    NOT NULL,
+    days_done   integer NOT NULL DEFAULT 0,
+    days_total  integer NOT NULL,
+    report      text
+);

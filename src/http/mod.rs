@@ -32,8 +32,8 @@ pub use self::auth::{CronSecret, MIN_SECRET_LEN};
 pub use self::error::ApiError;
 pub use self::request::RunRequest;
 
-use crate::store::{RollupStore as _, Store, StoreError};
-use crate::telemetry_daily::{self, RunError, RunOptions, RunReport};
+use crate::store::{RollupStore as _, RunHistory as _, Store, StoreError};
+use crate::telemetry_daily::{self, RunError, RunOptions, RunReport, Trigger};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -43,6 +43,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The job's path.
 pub const JOB_PATH: &str = "/api/jobs/telemetry-daily";
+
+/// The run history's path.
+pub const RUNS_PATH: &str = "/api/jobs/runs";
 
 /// What the handlers share: the store, the job's settings and the secret.
 #[derive(Debug, Clone)]
@@ -97,6 +100,7 @@ impl AppState {
             force: false,
             // A day held by another run is answered 409 at once, never waited for.
             lock_timeout: std::time::Duration::ZERO,
+            trigger: Trigger::Http,
             ..self.inner.job.clone()
         };
         let store = self.inner.store.clone();
@@ -126,6 +130,8 @@ pub fn router(state: AppState) -> Router {
         .route(JOB_PATH, job.clone())
         // Served as it is, never redirected: cron callers do not follow redirects.
         .route(&format!("{JOB_PATH}/"), job)
+        .route(RUNS_PATH, runs_route())
+        .route(&format!("{RUNS_PATH}/"), runs_route())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,
@@ -234,6 +240,41 @@ fn run_error(error: RunError) -> ApiError {
         }
         RunError::Date(date) => ApiError::bad_request("invalid_range", date.to_string()),
         other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn runs_route() -> axum::routing::MethodRouter<AppState> {
+    get(recent_runs).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } })
+}
+
+/// `GET /api/jobs/runs?limit=N`: the most recent runs, newest first (20 by default).
+async fn recent_runs(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let mut limit = 20u32;
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        if key != "limit" {
+            return ApiError::bad_request(
+                "unknown_field",
+                format!("unknown parameter '{}'; expected limit", key.escape_debug()),
+            )
+            .into_response();
+        }
+        match value.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => limit = n,
+            _ => {
+                return ApiError::bad_request(
+                    "invalid_limit",
+                    "limit must be a whole number from 1 to 10000",
+                )
+                .into_response();
+            }
+        }
+    }
+    match state.inner.store.recent_runs(limit).await {
+        Ok(runs) => Json(json!({ "runs": runs })).into_response(),
+        Err(error) if error.is_unreachable() => {
+            ApiError::Unavailable(error.to_string()).into_response()
+        }
+        Err(error) => ApiError::Internal(error.to_string()).into_response(),
     }
 }
 

@@ -227,6 +227,103 @@ pub trait RollupStore {
     fn ping(&self) -> impl Future<Output = bool> + Send;
 }
 
+/// Where runs are recorded, as `job_runs`.
+pub trait RunHistory {
+    /// Records a run as `running`, first marking `abandoned` every earlier `running` run
+    /// of the same job over overlapping days (its process died: its days were free for
+    /// this run to take). Returns the new run's id.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be written.
+    fn start_run(&self, run: &NewRun) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Records that `days_done` days of run `id` are committed.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be written.
+    fn run_progress(
+        &self,
+        id: i64,
+        days_done: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the end of run `id`: `ok` or `failed`, and its report as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be written.
+    fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        days_done: u32,
+        report_json: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The `limit` most recent runs, newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be read.
+    fn recent_runs(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<RunRecord>, StoreError>> + Send;
+}
+
+/// A run about to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRun {
+    pub job: String,
+    pub trigger: String,
+    pub range: DayRange,
+    pub timezone: String,
+}
+
+/// The state of a recorded run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Ok,
+    Failed,
+    Abandoned,
+}
+
+impl RunStatus {
+    /// The name stored in `job_runs.status`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One row of `job_runs`, as `runs` and `GET /api/jobs/runs` show it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub trigger: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub start_date: String,
+    pub end_date: String,
+    pub timezone: String,
+    pub status: String,
+    pub days_done: i64,
+    pub days_total: i64,
+    /// The run report, once the run has finished.
+    pub report: Option<serde_json::Value>,
+}
+
 /// Days held by one run; dropping it (or the process ending) lets them go.
 #[derive(Debug)]
 pub struct DayLocks {
@@ -397,6 +494,42 @@ impl EventSource for Store {
     }
 }
 
+impl RunHistory for Store {
+    async fn start_run(&self, run: &NewRun) -> Result<i64, StoreError> {
+        match self {
+            Store::Postgres(s) => s.start_run(run).await,
+            Store::Sqlite(s) => s.start_run(run).await,
+        }
+    }
+
+    async fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.run_progress(id, days_done).await,
+            Store::Sqlite(s) => s.run_progress(id, days_done).await,
+        }
+    }
+
+    async fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        days_done: u32,
+        report_json: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(s) => s.finish_run(id, status, days_done, report_json).await,
+            Store::Sqlite(s) => s.finish_run(id, status, days_done, report_json).await,
+        }
+    }
+
+    async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.recent_runs(limit).await,
+            Store::Sqlite(s) => s.recent_runs(limit).await,
+        }
+    }
+}
+
 impl RollupStore for Store {
     async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         match self {
@@ -425,6 +558,35 @@ impl RollupStore for Store {
             Store::Sqlite(s) => s.ping().await,
         }
     }
+}
+
+/// Reads a `job_runs` row selected as (id, job, trigger, started_at, finished_at,
+/// start_date, end_date, timezone, status, days_done, days_total, report), all text but
+/// the numbers, on either database.
+pub(crate) fn run_record<'r, R>(row: &'r R) -> Result<RunRecord, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let report: Option<String> = row.try_get(11)?;
+    Ok(RunRecord {
+        id: row.try_get(0)?,
+        job: row.try_get(1)?,
+        trigger: row.try_get(2)?,
+        started_at: row.try_get(3)?,
+        finished_at: row.try_get(4)?,
+        start_date: row.try_get(5)?,
+        end_date: row.try_get(6)?,
+        timezone: row.try_get(7)?,
+        status: row.try_get(8)?,
+        days_done: row.try_get(9)?,
+        days_total: row.try_get(10)?,
+        // Written by this crate from a serialized report; text that does not parse is
+        // kept out rather than failing the listing.
+        report: report.and_then(|text| serde_json::from_str(&text).ok()),
+    })
 }
 
 /// The URL with any password replaced by `***`, for messages.

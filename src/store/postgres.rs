@@ -14,8 +14,8 @@ use tokio::sync::OnceCell;
 
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
-    DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, failed, query_error,
-    redact_url,
+    DayLocks, DemoSample, NewEvent, NewRun, RunRecord, RunStatus, StoreError, TableName, day_lock,
+    failed, query_error, redact_url,
 };
 use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
 
@@ -435,5 +435,83 @@ impl PgStore {
             .map_err(query_error(action))?;
         tx.commit().await.map_err(query_error(action))?;
         Ok(sample)
+    }
+
+    pub(super) async fn start_run(&self, run: &NewRun) -> Result<i64, StoreError> {
+        let action = "recording the run";
+        let mut tx = self.pool.begin().await.map_err(query_error(action))?;
+        sqlx::query(
+            "UPDATE job_runs SET status = 'abandoned', finished_at = now() \
+             WHERE status = 'running' AND job = $1 AND start_date <= $3::date AND end_date >= $2::date",
+        )
+        .bind(&run.job)
+        .bind(run.range.start().to_string())
+        .bind(run.range.end().to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(action))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO job_runs (job, trigger, start_date, end_date, timezone, status, days_total) \
+             VALUES ($1, $2, $3::date, $4::date, $5, 'running', $6) RETURNING id",
+        )
+        .bind(&run.job)
+        .bind(&run.trigger)
+        .bind(run.range.start().to_string())
+        .bind(run.range.end().to_string())
+        .bind(&run.timezone)
+        .bind(i32::try_from(run.range.len_days()).unwrap_or(i32::MAX))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error(action))?;
+        tx.commit().await.map_err(query_error(action))?;
+        Ok(id)
+    }
+
+    pub(super) async fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE job_runs SET days_done = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i32::try_from(days_done).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording the run's progress"))?;
+        Ok(())
+    }
+
+    pub(super) async fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        days_done: u32,
+        report_json: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_runs SET status = $2, days_done = $3, report = $4::jsonb, finished_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(i32::try_from(days_done).unwrap_or(i32::MAX))
+        .bind(report_json)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording the end of the run"))?;
+        Ok(())
+    }
+
+    pub(super) async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let utc = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
+        let sql = format!(
+            "SELECT id, job, trigger, to_char(started_at AT TIME ZONE 'UTC', {utc}), \
+             to_char(finished_at AT TIME ZONE 'UTC', {utc}), start_date::text, end_date::text, timezone, status, \
+             days_done::int8, days_total::int8, report::text FROM job_runs ORDER BY id DESC LIMIT $1"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("reading the run history"))?;
+        rows.iter()
+            .map(super::run_record)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("reading the run history"))
     }
 }

@@ -16,7 +16,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Row as _};
 
 use super::{
-    DayLocks, DemoSample, NewEvent, StoreError, TableName, day_lock, query_error, sqlite_scan,
+    DayLocks, DemoSample, NewEvent, NewRun, RunRecord, RunStatus, StoreError, TableName, day_lock,
+    query_error, sqlite_scan,
 };
 use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
 
@@ -387,5 +388,85 @@ impl SqliteStore {
             .map_err(query_error(action))?;
         tx.commit().await.map_err(query_error(action))?;
         Ok(sample)
+    }
+
+    pub(super) async fn start_run(&self, run: &NewRun) -> Result<i64, StoreError> {
+        let action = "recording the run";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query_error(action))?;
+        sqlx::query(
+            "UPDATE job_runs SET status = 'abandoned', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE status = 'running' AND job = ?1 AND start_date <= ?3 AND end_date >= ?2",
+        )
+        .bind(&run.job)
+        .bind(run.range.start().to_string())
+        .bind(run.range.end().to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(action))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO job_runs (job, trigger, started_at, start_date, end_date, timezone, status, days_total) \
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3, ?4, ?5, 'running', ?6) RETURNING id",
+        )
+        .bind(&run.job)
+        .bind(&run.trigger)
+        .bind(run.range.start().to_string())
+        .bind(run.range.end().to_string())
+        .bind(&run.timezone)
+        .bind(run.range.len_days())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error(action))?;
+        tx.commit().await.map_err(query_error(action))?;
+        Ok(id)
+    }
+
+    pub(super) async fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE job_runs SET days_done = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(i64::from(days_done))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording the run's progress"))?;
+        Ok(())
+    }
+
+    pub(super) async fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        days_done: u32,
+        report_json: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE job_runs SET status = ?2, days_done = ?3, report = ?4, \
+             finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(i64::from(days_done))
+        .bind(report_json)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording the end of the run"))?;
+        Ok(())
+    }
+
+    pub(super) async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job, trigger, started_at, finished_at, start_date, end_date, timezone, status, \
+             days_done, days_total, report FROM job_runs ORDER BY id DESC LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading the run history"))?;
+        rows.iter()
+            .map(super::run_record)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_error("reading the run history"))
     }
 }

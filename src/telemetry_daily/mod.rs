@@ -71,7 +71,7 @@ pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};
 pub use self::report::{DayReport, DayStatus, RunReport, Totals};
 
-use crate::store::{EventSource, RollupStore, StoreError};
+use crate::store::{EventSource, NewRun, RollupStore, RunHistory, RunStatus, StoreError};
 
 /// Hash maps keyed by event data. foldhash is several times faster than the
 /// standard SipHash and, seeded per process, still resists crafted collisions.
@@ -102,6 +102,31 @@ pub struct RunOptions {
     /// Time slices each day is read in, concurrently, over as many connections;
     /// their partial aggregates are merged. 1 reads a day in one stream.
     pub read_slices: u32,
+    /// What started the run, as the run history records it.
+    pub trigger: Trigger,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trigger {
+    /// The command line (and library calls).
+    #[default]
+    Cli,
+    /// The HTTP endpoint.
+    Http,
+    /// The built-in schedule.
+    Schedule,
+}
+
+impl Trigger {
+    /// The name `job_runs.trigger` holds.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Cli => "cli",
+            Trigger::Http => "http",
+            Trigger::Schedule => "schedule",
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -115,6 +140,7 @@ impl Default for RunOptions {
             lock_timeout: Duration::from_secs(60),
             lookback_days: 1,
             read_slices: 1,
+            trigger: Trigger::Cli,
         }
     }
 }
@@ -155,7 +181,7 @@ pub enum RunError {
 /// run has started, failed days are reported in the report, not returned as errors.
 pub async fn run<S>(store: &S, options: &RunOptions) -> Result<RunReport, RunError>
 where
-    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
+    S: EventSource + RollupStore + RunHistory + Clone + Send + Sync + 'static,
 {
     let started = Instant::now();
     let range = options.resolve_range(Timestamp::now())?;
@@ -179,6 +205,12 @@ where
         totals: Totals::default(),
         duration_ms: 0,
     };
+    // Dry runs write nothing, so they are not recorded either.
+    let history = match &locks {
+        Some(_) => start_history(store, &range, options).await,
+        None => None,
+    };
+    let mut days_done = 0u32;
     let mut unreachable: Option<String> = None;
     for window in &windows {
         let date = window.date;
@@ -198,13 +230,33 @@ where
             },
         };
         log_day(&day);
+        if day.status != DayStatus::Failed {
+            days_done += 1;
+            if let Some(id) = history
+                && let Err(error) = store.run_progress(id, days_done).await
+            {
+                tracing::warn!(%error, "the run history could not be updated");
+            }
+        }
         report.days.push(day);
+    }
+    report.summarize();
+    report.duration_ms = elapsed_ms(started);
+    if let Some(id) = history {
+        let status = if report.ok {
+            RunStatus::Ok
+        } else {
+            RunStatus::Failed
+        };
+        // A report holds only strings and numbers, so serializing cannot fail.
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        if let Err(error) = store.finish_run(id, status, days_done, &json).await {
+            tracing::warn!(%error, "the end of the run could not be recorded");
+        }
     }
     if let Some(locks) = locks {
         locks.release().await;
     }
-    report.summarize();
-    report.duration_ms = elapsed_ms(started);
     tracing::info!(
         start_date = %report.start_date,
         end_date = %report.end_date,
@@ -218,6 +270,28 @@ where
     Ok(report)
 }
 
+/// Records the run as started. The history is a record, not a precondition: if it
+/// cannot be written, the run goes on and says so in the log.
+async fn start_history<S: RunHistory>(
+    store: &S,
+    range: &DayRange,
+    options: &RunOptions,
+) -> Option<i64> {
+    let run = NewRun {
+        job: JOB_NAME.to_owned(),
+        trigger: options.trigger.as_str().to_owned(),
+        range: *range,
+        timezone: options.timezone.iana_name().unwrap_or("UTC").to_owned(),
+    };
+    match store.start_run(&run).await {
+        Ok(id) => Some(id),
+        Err(error) => {
+            tracing::warn!(%error, "the run could not be recorded in job_runs");
+            None
+        }
+    }
+}
+
 /// Aggregates one day and, unless told otherwise, writes it.
 async fn run_day<S>(
     store: &S,
@@ -225,7 +299,7 @@ async fn run_day<S>(
     options: &RunOptions,
 ) -> Result<DayReport, StoreError>
 where
-    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
+    S: EventSource + RollupStore + RunHistory + Clone + Send + Sync + 'static,
 {
     let started = Instant::now();
     let date = window.date;

@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod history;
 mod http;
 mod job;
 mod reliability;

@@ -513,7 +513,12 @@ async fn hostile_configuration_is_refused_before_any_sql() {
     };
     assert_eq!(
         tables,
-        ["telemetry_daily", "telemetry_events", "veris_demo_sample"]
+        [
+            "job_runs",
+            "telemetry_daily",
+            "telemetry_events",
+            "veris_demo_sample"
+        ]
     );
 }
 
