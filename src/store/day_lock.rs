@@ -138,7 +138,7 @@ pub(super) async fn lock_pg_days(
                 .bind(day)
                 .fetch_one(&mut conn)
                 .await
-                .map_err(super::query_error(format!("locking day {date}")))?;
+                .map_err(super::query_error(&format!("locking day {date}")))?;
             if taken {
                 break;
             }

@@ -603,18 +603,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Like [`query_error`] for hot loops: the action is copied only if it fails.
-pub(crate) fn failed(action: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+/// Wraps a failed statement with what it was doing. The action is copied only if
+/// the statement fails, so this costs nothing in a loop over rows.
+pub(crate) fn query_error(action: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
     move |source| StoreError::Query {
         action: action.to_owned(),
         source,
     }
-}
-
-/// Wraps a failed statement with what it was doing.
-pub(crate) fn query_error(action: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let action = action.into();
-    move |source| StoreError::Query { action, source }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
     DayLocks, DemoSample, NewEvent, NewRun, RunRecord, RunStatus, StoreError, TableName, day_lock,
-    failed, query_error, redact_url,
+    query_error, redact_url,
 };
 use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
 
@@ -155,7 +155,7 @@ impl PgStore {
             sqlx::raw_sql(AssertSqlSafe(sql))
                 .execute(&mut *tx)
                 .await
-                .map_err(query_error(format!(
+                .map_err(query_error(&format!(
                     "creating the source table {}",
                     self.source
                 )))?;
@@ -212,9 +212,9 @@ impl PgStore {
             .pool
             .copy_out_raw(&sql)
             .await
-            .map_err(failed(&action))?;
+            .map_err(query_error(&action))?;
         let mut reader = CopyReader::new(meta_is_jsonb);
-        while let Some(chunk) = chunks.try_next().await.map_err(failed(&action))? {
+        while let Some(chunk) = chunks.try_next().await.map_err(query_error(&action))? {
             reader.feed(&chunk, sink).map_err(copy_error(&action))?;
         }
         reader.finish().map_err(copy_error(&action))
@@ -230,7 +230,7 @@ impl PgStore {
         .bind(self.source.quoted())
         .fetch_optional(&self.pool)
         .await
-        .map_err(query_error(format!(
+        .map_err(query_error(&format!(
             "looking up the meta column of {}",
             self.source
         )))?;
@@ -244,7 +244,7 @@ impl PgStore {
         .bind(date.to_string())
         .fetch_all(&self.pool)
         .await
-        .map_err(query_error(format!("reading the rollup rows of {date}")))?;
+        .map_err(query_error(&format!("reading the rollup rows of {date}")))?;
         rows.into_iter()
             .map(|row| {
                 Ok(RollupRow {
@@ -255,7 +255,7 @@ impl PgStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error(format!("reading the rollup rows of {date}")))
+            .map_err(query_error(&format!("reading the rollup rows of {date}")))
     }
 
     pub(super) async fn write_day(
@@ -344,7 +344,7 @@ impl PgStore {
                     .bind(&metas)
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err(query_error(format!(
+                    .map_err(query_error(&format!(
                         "inserting events into {}",
                         self.source
                     )))?;
@@ -386,7 +386,7 @@ impl PgStore {
             .bind(last)
             .fetch_one(&self.pool)
             .await
-            .map_err(query_error(format!(
+            .map_err(query_error(&format!(
                 "counting the events in {}",
                 self.source
             )))

@@ -145,7 +145,7 @@ impl SqliteStore {
             sqlx::raw_sql(AssertSqlSafe(sql))
                 .execute(&mut *tx)
                 .await
-                .map_err(query_error(format!(
+                .map_err(query_error(&format!(
                     "creating the source table {}",
                     self.source
                 )))?;
@@ -199,7 +199,7 @@ impl SqliteStore {
         .bind(date.to_string())
         .fetch_all(&self.pool)
         .await
-        .map_err(query_error(format!("reading the rollup rows of {date}")))?;
+        .map_err(query_error(&format!("reading the rollup rows of {date}")))?;
         rows.into_iter()
             .map(|row| {
                 Ok(RollupRow {
@@ -210,7 +210,7 @@ impl SqliteStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error(format!("reading the rollup rows of {date}")))
+            .map_err(query_error(&format!("reading the rollup rows of {date}")))
     }
 
     pub(super) async fn write_day(
@@ -293,7 +293,7 @@ impl SqliteStore {
                     .bind(serde_json::Value::Array(rows).to_string())
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err(query_error(format!(
+                    .map_err(query_error(&format!(
                         "inserting events into {}",
                         self.source
                     )))?;
@@ -335,7 +335,7 @@ impl SqliteStore {
             .bind(last)
             .fetch_one(&self.pool)
             .await
-            .map_err(query_error(format!(
+            .map_err(query_error(&format!(
                 "counting the events in {}",
                 self.source
             )))
