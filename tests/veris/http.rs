@@ -137,6 +137,10 @@ async fn every_status_of_the_contract_table(db: TestDb) {
         ),
         (Value::Bool(true), 1.into())
     );
+    assert!(
+        db.rollups().await.is_empty(),
+        "a dry run over HTTP writes nothing"
+    );
     let (status, report) = server
         .post_json(r#"{"startDate":"2024-01-01","endDate":"2024-01-01"}"#)
         .await;
