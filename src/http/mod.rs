@@ -123,9 +123,12 @@ impl AppState {
 
 /// The endpoint's routes, ready to serve or to mount in another axum application.
 pub fn router(state: AppState) -> Router {
+    let not_allowed = || async { ApiError::MethodNotAllowed { allow: "GET, POST" } };
+    // HEAD is answered 405 rather than served as a GET: a probe must not start a run.
     let job = get(run_from_query)
         .post(run_from_body)
-        .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, POST" } });
+        .head(not_allowed)
+        .fallback(not_allowed);
     let protected = Router::new()
         .route(JOB_PATH, job.clone())
         // Served as it is, never redirected: cron callers do not follow redirects.

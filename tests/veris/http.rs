@@ -192,6 +192,12 @@ async fn every_status_of_the_contract_table(db: TestDb) {
     assert_error(status, &error, 401, "unauthorized");
 
     // 405.
+    let head = server.authed(Method::HEAD, JOB).send().await.unwrap();
+    assert_eq!(
+        head.status().as_u16(),
+        405,
+        "a HEAD probe does not start a run"
+    );
     for method in [Method::PUT, Method::DELETE, Method::PATCH] {
         let (status, error) = body(server.authed(method, JOB).send().await.unwrap()).await;
         assert_error(status, &error, 405, "method_not_allowed");
