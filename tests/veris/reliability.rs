@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use veris_jobs::store::NewEvent;
+use veris_jobs::store::{NewEvent, RunHistory as _};
 use veris_jobs::telemetry_daily::{DayStatus, MAX_EVENT_NAME_BYTES};
 
 use crate::cli::{stderr, veris};
@@ -159,16 +159,17 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
     let output = veris(&db.url, &range);
     assert!(output.status.success(), "{}", stderr(&output));
 
-    // How long a whole run takes, to spread the kills over it.
-    db.insert(&round_events(DAYS, 150, 1)).await;
-    let started = Instant::now();
-    assert!(veris(&db.url, &range).status.success());
-    let full_run = started.elapsed();
-
     let mut states_seen = std::collections::BTreeSet::new();
     for moment in 0..20u32 {
         let old = by_date(&db.rollups().await);
-        db.insert(&round_events(DAYS, 150, moment + 2)).await;
+        db.insert(&round_events(DAYS, 150, moment + 1)).await;
+        let last_run = db
+            .store
+            .recent_runs(1)
+            .await
+            .unwrap()
+            .first()
+            .map_or(0, |r| r.id);
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
             .env("DATABASE_URL", &db.url)
             .args(range)
@@ -176,8 +177,24 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(full_run * moment / 20).await;
-        child.kill().unwrap(); // SIGKILL
+        // Kill at spread-out points, found from the run's own progress in job_runs
+        // (so that a slow machine moves the kills along with the run): at once, or
+        // once `moment` days are committed, then a moment more to land inside a day.
+        if moment > 0 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let progress = db.store.recent_runs(1).await.unwrap();
+                let reached = progress.first().is_some_and(|r| {
+                    r.id > last_run && (r.days_done >= i64::from(moment) || r.status != "running")
+                });
+                if reached || child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(u64::from(moment % 4))).await;
+        }
+        let _ = child.kill(); // SIGKILL (a run that already ended is simply reaped)
         child.wait().unwrap();
         let after_kill = by_date(&db.rollups().await);
 
@@ -207,6 +224,7 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
         assert!(veris(&db.url, &range).status.success());
         assert_eq!(by_date(&db.rollups().await), new, "moment {moment}");
     }
+    eprintln!("days already written when killed: {states_seen:?}");
     assert!(
         states_seen.len() >= 3,
         "kills landed at several points of the run: {states_seen:?}"
