@@ -15,6 +15,7 @@
 //!   implements both for PostgreSQL and SQLite.
 //! - [`config`]: settings from flags and environment, validated once.
 //! - [`http`]: the endpoint `serve` answers: router, bearer auth, handlers.
+//! - [`metrics`]: counters of the runs a process made, in Prometheus text format.
 //! - [`cli`]: the command line (`migrate`, `telemetry-daily`, `serve`, `demo`).
 //! - [`demo`]: sample events for a first look.
 //! - [`error`]: the top-level error and its exit status.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod telemetry_daily;
 

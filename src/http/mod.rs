@@ -32,6 +32,7 @@ pub use self::auth::{CronSecret, MIN_SECRET_LEN};
 pub use self::error::ApiError;
 pub use self::request::RunRequest;
 
+use crate::metrics::Metrics;
 use crate::store::{RollupStore as _, RunHistory as _, Store, StoreError};
 use crate::telemetry_daily::{self, RunError, RunOptions, RunReport, Trigger};
 
@@ -61,6 +62,7 @@ struct Inner {
     max_range_days: u32,
     secret: CronSecret,
     runs: TaskTracker,
+    metrics: Metrics,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
                 max_range_days,
                 secret,
                 runs: TaskTracker::new(),
+                metrics: Metrics::new(),
             }),
             body_timeout: BODY_TIMEOUT,
         }
@@ -103,13 +106,18 @@ impl AppState {
             trigger: Trigger::Http,
             ..self.inner.job.clone()
         };
-        let store = self.inner.store.clone();
+        let state = self.clone();
         let task = self.inner.runs.spawn(async move {
-            // The run logs its own outcome, so it is on record even if the caller hung up.
-            let outcome = telemetry_daily::run(&store, &options).await;
+            // The run logs and counts its own outcome, so it is on record even if the
+            // caller hung up.
+            let outcome = telemetry_daily::run(&state.inner.store, &options).await;
             if let Err(error) = &outcome {
                 tracing::warn!(%error, "run did not start");
             }
+            state
+                .inner
+                .metrics
+                .observe(options.trigger, outcome.as_ref().ok());
             outcome
         });
         match task.await {
@@ -133,6 +141,10 @@ pub fn router(state: AppState) -> Router {
         .route(JOB_PATH, job.clone())
         // Served as it is, never redirected: cron callers do not follow redirects.
         .route(&format!("{JOB_PATH}/"), job)
+        .route(
+            "/metrics",
+            get(metrics).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
         .route(RUNS_PATH, runs_route())
         .route(&format!("{RUNS_PATH}/"), runs_route())
         .route_layer(middleware::from_fn_with_state(
@@ -244,6 +256,15 @@ fn run_error(error: RunError) -> ApiError {
         RunError::Date(date) => ApiError::bad_request("invalid_range", date.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
+}
+
+/// `GET /metrics`: the runs of this process, in Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let content_type = [(
+        header::CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8",
+    )];
+    (content_type, state.inner.metrics.render()).into_response()
 }
 
 fn runs_route() -> axum::routing::MethodRouter<AppState> {

@@ -667,3 +667,70 @@ async fn the_binary_refuses_a_missing_or_short_secret_and_never_logs_the_secret(
         "nor any part of a presented token"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_the_runs_of_the_process_in_prometheus_format() {
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    db.insert(&[
+        event("view", Some("u"), "2024-01-01T10:00:00Z", Some("[1]")),
+        event("view", Some("v"), "2024-01-02T10:00:00Z", None),
+    ])
+    .await;
+    let server = TestServer::start(db.store.clone(), 366).await;
+    let (status, _) = server
+        .post_json(r#"{"startDate":"2024-01-01","endDate":"2024-01-02"}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .post_json(r#"{"startDate":"2024-01-01","dryRun":true}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let anonymous = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let response = server
+        .authed(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        "veris_runs_total{job=\"telemetry-daily\",trigger=\"http\",outcome=\"ok\"} 2",
+        "veris_days_total{status=\"written\"} 2",
+        "veris_days_total{status=\"dry_run\"} 1",
+        "veris_events_read_total 2",
+        "veris_events_skipped_total{reason=\"non_object_meta\"} 1",
+        "veris_rows_written_total{kind=\"inserted\"} 2",
+        "veris_run_duration_seconds_count 2",
+        "veris_run_duration_seconds_bucket{le=\"+Inf\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    let last: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("veris_last_success_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(last > 1.7e9, "the last successful run's time: {last}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').unwrap();
+        assert!(
+            value.parse::<f64>().is_ok(),
+            "every sample has a number: {line}"
+        );
+    }
+    server.stop().await;
+}
