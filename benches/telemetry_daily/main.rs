@@ -118,11 +118,17 @@ fn days(events: u64) -> [(Date, u64); 3] {
 
 async fn postgres(args: &Args) {
     let name = format!("veris_bench_{}", args.events);
-    let (base, _) = args
+    // The same server and options (such as `?sslmode=disable`), another database.
+    let (address, options) = args
         .postgres_url
-        .rsplit_once('/')
-        .expect("URL ends in /DATABASE");
-    let url = format!("{base}/{name}");
+        .split_once('?')
+        .unwrap_or((&args.postgres_url, ""));
+    let (base, _) = address.rsplit_once('/').expect("URL ends in /DATABASE");
+    let url = if options.is_empty() {
+        format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{options}")
+    };
     let mut admin = sqlx::PgConnection::connect(&args.postgres_url)
         .await
         .expect("reach PostgreSQL");
