@@ -589,6 +589,14 @@ where
     })
 }
 
+/// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.
+pub(crate) fn lenient_utf8(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// The URL with any password replaced by `***`, for messages.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

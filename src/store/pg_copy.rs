@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use super::lenient_utf8;
 use crate::telemetry_daily::{EventSink, SourceEvent};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -148,14 +149,6 @@ fn read_fields(data: &[u8], mut pos: usize) -> Option<([Option<&[u8]>; 3], usize
 /// leniently rather than failing the day.
 fn text(bytes: Option<&[u8]>) -> Option<Cow<'_, str>> {
     bytes.map(lenient_utf8)
-}
-
-/// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.
-pub(super) fn lenient_utf8(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
-    }
 }
 
 fn be_u32(bytes: &[u8]) -> u32 {

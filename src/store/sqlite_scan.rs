@@ -14,7 +14,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
-use super::pg_copy::lenient_utf8;
+use super::lenient_utf8;
 use crate::telemetry_daily::{EventSink, SourceEvent};
 
 /// Rows per batch: large enough that handing a batch over costs nothing per row.
