@@ -13,9 +13,12 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{GlobalArgs, JobArgs, LogFormat, RangeArgs, ServeArgs};
 use crate::error::Error;
 use crate::http::{self, AppState, CronSecret, JOB_PATH, MIN_SECRET_LEN};
+use crate::progress::TerminalProgress;
+use crate::schedule::Schedule;
 use crate::store::{RunHistory as _, RunRecord, Store};
 use crate::telemetry_daily::{self, RunReport};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Background jobs of the Veris application.
 #[derive(Debug, Parser)]
@@ -56,6 +59,11 @@ pub struct TelemetryDailyArgs {
     /// Overwrite rollups even where the source now holds fewer events.
     #[arg(long)]
     pub force: bool,
+
+    /// Also redo earlier days that received source rows since the last successful
+    /// --changed run (found by the source's id, which must grow with insertion order).
+    #[arg(long)]
+    pub changed: bool,
 
     /// Print the run report as JSON.
     #[arg(long)]
@@ -122,7 +130,7 @@ pub fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match cli.global.log_format {
         LogFormat::Text => builder.try_init(),
@@ -136,10 +144,10 @@ pub fn init_logging(cli: &Cli) {
 ///
 /// [`Error`], whose [`Error::exit_code`] gives the exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    // Checked before connecting, so a missing secret is reported as such.
-    let secret = match &cli.command {
-        Command::Serve(_) => Some(cron_secret()?),
-        _ => None,
+    // Checked before connecting, so a missing secret or a bad schedule is reported as such.
+    let (secret, schedule) = match &cli.command {
+        Command::Serve(args) => (Some(cron_secret()?), parse_schedule(args)?),
+        _ => (None, None),
     };
     let store = match &cli.command {
         // A server starts even while its database is down, and answers 503 until it is up.
@@ -159,8 +167,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::TelemetryDaily(args) => {
             let range = args.range.range()?;
-            let options = args.job.run_options(range, args.dry_run, args.force);
-            let report = telemetry_daily::run(&store, &options).await?;
+            let mut options = args.job.run_options(range, args.dry_run, args.force);
+            options.changed = args.changed;
+            let mut progress = TerminalProgress::new(!args.json && std::io::stdout().is_terminal());
+            let report =
+                telemetry_daily::run_with_progress(&store, &options, &mut progress).await?;
+            progress.finish();
             print_report(&report, args.json);
             Ok(exit_code(&report))
         }
@@ -186,9 +198,31 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             })?;
             let address = listener.local_addr().unwrap_or(args.bind);
             tracing::info!(%address, "serving {JOB_PATH} and /healthz");
-            http::serve(listener, state, shutdown_signal())
-                .await
-                .map_err(|e| Error::Usage(format!("serving on {address}: {e}")))?;
+            // One signal stops both the schedule and the server.
+            let stop = CancellationToken::new();
+            let scheduler = schedule.map(|schedule| {
+                tracing::info!(
+                    schedule = schedule.expression(),
+                    timezone = args.job.timezone.iana_name().unwrap_or("UTC"),
+                    "running telemetry-daily on schedule"
+                );
+                tokio::spawn(crate::schedule::run_on_schedule(
+                    state.clone(),
+                    schedule,
+                    stop.clone().cancelled_owned(),
+                ))
+            });
+            let stop_on_signal = stop.clone();
+            let served = http::serve(listener, state, async move {
+                shutdown_signal().await;
+                stop_on_signal.cancel();
+            })
+            .await;
+            stop.cancel();
+            if let Some(scheduler) = scheduler {
+                let _ = scheduler.await;
+            }
+            served.map_err(|e| Error::Usage(format!("serving on {address}: {e}")))?;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
@@ -208,6 +242,16 @@ fn cron_secret() -> Result<CronSecret, Error> {
         ))
     })?;
     CronSecret::new(&value).map_err(Error::Usage)
+}
+
+fn parse_schedule(args: &ServeArgs) -> Result<Option<Schedule>, Error> {
+    args.schedule
+        .as_deref()
+        .map(|expression| {
+            Schedule::parse(expression, args.job.timezone.clone())
+                .map_err(|e| Error::Usage(format!("--schedule: {e}")))
+        })
+        .transpose()
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

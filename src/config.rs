@@ -97,6 +97,7 @@ impl JobArgs {
             lookback_days: self.lookback_days,
             read_slices: self.read_slices,
             trigger: crate::telemetry_daily::Trigger::Cli,
+            changed: false,
         }
     }
 }
@@ -116,6 +117,12 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_range_days: u32,
+
+    /// Run the job on this cron schedule, in --timezone: five fields ("0 2 * * *"),
+    /// or six with seconds first. Each run covers the default range, plus earlier
+    /// days that changed (as --changed).
+    #[arg(long, env = "TELEMETRY_SCHEDULE")]
+    pub schedule: Option<String>,
 
     #[command(flatten)]
     pub job: JobArgs,

@@ -16,7 +16,9 @@
 //! - [`config`]: settings from flags and environment, validated once.
 //! - [`http`]: the endpoint `serve` answers: router, bearer auth, handlers.
 //! - [`metrics`]: counters of the runs a process made, in Prometheus text format.
-//! - [`cli`]: the command line (`migrate`, `telemetry-daily`, `serve`, `demo`).
+//! - [`schedule`]: the built-in cron schedule of `serve`.
+//! - [`progress`]: the progress bar of multi-day runs on a terminal.
+//! - [`cli`]: the command line (`migrate`, `telemetry-daily`, `runs`, `serve`, `demo`).
 //! - [`demo`]: sample events for a first look.
 //! - [`error`]: the top-level error and its exit status.
 //!
@@ -40,6 +42,8 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod progress;
+pub mod schedule;
 pub mod store;
 pub mod telemetry_daily;
 

@@ -36,6 +36,7 @@ struct Counters {
     duration_count: u64,
     duration_sum: f64,
     last_success_unix: Option<f64>,
+    ticks_skipped: u64,
 }
 
 impl Metrics {
@@ -85,6 +86,14 @@ impl Metrics {
         if report.ok && !report.dry_run {
             c.last_success_unix = Some(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
         }
+    }
+
+    /// Counts a tick of the schedule skipped because the previous run was still going.
+    pub fn tick_skipped(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .ticks_skipped += 1;
     }
 
     /// The counters in Prometheus text exposition format (version 0.0.4).
@@ -159,6 +168,13 @@ impl Metrics {
             "Unix time of the last run that wrote every day (0: none yet).",
         );
         let _ = writeln!(out, "{last} {}", c.last_success_unix.unwrap_or(0.0));
+        let skipped_ticks = family(
+            &mut out,
+            "veris_schedule_ticks_skipped_total",
+            "counter",
+            "Ticks of the built-in schedule skipped because the previous scheduled run was still going.",
+        );
+        let _ = writeln!(out, "{skipped_ticks} {}", c.ticks_skipped);
         out
     }
 }

@@ -30,5 +30,9 @@ CREATE TABLE IF NOT EXISTS job_runs (
     status      text        NOT NULL,
     days_done   integer     NOT NULL DEFAULT 0,
     days_total  integer     NOT NULL,
-    report      jsonb
+    report      jsonb,
+    -- The source's highest id when a --changed run started.
+    source_watermark bigint
 );
+-- Tables made before source_watermark existed.
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS source_watermark bigint;

@@ -30,5 +30,7 @@ CREATE TABLE IF NOT EXISTS job_runs (
     status      text    NOT NULL,
     days_done   integer NOT NULL DEFAULT 0,
     days_total  integer NOT NULL,
-    report      text
+    report      text,
+    -- The source's highest id when a --changed run started.
+    source_watermark integer
 );

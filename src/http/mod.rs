@@ -94,33 +94,65 @@ impl AppState {
         &self.inner.secret
     }
 
-    /// Starts a run on a task of its own and waits for it. If the caller goes away,
-    /// the run still finishes and its outcome is logged.
-    async fn run(&self, request: RunRequest) -> Result<RunReport, ApiError> {
-        let options = RunOptions {
-            range: request.range,
-            dry_run: request.dry_run,
-            force: false,
-            // A day held by another run is answered 409 at once, never waited for.
-            lock_timeout: std::time::Duration::ZERO,
-            trigger: Trigger::Http,
-            ..self.inner.job.clone()
-        };
+    /// The counters `GET /metrics` shows.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Starts a run on a task of its own, which a shutdown waits for. The run logs
+    /// and counts its own outcome, so it is on record even if no one awaits it.
+    fn spawn_run(
+        &self,
+        options: RunOptions,
+    ) -> tokio::task::JoinHandle<Result<RunReport, RunError>> {
         let state = self.clone();
-        let task = self.inner.runs.spawn(async move {
-            // The run logs and counts its own outcome, so it is on record even if the
-            // caller hung up.
+        self.inner.runs.spawn(async move {
             let outcome = telemetry_daily::run(&state.inner.store, &options).await;
             if let Err(error) = &outcome {
-                tracing::warn!(%error, "run did not start");
+                tracing::warn!(%error, trigger = options.trigger.as_str(), "run did not start");
             }
             state
                 .inner
                 .metrics
                 .observe(options.trigger, outcome.as_ref().ok());
             outcome
-        });
-        match task.await {
+        })
+    }
+
+    /// Starts a run of the built-in schedule: the default range, with the earlier
+    /// days that changed, waiting for busy days as the command line does.
+    pub(crate) fn spawn_scheduled_run(&self) -> tokio::task::JoinHandle<()> {
+        let options = RunOptions {
+            range: None,
+            dry_run: false,
+            force: false,
+            changed: true,
+            trigger: Trigger::Schedule,
+            ..self.inner.job.clone()
+        };
+        let run = self.spawn_run(options);
+        self.inner.runs.spawn(async move {
+            // The run has logged and counted its outcome; only a panic is left to report.
+            if let Err(error) = run.await {
+                tracing::error!(%error, "scheduled run ended abnormally");
+            }
+        })
+    }
+
+    /// Runs a request's job and waits for it. If the caller goes away, the run
+    /// still finishes.
+    async fn run(&self, request: RunRequest) -> Result<RunReport, ApiError> {
+        let options = RunOptions {
+            range: request.range,
+            dry_run: request.dry_run,
+            force: false,
+            changed: false,
+            // A day held by another run is answered 409 at once, never waited for.
+            lock_timeout: std::time::Duration::ZERO,
+            trigger: Trigger::Http,
+            ..self.inner.job.clone()
+        };
+        match self.spawn_run(options).await {
             Ok(outcome) => outcome.map_err(run_error),
             Err(join_error) => Err(ApiError::Internal(format!(
                 "the run ended abnormally: {join_error}"

@@ -11,7 +11,9 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 
 use super::StoreError;
-use crate::telemetry_daily::{DayRange, day_number};
+use jiff::civil::Date;
+
+use crate::telemetry_daily::day_number;
 
 /// What a run holds until it lets go.
 #[derive(Debug)]
@@ -37,10 +39,10 @@ impl Held {
 /// How long to sleep between attempts while waiting for a day.
 const POLL: Duration = Duration::from_millis(25);
 
-/// Takes one byte per day of `range` in the lock file at `path`, waiting up to `wait`.
+/// Takes one byte per day of `days` in the lock file at `path`, waiting up to `wait`.
 pub(super) async fn lock_file_days(
     path: &std::path::Path,
-    range: &DayRange,
+    days: &[Date],
     wait: Duration,
 ) -> Result<Held, StoreError> {
     let lock_error = |source| StoreError::LockFile {
@@ -55,7 +57,7 @@ pub(super) async fn lock_file_days(
         .open(path)
         .map_err(lock_error)?;
     let started = Instant::now();
-    for date in range.days() {
+    for &date in days {
         loop {
             if byte_lock::try_lock(&file, day_offset(date)).map_err(lock_error)? {
                 break;
@@ -71,7 +73,7 @@ pub(super) async fn lock_file_days(
 }
 
 /// Days before 1970 have negative numbers; the offset keeps every date's byte positive.
-fn day_offset(date: jiff::civil::Date) -> i64 {
+fn day_offset(date: Date) -> i64 {
     day_number(date) + 4_000_000
 }
 
@@ -121,16 +123,16 @@ mod byte_lock {
     }
 }
 
-/// Takes one advisory lock per day of `range` on `conn`, waiting up to `wait`.
+/// Takes one advisory lock per day of `days` on `conn`, waiting up to `wait`.
 pub(super) async fn lock_pg_days(
     mut conn: PgConnection,
-    range: &DayRange,
+    days: &[Date],
     wait: Duration,
 ) -> Result<Held, StoreError> {
     /// The first key of the two-key advisory lock: ASCII "veri".
     const NAMESPACE: i32 = 0x7665_7269;
     let started = Instant::now();
-    for date in range.days() {
+    for &date in days {
         let day = i32::try_from(day_number(date)).unwrap_or(i32::MAX);
         loop {
             let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")

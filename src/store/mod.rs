@@ -184,6 +184,26 @@ pub trait EventSource {
         window: &DayWindow,
         sink: &mut (dyn EventSink + Send),
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The highest `id` in the source, `None` when it is empty: the watermark a
+    /// `--changed` run records. Meaningful only where ids grow with insertion order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the source cannot be read, or has no integer `id`.
+    fn id_watermark(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// The UTC hours (each as the instant it starts) in which events with
+    /// `after < id <= through` happened; `after` of `None` means from the first id.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the source cannot be read.
+    fn hours_with_ids(
+        &self,
+        after: Option<i64>,
+        through: i64,
+    ) -> impl Future<Output = Result<Vec<Timestamp>, StoreError>> + Send;
 }
 
 /// Where the rollup rows live.
@@ -210,16 +230,16 @@ pub trait RollupStore {
         changes: &DayChanges,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Takes every day of `range` for this run, waiting up to `wait` for days that
-    /// another run holds. The days stay held until the returned guard is released or
-    /// dropped, or the process dies.
+    /// Takes `days` (in ascending order) for this run, waiting up to `wait` for days
+    /// that another run holds. The days stay held until the returned guard is
+    /// released or dropped, or the process dies.
     ///
     /// # Errors
     ///
     /// [`StoreError::DayBusy`] naming the first day still held when `wait` ran out.
     fn lock_days(
         &self,
-        range: &DayRange,
+        days: &[Date],
         wait: Duration,
     ) -> impl Future<Output = Result<DayLocks, StoreError>> + Send;
 
@@ -262,6 +282,16 @@ pub trait RunHistory {
         report_json: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The source watermark of the latest successful run of `job` that recorded one.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be read.
+    fn last_watermark(
+        &self,
+        job: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
     /// The `limit` most recent runs, newest first.
     ///
     /// # Errors
@@ -280,6 +310,10 @@ pub struct NewRun {
     pub trigger: String,
     pub range: DayRange,
     pub timezone: String,
+    /// The range's days plus any earlier days a `--changed` run adds.
+    pub days_total: u32,
+    /// The source's highest id when a `--changed` run started; `None` for other runs.
+    pub source_watermark: Option<i64>,
 }
 
 /// The state of a recorded run.
@@ -322,6 +356,8 @@ pub struct RunRecord {
     pub days_total: i64,
     /// The run report, once the run has finished.
     pub report: Option<serde_json::Value>,
+    /// The source's highest id when a `--changed` run started.
+    pub source_watermark: Option<i64>,
 }
 
 /// Days held by one run; dropping it (or the process ending) lets them go.
@@ -492,6 +528,24 @@ impl EventSource for Store {
             Store::Sqlite(s) => s.scan_window(window, sink).await,
         }
     }
+
+    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.id_watermark().await,
+            Store::Sqlite(s) => s.id_watermark().await,
+        }
+    }
+
+    async fn hours_with_ids(
+        &self,
+        after: Option<i64>,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.hours_with_ids(after, through).await,
+            Store::Sqlite(s) => s.hours_with_ids(after, through).await,
+        }
+    }
 }
 
 impl RunHistory for Store {
@@ -522,6 +576,13 @@ impl RunHistory for Store {
         }
     }
 
+    async fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Postgres(s) => s.last_watermark(job).await,
+            Store::Sqlite(s) => s.last_watermark(job).await,
+        }
+    }
+
     async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         match self {
             Store::Postgres(s) => s.recent_runs(limit).await,
@@ -545,10 +606,10 @@ impl RollupStore for Store {
         }
     }
 
-    async fn lock_days(&self, range: &DayRange, wait: Duration) -> Result<DayLocks, StoreError> {
+    async fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError> {
         match self {
-            Store::Postgres(s) => s.lock_days(range, wait).await,
-            Store::Sqlite(s) => s.lock_days(range, wait).await,
+            Store::Postgres(s) => s.lock_days(days, wait).await,
+            Store::Sqlite(s) => s.lock_days(days, wait).await,
         }
     }
 
@@ -561,8 +622,8 @@ impl RollupStore for Store {
 }
 
 /// Reads a `job_runs` row selected as (id, job, trigger, started_at, finished_at,
-/// start_date, end_date, timezone, status, days_done, days_total, report), all text but
-/// the numbers, on either database.
+/// start_date, end_date, timezone, status, days_done, days_total, report,
+/// source_watermark), all text but the numbers, on either database.
 pub(crate) fn run_record<'r, R>(row: &'r R) -> Result<RunRecord, sqlx::Error>
 where
     R: sqlx::Row,
@@ -586,6 +647,7 @@ where
         // Written by this crate from a serialized report; text that does not parse is
         // kept out rather than failing the listing.
         report: report.and_then(|text| serde_json::from_str(&text).ok()),
+        source_watermark: row.try_get(12)?,
     })
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
+use jiff::Timestamp;
 use jiff::civil::Date;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt as _, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
@@ -49,12 +50,19 @@ struct Statements {
     insert_events: String,
     count_foreign: String,
     delete_sample: String,
+    id_watermark: String,
+    hours_with_ids: String,
 }
 
 impl Statements {
     fn new(source: &TableName) -> Self {
         let src = source.quoted();
         Self {
+            id_watermark: format!("SELECT max(id)::int8 FROM {src}"),
+            // Whole UTC hours: the caller cuts them into days of any zone.
+            hours_with_ids: format!(
+                "SELECT DISTINCT to_char(date_trunc('hour', created_at AT TIME ZONE 'UTC'),                  'YYYY-MM-DD\"T\"HH24:00:00\"Z\"') FROM {src} WHERE id > $1 AND id <= $2"
+            ),
             insert_events: format!(
                 "INSERT INTO {src} (event, user_id, created_at, meta) \
                  SELECT e, u, c::timestamptz, m::jsonb \
@@ -220,6 +228,33 @@ impl PgStore {
         reader.finish().map_err(copy_error(&action))
     }
 
+    pub(super) async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(AssertSqlSafe(self.sql.id_watermark.as_str()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error(&format!(
+                "reading the highest id of {} (--changed needs an integer id column)",
+                self.source
+            )))
+    }
+
+    pub(super) async fn hours_with_ids(
+        &self,
+        after: Option<i64>,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
+        let action = format!("finding the hours of {}'s new events", self.source);
+        let hours: Vec<String> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.hours_with_ids.as_str()))
+                .bind(after.unwrap_or(i64::MIN))
+                .bind(through)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error(&action))?;
+        // PostgreSQL formatted these; a year outside jiff's range is the only way to fail.
+        Ok(hours.iter().filter_map(|h| h.parse().ok()).collect())
+    }
+
     /// Whether the source's `meta` column is `jsonb` (sent with a version byte) rather
     /// than `json` or text (sent as text, after a cast).
     async fn source_meta_is_jsonb(&self) -> Result<bool, StoreError> {
@@ -305,12 +340,12 @@ impl PgStore {
 
     pub(super) async fn lock_days(
         &self,
-        range: &DayRange,
+        days: &[Date],
         wait: Duration,
     ) -> Result<DayLocks, StoreError> {
         // Session locks need a session of their own, outside the pool.
         let conn = self.fresh_connection().await?;
-        let inner = day_lock::lock_pg_days(conn, range, wait).await?;
+        let inner = day_lock::lock_pg_days(conn, days, wait).await?;
         Ok(DayLocks { inner })
     }
 
@@ -451,15 +486,16 @@ impl PgStore {
         .await
         .map_err(query_error(action))?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO job_runs (job, trigger, start_date, end_date, timezone, status, days_total) \
-             VALUES ($1, $2, $3::date, $4::date, $5, 'running', $6) RETURNING id",
+            "INSERT INTO job_runs (job, trigger, start_date, end_date, timezone, status, days_total, source_watermark) \
+             VALUES ($1, $2, $3::date, $4::date, $5, 'running', $6, $7) RETURNING id",
         )
         .bind(&run.job)
         .bind(&run.trigger)
         .bind(run.range.start().to_string())
         .bind(run.range.end().to_string())
         .bind(&run.timezone)
-        .bind(i32::try_from(run.range.len_days()).unwrap_or(i32::MAX))
+        .bind(i32::try_from(run.days_total).unwrap_or(i32::MAX))
+        .bind(run.source_watermark)
         .fetch_one(&mut *tx)
         .await
         .map_err(query_error(action))?;
@@ -497,12 +533,26 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT source_watermark FROM job_runs WHERE job = $1 AND status = 'ok' \
+             AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error(
+            "reading the last watermark from the run history",
+        ))
+        .map(Option::flatten)
+    }
+
     pub(super) async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         let utc = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
         let sql = format!(
             "SELECT id, job, trigger, to_char(started_at AT TIME ZONE 'UTC', {utc}), \
              to_char(finished_at AT TIME ZONE 'UTC', {utc}), start_date::text, end_date::text, timezone, status, \
-             days_done::int8, days_total::int8, report::text FROM job_runs ORDER BY id DESC LIMIT $1"
+             days_done::int8, days_total::int8, report::text, source_watermark FROM job_runs ORDER BY id DESC LIMIT $1"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(i64::from(limit))

@@ -41,12 +41,20 @@ struct Statements {
     insert_events: String,
     count_foreign: String,
     delete_sample: String,
+    id_watermark: String,
+    hours_with_ids: String,
 }
 
 impl Statements {
     fn new(source: &TableName) -> Self {
         let src = source.quoted();
         Self {
+            id_watermark: format!("SELECT max(id) FROM {src}"),
+            // The hour of the contract's text form, `2024-01-15T10`; the caller cuts
+            // hours into days of any zone.
+            hours_with_ids: format!(
+                "SELECT DISTINCT substr(created_at, 1, 13) FROM {src} WHERE id > ?1 AND id <= ?2"
+            ),
             // Text compared as text: the contract's fixed RFC 3339 form sorts in time order.
             // BLOB casts let text that is not UTF-8 through, to be decoded leniently.
             scan: format!(
@@ -154,6 +162,19 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(query_error("creating the rollup tables"))?;
+        // Tables made before source_watermark existed (SQLite has no ADD COLUMN IF NOT EXISTS).
+        let has_watermark: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pragma_table_info('job_runs') WHERE name = 'source_watermark'",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error("looking at job_runs"))?;
+        if has_watermark == 0 {
+            sqlx::query("ALTER TABLE job_runs ADD COLUMN source_watermark integer")
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("adding job_runs.source_watermark"))?;
+        }
         tx.commit()
             .await
             .map_err(query_error("committing the migration"))
@@ -190,6 +211,37 @@ impl SqliteStore {
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => Err(StoreError::Aborted(format!("{} was cancelled", action()))),
         }
+    }
+
+    pub(super) async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(AssertSqlSafe(self.sql.id_watermark.as_str()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error(&format!(
+                "reading the highest id of {} (--changed needs an integer id column)",
+                self.source
+            )))
+    }
+
+    pub(super) async fn hours_with_ids(
+        &self,
+        after: Option<i64>,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
+        let action = format!("finding the hours of {}'s new events", self.source);
+        let hours: Vec<Option<String>> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.hours_with_ids.as_str()))
+                .bind(after.unwrap_or(i64::MIN))
+                .bind(through)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error(&action))?;
+        // A created_at not in the contract's form is in no day's window either.
+        Ok(hours
+            .iter()
+            .flatten()
+            .filter_map(|hour| format!("{hour}:00:00Z").parse().ok())
+            .collect())
     }
 
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
@@ -260,10 +312,10 @@ impl SqliteStore {
 
     pub(super) async fn lock_days(
         &self,
-        range: &DayRange,
+        days: &[Date],
         wait: Duration,
     ) -> Result<DayLocks, StoreError> {
-        let inner = day_lock::lock_file_days(&self.lock_path, range, wait).await?;
+        let inner = day_lock::lock_file_days(&self.lock_path, days, wait).await?;
         Ok(DayLocks { inner })
     }
 
@@ -408,15 +460,17 @@ impl SqliteStore {
         .await
         .map_err(query_error(action))?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO job_runs (job, trigger, started_at, start_date, end_date, timezone, status, days_total) \
-             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3, ?4, ?5, 'running', ?6) RETURNING id",
+            "INSERT INTO job_runs (job, trigger, started_at, start_date, end_date, timezone, status, \
+             days_total, source_watermark) \
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3, ?4, ?5, 'running', ?6, ?7) RETURNING id",
         )
         .bind(&run.job)
         .bind(&run.trigger)
         .bind(run.range.start().to_string())
         .bind(run.range.end().to_string())
         .bind(&run.timezone)
-        .bind(run.range.len_days())
+        .bind(i64::from(run.days_total))
+        .bind(run.source_watermark)
         .fetch_one(&mut *tx)
         .await
         .map_err(query_error(action))?;
@@ -455,10 +509,24 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) async fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT source_watermark FROM job_runs WHERE job = ?1 AND status = 'ok' \
+             AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error(
+            "reading the last watermark from the run history",
+        ))
+        .map(Option::flatten)
+    }
+
     pub(super) async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, job, trigger, started_at, finished_at, start_date, end_date, timezone, status, \
-             days_done, days_total, report FROM job_runs ORDER BY id DESC LIMIT ?1",
+             days_done, days_total, report, source_watermark FROM job_runs ORDER BY id DESC LIMIT ?1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

@@ -69,7 +69,7 @@ pub use self::aggregate::{
 };
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};
-pub use self::report::{DayReport, DayStatus, RunReport, Totals};
+pub use self::report::{ChangedDays, DayReport, DayStatus, RunReport, Totals};
 
 use crate::store::{EventSource, NewRun, RollupStore, RunHistory, RunStatus, StoreError};
 
@@ -104,6 +104,9 @@ pub struct RunOptions {
     pub read_slices: u32,
     /// What started the run, as the run history records it.
     pub trigger: Trigger,
+    /// Also redo every day before the range that received source rows since the last
+    /// successful `changed` run, found by the source's `id` watermark.
+    pub changed: bool,
 }
 
 /// What started a run.
@@ -141,6 +144,7 @@ impl Default for RunOptions {
             lookback_days: 1,
             read_slices: 1,
             trigger: Trigger::Cli,
+            changed: false,
         }
     }
 }
@@ -183,33 +187,86 @@ pub async fn run<S>(store: &S, options: &RunOptions) -> Result<RunReport, RunErr
 where
     S: EventSource + RollupStore + RunHistory + Clone + Send + Sync + 'static,
 {
+    run_with_progress(store, options, &mut ()).await
+}
+
+/// Hears how a run is going, day by day: for a progress bar.
+pub trait Progress: Send {
+    /// The run has taken its days and starts on the first of `days_total`.
+    fn started(&mut self, days_total: usize);
+    /// A day is done (written, kept, previewed or failed).
+    fn day_done(&mut self, day: &DayReport);
+}
+
+/// No one listening.
+impl Progress for () {
+    fn started(&mut self, _days_total: usize) {}
+    fn day_done(&mut self, _day: &DayReport) {}
+}
+
+/// [`run`], telling `progress` as each day is done.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_with_progress<S, P>(
+    store: &S,
+    options: &RunOptions,
+    progress: &mut P,
+) -> Result<RunReport, RunError>
+where
+    S: EventSource + RollupStore + RunHistory + Clone + Send + Sync + 'static,
+    P: Progress,
+{
     let started = Instant::now();
     let range = options.resolve_range(Timestamp::now())?;
-    let windows = range
-        .days()
-        .map(|date| DayWindow::new(date, &options.timezone))
+    let changed = match options.changed {
+        true => Some(changed_days(store, &range, &options.timezone).await?),
+        false => None,
+    };
+    let mut dates: Vec<Date> = Vec::new();
+    if let Some(changed) = &changed {
+        dates.extend(&changed.earlier);
+    }
+    dates.extend(range.days());
+    let windows = dates
+        .iter()
+        .map(|&date| DayWindow::new(date, &options.timezone))
         .collect::<Result<Vec<_>, _>>()?;
     let locks = if options.dry_run {
         None
     } else {
-        Some(store.lock_days(&range, options.lock_timeout).await?)
+        Some(store.lock_days(&dates, options.lock_timeout).await?)
     };
+    let timezone = options.timezone.iana_name().unwrap_or("UTC").to_owned();
     let mut report = RunReport {
         job: JOB_NAME.to_owned(),
         dry_run: options.dry_run,
         ok: true,
         start_date: range.start().to_string(),
         end_date: range.end().to_string(),
-        timezone: options.timezone.iana_name().unwrap_or("UTC").to_owned(),
+        timezone: timezone.clone(),
         days: Vec::new(),
         totals: Totals::default(),
         duration_ms: 0,
+        changed: changed.as_ref().map(Changed::to_report),
     };
     // Dry runs write nothing, so they are not recorded either.
     let history = match &locks {
-        Some(_) => start_history(store, &range, options).await,
-        None => None,
+        Some(_) => {
+            let run = NewRun {
+                job: JOB_NAME.to_owned(),
+                trigger: options.trigger.as_str().to_owned(),
+                range,
+                timezone,
+                days_total: u32::try_from(dates.len()).unwrap_or(u32::MAX),
+                source_watermark: changed.as_ref().map(|c| c.through_id),
+            };
+            History::start(store, &run).await
+        }
+        None => History::Off,
     };
+    progress.started(windows.len());
     let mut days_done = 0u32;
     let mut unreachable: Option<String> = None;
     for window in &windows {
@@ -232,28 +289,14 @@ where
         log_day(&day);
         if day.status != DayStatus::Failed {
             days_done += 1;
-            if let Some(id) = history
-                && let Err(error) = store.run_progress(id, days_done).await
-            {
-                tracing::warn!(%error, "the run history could not be updated");
-            }
+            history.progress(store, days_done).await;
         }
+        progress.day_done(&day);
         report.days.push(day);
     }
     report.summarize();
     report.duration_ms = elapsed_ms(started);
-    if let Some(id) = history {
-        let status = if report.ok {
-            RunStatus::Ok
-        } else {
-            RunStatus::Failed
-        };
-        // A report holds only strings and numbers, so serializing cannot fail.
-        let json = serde_json::to_string(&report).unwrap_or_default();
-        if let Err(error) = store.finish_run(id, status, days_done, &json).await {
-            tracing::warn!(%error, "the end of the run could not be recorded");
-        }
-    }
+    history.finish(store, &report, days_done).await;
     if let Some(locks) = locks {
         locks.release().await;
     }
@@ -262,6 +305,7 @@ where
         end_date = %report.end_date,
         dry_run = report.dry_run,
         ok = report.ok,
+        days = report.days.len(),
         events_read = report.totals.events_read,
         rows = report.totals.rows,
         duration_ms = report.duration_ms,
@@ -270,24 +314,106 @@ where
     Ok(report)
 }
 
-/// Records the run as started. The history is a record, not a precondition: if it
-/// cannot be written, the run goes on and says so in the log.
-async fn start_history<S: RunHistory>(
+/// What `--changed` adds to a run: the days before its range that received source
+/// rows since the last successful `--changed` run, and the watermark to record.
+struct Changed {
+    since_id: Option<i64>,
+    through_id: i64,
+    earlier: Vec<Date>,
+}
+
+impl Changed {
+    fn to_report(&self) -> ChangedDays {
+        ChangedDays {
+            since_id: self.since_id,
+            through_id: self.through_id,
+            earlier_days: self.earlier.iter().map(Date::to_string).collect(),
+        }
+    }
+}
+
+/// Finds the days before `range` that received source rows with ids above the last
+/// recorded watermark. The watermark is read before any day is, so rows arriving
+/// during this run are left for the next one.
+async fn changed_days<S>(
     store: &S,
     range: &DayRange,
-    options: &RunOptions,
-) -> Option<i64> {
-    let run = NewRun {
-        job: JOB_NAME.to_owned(),
-        trigger: options.trigger.as_str().to_owned(),
-        range: *range,
-        timezone: options.timezone.iana_name().unwrap_or("UTC").to_owned(),
-    };
-    match store.start_run(&run).await {
-        Ok(id) => Some(id),
-        Err(error) => {
-            tracing::warn!(%error, "the run could not be recorded in job_runs");
-            None
+    zone: &TimeZone,
+) -> Result<Changed, StoreError>
+where
+    S: EventSource + RunHistory,
+{
+    let through_id = store.id_watermark().await?.unwrap_or(0);
+    let since_id = store.last_watermark(JOB_NAME).await?;
+    let mut earlier = std::collections::BTreeSet::new();
+    match since_id {
+        Some(since) if since < through_id => {
+            // An hour of UTC can straddle two local days (zones with offsets of :30 or
+            // :45): both its first and last instant are placed.
+            let last_instant = jiff::SignedDuration::from_nanos(3_600_000_000_000 - 1);
+            for hour in store.hours_with_ids(Some(since), through_id).await? {
+                for instant in [Some(hour), hour.checked_add(last_instant).ok()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let date = instant.to_zoned_datetime(zone.clone()).date();
+                    if date < range.start() {
+                        earlier.insert(date);
+                    }
+                }
+            }
+        }
+        Some(_) => {}
+        None => tracing::info!(
+            through_id,
+            "--changed: no earlier successful --changed run to compare with; \
+             this run records the watermark the next one starts from"
+        ),
+    }
+    Ok(Changed {
+        since_id,
+        through_id,
+        earlier: earlier.into_iter().collect(),
+    })
+}
+
+/// The run's row in `job_runs`. The history is a record, not a precondition: if it
+/// cannot be written, the run goes on and says so in the log.
+enum History {
+    Recorded(i64),
+    Off,
+}
+
+impl History {
+    async fn start<S: RunHistory>(store: &S, run: &NewRun) -> Self {
+        match store.start_run(run).await {
+            Ok(id) => History::Recorded(id),
+            Err(error) => {
+                tracing::warn!(%error, "the run could not be recorded in job_runs");
+                History::Off
+            }
+        }
+    }
+
+    async fn progress<S: RunHistory>(&self, store: &S, days_done: u32) {
+        if let History::Recorded(id) = *self
+            && let Err(error) = store.run_progress(id, days_done).await
+        {
+            tracing::warn!(%error, "the run history could not be updated");
+        }
+    }
+
+    async fn finish<S: RunHistory>(&self, store: &S, report: &RunReport, days_done: u32) {
+        let History::Recorded(id) = *self else { return };
+        let status = if report.ok {
+            RunStatus::Ok
+        } else {
+            RunStatus::Failed
+        };
+        // A report holds only strings and numbers, so serializing cannot fail.
+        let json = serde_json::to_string(report).unwrap_or_default();
+        if let Err(error) = store.finish_run(id, status, days_done, &json).await {
+            tracing::warn!(%error, "the end of the run could not be recorded");
         }
     }
 }

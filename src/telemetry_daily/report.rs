@@ -95,6 +95,23 @@ pub struct RunReport {
     pub totals: Totals,
     /// Wall time of the whole run.
     pub duration_ms: u64,
+    /// What `--changed` found; absent from other runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<ChangedDays>,
+}
+
+/// The earlier days a `--changed` run added to its range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangedDays {
+    /// The watermark of the last successful `--changed` run: source rows with a
+    /// higher id are new. `None` when there was no such run, so nothing earlier
+    /// than the range could be known to be new.
+    pub since_id: Option<i64>,
+    /// The source's highest id when this run started (0 for an empty source).
+    pub through_id: i64,
+    /// Days before the range that received new rows, `YYYY-MM-DD`, in order.
+    pub earlier_days: Vec<String>,
 }
 
 impl RunReport {
@@ -128,6 +145,22 @@ impl RunReport {
             format!("{} .. {}", self.start_date, self.end_date)
         };
         let _ = writeln!(out, "{}  {range}  ({}){mode}", self.job, self.timezone);
+        if let Some(changed) = &self.changed {
+            let since = changed.since_id.map_or_else(
+                || "no earlier --changed run".to_owned(),
+                |id| format!("id {id}"),
+            );
+            let days = if changed.earlier_days.is_empty() {
+                "no earlier day".to_owned()
+            } else {
+                format!("earlier days {}", changed.earlier_days.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "changed since {since} through id {}: {days}",
+                changed.through_id
+            );
+        }
         let _ = writeln!(
             out,
             "{:<10}  {:<7}  {:>10}  {:>7}  {:>6}  {:>6}  {:>6}  {:>6}  {:>9}  {:>7}",

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use veris_jobs::store::RollupStore as _;
-use veris_jobs::telemetry_daily::DayRange;
 
 use crate::common::{Kind, TestDb, event};
 
@@ -264,11 +263,7 @@ async fn a_day_held_by_another_run_fails_after_the_lock_timeout() {
             continue;
         };
         let day: jiff::civil::Date = "2024-01-01".parse().unwrap();
-        let locks = db
-            .store
-            .lock_days(&DayRange::single(day), Duration::ZERO)
-            .await
-            .unwrap();
+        let locks = db.store.lock_days(&[day], Duration::ZERO).await.unwrap();
         let started = std::time::Instant::now();
         let output = veris(
             &db.url,

@@ -70,6 +70,8 @@ async fn a_run_that_died_is_marked_abandoned_by_a_later_run_over_its_days(db: Te
         trigger: "cli".into(),
         range: DayRange::new(day(start), day(end)).unwrap(),
         timezone: "UTC".into(),
+        days_total: 5,
+        source_watermark: None,
     };
     // Two runs that died without finishing: one over days a new run takes, one not.
     let overlapping = db

@@ -407,10 +407,7 @@ async fn concurrent_posts_over_the_same_days_get_200_or_409_and_leave_the_table_
 async fn a_day_held_by_any_other_run_is_answered_409_at_once(db: TestDb) {
     let other = db.second_store(&crate::common::default_table()).await;
     let day = "2024-04-02".parse().unwrap();
-    let locks = other
-        .lock_days(&DayRange::single(day), Duration::ZERO)
-        .await
-        .unwrap();
+    let locks = other.lock_days(&[day], Duration::ZERO).await.unwrap();
     let server = TestServer::start(db.store.clone(), 366).await;
     let started = Instant::now();
     let (status, error) = server

@@ -390,7 +390,7 @@ async fn a_run_waits_for_days_another_run_holds_then_fails_clearly(db: TestDb) {
     let other = db.second_store(&crate::common::default_table()).await;
     let held = DayRange::new("2024-08-02".parse().unwrap(), "2024-08-03".parse().unwrap()).unwrap();
     let locks = other
-        .lock_days(&held, Duration::ZERO)
+        .lock_days(&held.days().collect::<Vec<_>>(), Duration::ZERO)
         .await
         .expect("first run takes its days");
 

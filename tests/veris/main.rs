@@ -7,5 +7,6 @@ mod common;
 mod history;
 mod http;
 mod job;
+mod operations;
 mod reliability;
 mod store;
