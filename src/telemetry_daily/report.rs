@@ -146,20 +146,22 @@ impl RunReport {
         };
         let _ = writeln!(out, "{}  {range}  ({}){mode}", self.job, self.timezone);
         if let Some(changed) = &self.changed {
-            let since = changed.since_id.map_or_else(
-                || "no earlier --changed run".to_owned(),
-                |id| format!("id {id}"),
-            );
-            let days = if changed.earlier_days.is_empty() {
-                "no earlier day".to_owned()
-            } else {
-                format!("earlier days {}", changed.earlier_days.join(", "))
+            let line = match (changed.since_id, changed.earlier_days.is_empty()) {
+                (None, _) => format!(
+                    "changed: no earlier --changed run to compare with; the next starts after id {}",
+                    changed.through_id
+                ),
+                (Some(since), true) => format!(
+                    "changed: no earlier day received events (ids {since}..{})",
+                    changed.through_id
+                ),
+                (Some(since), false) => format!(
+                    "changed: earlier days with new events (ids {since}..{}): {}",
+                    changed.through_id,
+                    changed.earlier_days.join(", ")
+                ),
             };
-            let _ = writeln!(
-                out,
-                "changed since {since} through id {}: {days}",
-                changed.through_id
-            );
+            let _ = writeln!(out, "{line}");
         }
         let _ = writeln!(
             out,

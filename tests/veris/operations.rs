@@ -121,6 +121,15 @@ async fn changed_redoes_earlier_days_that_received_rows_since_the_last_changed_r
     // Nothing new since: only the range.
     let quiet = db.run(&changed_options("2024-05-11", "2024-05-11")).await;
     assert_eq!(dates(&quiet.days), ["2024-05-11"]);
+    let table = veris(
+        &db.url,
+        &["telemetry-daily", "--date", "2024-05-11", "--changed"],
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("changed: no earlier day received events"),
+        "{text}"
+    );
 
     // Days are cut in the run's zone: 18:45 UTC is already the next day in Kolkata.
     db.insert(&[event("view", Some("k"), "2024-04-02T18:45:00Z", None)])
