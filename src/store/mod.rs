@@ -24,7 +24,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
+use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow};
 
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
@@ -174,15 +174,16 @@ impl fmt::Display for TableName {
 /// A source of raw telemetry events.
 pub trait EventSource {
     /// Streams every event with `window.start <= created_at < window.end` into `sink`,
-    /// without gathering them in memory.
+    /// without gathering them in memory. A source may fill parts of the sink on
+    /// several threads and merge them into `sink`.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the source cannot be read.
-    fn scan_window(
+    fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
-        sink: &mut (dyn EventSink + Send),
+        sink: &mut K,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The highest `id` in the source, `None` when it is empty: the watermark a
@@ -518,10 +519,10 @@ impl Store {
 }
 
 impl EventSource for Store {
-    async fn scan_window(
+    async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
-        sink: &mut (dyn EventSink + Send),
+        sink: &mut K,
     ) -> Result<(), StoreError> {
         match self {
             Store::Postgres(s) => s.scan_window(window, sink).await,

@@ -18,7 +18,7 @@ use super::{
     DayLocks, DemoSample, NewEvent, NewRun, RunRecord, RunStatus, StoreError, TableName, day_lock,
     query_error, redact_url,
 };
-use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
+use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow};
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,10 +196,10 @@ impl PgStore {
 
     /// Streams the day out with binary `COPY`, the fastest way PostgreSQL hands
     /// rows over.
-    pub(super) async fn scan_window(
+    pub(super) async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
-        sink: &mut (dyn EventSink + Send),
+        sink: &mut K,
     ) -> Result<(), StoreError> {
         let action = format!("reading the events of {} from {}", window.date, self.source);
         let meta_is_jsonb = *self

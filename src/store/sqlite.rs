@@ -19,7 +19,7 @@ use super::{
     DayLocks, DemoSample, NewEvent, NewRun, RunRecord, RunStatus, StoreError, TableName, day_lock,
     query_error, sqlite_scan,
 };
-use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, EventSink, RollupRow};
+use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow};
 
 /// How long a statement waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -185,22 +185,28 @@ impl SqliteStore {
     }
 
     /// Reads the window on a blocking thread with a plain SQLite connection, in
-    /// batches (see [`sqlite_scan`](super::sqlite_scan)).
-    pub(super) async fn scan_window(
+    /// batches that several blocking threads aggregate, each into a part of `sink`
+    /// (see [`sqlite_scan`](super::sqlite_scan)).
+    pub(super) async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
-        sink: &mut (dyn EventSink + Send),
+        sink: &mut K,
     ) -> Result<(), StoreError> {
         let action = || format!("reading the events of {} from {}", window.date, self.source);
-        let (mut batches, reader) = sqlite_scan::read_batches(
+        let cancelled = || StoreError::Aborted(format!("{} was cancelled", action()));
+        let (parts, reader) = sqlite_scan::read_parts::<K>(
             &self.db_path,
             &self.sql.scan,
             sqlite_timestamp(window.start),
             sqlite_timestamp(window.end),
             BUSY_TIMEOUT,
         );
-        while let Some(batch) = batches.recv().await {
-            batch.drain_into(sink);
+        for part in parts {
+            match part.await {
+                Ok(part) => sink.merge_part(part),
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => return Err(cancelled()),
+            }
         }
         match reader.await {
             Ok(Ok(())) => Ok(()),
@@ -209,7 +215,7 @@ impl SqliteStore {
                 source,
             }),
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(_) => Err(StoreError::Aborted(format!("{} was cancelled", action()))),
+            Err(_) => Err(cancelled()),
         }
     }
 

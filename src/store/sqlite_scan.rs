@@ -1,11 +1,14 @@
 //! Reading a window of SQLite source events fast.
 //!
 //! A day is read on a blocking thread of its own with a plain read-only SQLite
-//! connection, and its rows are handed to the async side in batches (one buffer per
-//! few thousand rows). The reader steps through SQLite while the aggregator parses
-//! the previous batch, so the two use two cores, and no value is copied or freed
-//! one by one across threads.
+//! connection, and its rows are handed out in batches (one buffer per few thousand
+//! rows) to aggregating threads: one per core, up to four, each taking the rows of
+//! its own share of the users. Each fills a part of the sink, and the parts are
+//! merged at the end. Aggregating costs more
+//! per row than reading, so this keeps every core busy; and no value is copied or
+//! freed one by one across threads.
 
+use std::hash::BuildHasher as _;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -15,75 +18,89 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
 use super::lenient_utf8;
-use crate::telemetry_daily::{EventSink, SourceEvent};
+use crate::telemetry_daily::{EventSink, MergeableSink, SourceEvent};
 
 /// Rows per batch: large enough that handing a batch over costs nothing per row.
 const BATCH_ROWS: usize = 4096;
-/// Batches in flight: bounds the memory of a day being read.
+/// Batches in flight per aggregating thread: bounds the memory of a day being read.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Most threads that aggregate one window.
+const MAX_AGGREGATORS: usize = 4;
 
-/// The three source columns of a batch of rows, as byte ranges into one buffer.
+/// The three source columns of a batch of rows, as ranges into one text buffer.
+/// The reader thread checks (and if need be repairs) the UTF-8 as it copies, so
+/// that the aggregator, the busier side, does not have to.
 #[derive(Debug, Default)]
 pub(super) struct RowBatch {
-    bytes: Vec<u8>,
+    text: String,
     rows: Vec<[Option<Range<u32>>; 3]>,
 }
 
 impl RowBatch {
-    fn push_row(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
-        let mut fields: [Option<Range<u32>>; 3] = Default::default();
-        for (i, field) in fields.iter_mut().enumerate() {
-            let bytes: &[u8] = match row.get_ref(i)? {
-                ValueRef::Null => continue,
-                ValueRef::Text(b) | ValueRef::Blob(b) => b,
-                // The query casts to BLOB, so numbers do not come through; if they
-                // ever did, they would simply not be a name, user or JSON object.
-                ValueRef::Integer(_) | ValueRef::Real(_) => b"",
-            };
-            let start = self.bytes.len() as u32;
-            self.bytes.extend_from_slice(bytes);
-            *field = Some(start..self.bytes.len() as u32);
-        }
-        self.rows.push(fields);
-        Ok(())
+    fn push_row(&mut self, fields: [Option<&[u8]>; 3]) {
+        let ranges = fields.map(|field| {
+            field.map(|bytes| {
+                let start = self.text.len() as u32;
+                self.text.push_str(&lenient_utf8(bytes));
+                start..self.text.len() as u32
+            })
+        });
+        self.rows.push(ranges);
     }
 
     /// Pushes every row of the batch into `sink`.
     pub(super) fn drain_into(&self, sink: &mut (dyn EventSink + Send)) {
+        // Ranges were taken at string lengths after whole pushes: on char boundaries.
         let text = |range: &Option<Range<u32>>| {
             range
                 .as_ref()
-                .map(|r| lenient_utf8(&self.bytes[r.start as usize..r.end as usize]))
+                .and_then(|r| self.text.get(r.start as usize..r.end as usize))
         };
         for [event, user_id, meta] in &self.rows {
-            let (event, user_id, meta) = (text(event), text(user_id), text(meta));
             sink.push(SourceEvent {
-                event: event.as_deref(),
-                user_id: user_id.as_deref(),
-                meta: meta.as_deref(),
+                event: text(event),
+                user_id: text(user_id),
+                meta: text(meta),
             });
         }
     }
 }
 
 /// Starts reading `sql` (bound to `start` and `end`) from the database at `path` on a
-/// blocking thread. Batches arrive on the returned channel, which closes when the
-/// reader is done; the reader's own result comes from the returned task.
-pub(super) fn read_batches(
+/// blocking thread, and aggregating its batches on others. Returns the aggregating
+/// tasks, each giving its part of the sink once the reader is done, and the reader's
+/// task, giving its own result.
+pub(super) fn read_parts<K: MergeableSink>(
     path: &Path,
     sql: &str,
     start: String,
     end: String,
     busy_timeout: Duration,
 ) -> (
-    mpsc::Receiver<RowBatch>,
+    Vec<tokio::task::JoinHandle<K>>,
     tokio::task::JoinHandle<rusqlite::Result<()>>,
 ) {
-    let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let aggregators = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, MAX_AGGREGATORS);
+    let (senders, parts): (Vec<_>, Vec<_>) = (0..aggregators)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::channel::<RowBatch>(BATCHES_IN_FLIGHT);
+            let part = tokio::task::spawn_blocking(move || {
+                let mut part = K::default();
+                while let Some(batch) = rx.blocking_recv() {
+                    batch.drain_into(&mut part);
+                }
+                part
+            });
+            (tx, part)
+        })
+        .unzip();
     let (path, sql) = (path.to_owned(), sql.to_owned());
-    let reader =
-        tokio::task::spawn_blocking(move || read(&path, &sql, &start, &end, busy_timeout, &tx));
-    (rx, reader)
+    let reader = tokio::task::spawn_blocking(move || {
+        read(&path, &sql, &start, &end, busy_timeout, &senders)
+    });
+    (parts, reader)
 }
 
 fn read(
@@ -92,30 +109,55 @@ fn read(
     start: &str,
     end: &str,
     busy_timeout: Duration,
-    tx: &mpsc::Sender<RowBatch>,
+    senders: &[mpsc::Sender<RowBatch>],
 ) -> rusqlite::Result<()> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
     let mut statement = conn.prepare(sql)?;
     let mut rows = statement.query([start, end])?;
-    let mut batch = RowBatch::default();
+    let mut batches: Vec<RowBatch> = senders.iter().map(|_| RowBatch::default()).collect();
+    // Rows are dealt out by user, so that each aggregator sees only its own users and
+    // keeps a table of them a fraction of the size: fewer cache misses per row.
+    let users = foldhash::fast::FixedState::with_seed(0);
+    let mut anonymous = 0usize;
     while let Some(row) = rows.next()? {
-        batch.push_row(row)?;
+        let fields = [field(row, 0)?, field(row, 1)?, field(row, 2)?];
+        let shard = match fields[1] {
+            Some(user) if !user.is_empty() => users.hash_one(user) as usize,
+            _ => {
+                anonymous = anonymous.wrapping_add(1);
+                anonymous
+            }
+        } % batches.len();
+        let batch = &mut batches[shard];
+        batch.push_row(fields);
         if batch.rows.len() == BATCH_ROWS {
-            let capacity = batch.bytes.capacity();
             let next = RowBatch {
-                bytes: Vec::with_capacity(capacity),
+                text: String::with_capacity(batch.text.capacity()),
                 rows: Vec::with_capacity(BATCH_ROWS),
             };
-            let full = std::mem::replace(&mut batch, next);
-            if tx.blocking_send(full).is_err() {
-                return Ok(()); // the reader's caller has gone: stop quietly
+            let full = std::mem::replace(batch, next);
+            if senders[shard].blocking_send(full).is_err() {
+                return Ok(()); // the aggregators have gone: stop quietly
             }
         }
     }
-    if !batch.rows.is_empty() {
-        let _ = tx.blocking_send(batch);
+    for (batch, tx) in batches.into_iter().zip(senders) {
+        if !batch.rows.is_empty() {
+            let _ = tx.blocking_send(batch);
+        }
     }
     Ok(())
+}
+
+/// Column `i` of `row` as bytes, `None` for NULL.
+fn field<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'r [u8]>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Null => None,
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(b),
+        // The query casts to BLOB, so numbers do not come through; if they ever did,
+        // they would simply not be a name, user or JSON object.
+        ValueRef::Integer(_) | ValueRef::Real(_) => Some(b""),
+    })
 }

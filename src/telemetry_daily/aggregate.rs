@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::meta::{MetaSummary, ParsedMeta, parse_meta};
-use super::{FastMap, FastSet};
+use super::{CompactString, FastMap, FastSet};
 
 /// One raw event as a source hands it over, borrowed from the source's buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +25,20 @@ pub struct SourceEvent<'a> {
 pub trait EventSink {
     /// Takes one event.
     fn push(&mut self, event: SourceEvent<'_>);
+}
+
+/// A sink that can be split: parts filled with different events (on other threads,
+/// say) and merged back hold what one sink given all the events would. A source may
+/// use this to aggregate on several cores.
+pub trait MergeableSink: EventSink + Default + Send + 'static {
+    /// Folds in `other`, filled with other events of the same window.
+    fn merge_part(&mut self, other: Self);
+}
+
+impl MergeableSink for DayAggregate {
+    fn merge_part(&mut self, other: Self) {
+        self.merge(other);
+    }
 }
 
 /// The longest event name kept, in bytes. Longer names cannot be a real event's
@@ -93,45 +107,56 @@ pub struct RollupRow {
 #[derive(Debug, Default)]
 struct EventGroup {
     count: u64,
-    /// Distinct users, as numbers from the aggregate's [`UserIds`].
+    /// Distinct users of a group among the first [`BIT_GROUPS`], counted as their
+    /// bits in [`UserIds`] are first set.
+    unique: u64,
+    /// Distinct users of a later group, as numbers from the aggregate's [`UserIds`].
     users: FastSet<u32>,
     meta: MetaSummary,
 }
 
-impl EventGroup {
-    /// Folds in `other`, whose user numbers `remap` translates into this aggregate's.
-    fn merge(&mut self, other: EventGroup, remap: &[u32]) {
-        self.count += other.count;
-        self.users
-            .extend(other.users.into_iter().map(|id| remap[id as usize]));
-        self.meta.merge(other.meta);
-    }
-}
+/// Groups whose users are tracked by a bit on each user rather than a set per group.
+/// Most days have fewer event names than this, and then the distinct-user check costs
+/// no memory access beyond the user lookup itself.
+const BIT_GROUPS: u32 = 64;
 
-/// Each distinct user id of the day, stored once and numbered, so that the sets of
-/// users per event hold 4-byte numbers instead of strings.
+/// Each distinct user id of the day, stored once and numbered, with a bit for each
+/// of the first [`BIT_GROUPS`] groups the user has been seen in.
 #[derive(Debug, Default)]
 struct UserIds {
-    ids: FastMap<Box<str>, u32>,
+    ids: FastMap<CompactString, UserEntry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UserEntry {
+    id: u32,
+    groups: u64,
 }
 
 impl UserIds {
-    fn number(&mut self, user: &str) -> u32 {
-        if let Some(id) = self.ids.get(user) {
-            return *id;
+    /// Notes that `user` did an event of `group`. Returns the user's number and, for
+    /// a group below [`BIT_GROUPS`], whether this is the user's first event in it.
+    fn see(&mut self, user: &str, group: u32) -> (u32, bool) {
+        let bit = if group < BIT_GROUPS { 1u64 << group } else { 0 };
+        if let Some(entry) = self.ids.get_mut(user) {
+            let first = entry.groups & bit == 0 && bit != 0;
+            entry.groups |= bit;
+            return (entry.id, first);
         }
         // A day would need over 4 billion distinct users, and far more memory than
         // any machine has, before this could wrap.
         let id = self.ids.len() as u32;
-        self.ids.insert(user.into(), id);
-        id
+        self.ids.insert(user.into(), UserEntry { id, groups: bit });
+        (id, bit != 0)
     }
 }
 
 /// The running aggregate of (part of) one day's events.
 #[derive(Debug, Default)]
 pub struct DayAggregate {
-    groups: FastMap<Box<str>, EventGroup>,
+    /// Groups by event name, numbered in the order they were first seen.
+    index: FastMap<CompactString, u32>,
+    groups: Vec<(CompactString, EventGroup)>,
     users: UserIds,
     events_read: u64,
     skipped: SkipCounts,
@@ -170,19 +195,53 @@ impl DayAggregate {
     pub fn merge(&mut self, other: DayAggregate) {
         self.events_read += other.events_read;
         self.skipped.add(&other.skipped);
-        let mut remap = vec![0u32; other.users.ids.len()];
-        for (user, id) in &other.users.ids {
-            remap[*id as usize] = self.users.number(user);
-        }
-        for (name, group) in other.groups {
-            match self.groups.get_mut(&name) {
-                Some(mine) => mine.merge(group, &remap),
-                None => {
-                    let mut fresh = EventGroup::default();
-                    fresh.merge(group, &remap);
-                    self.groups.insert(name, fresh);
-                }
+        let groups: Vec<u32> = other
+            .groups
+            .iter()
+            .map(|(name, _)| self.group(name))
+            .collect();
+        let mut names = vec![""; other.users.ids.len()];
+        for (user, entry) in &other.users.ids {
+            names[entry.id as usize] = user;
+            let mut bits = entry.groups;
+            while bits != 0 {
+                let theirs = bits.trailing_zeros();
+                bits &= bits - 1;
+                self.add_user(groups[theirs as usize], user);
             }
+        }
+        for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
+            let mine = groups[theirs];
+            for id in &group.users {
+                self.add_user(mine, names[*id as usize]);
+            }
+            let target = &mut self.groups[mine as usize].1;
+            target.count += group.count;
+            target.meta.merge(group.meta);
+        }
+    }
+
+    /// The number of the group of events named `name`, made if new.
+    fn group(&mut self, name: &str) -> u32 {
+        if let Some(&group) = self.index.get(name) {
+            return group;
+        }
+        // Event names are capped in length and a day cannot hold 4 billion of them
+        // in memory, so the count fits.
+        let group = self.groups.len() as u32;
+        self.index.insert(name.into(), group);
+        self.groups.push((name.into(), EventGroup::default()));
+        group
+    }
+
+    /// Counts `user` among the distinct users of `group`.
+    fn add_user(&mut self, group: u32, user: &str) {
+        let (id, first) = self.users.see(user, group);
+        let target = &mut self.groups[group as usize].1;
+        if group < BIT_GROUPS {
+            target.unique += u64::from(first);
+        } else {
+            target.users.insert(id);
         }
     }
 
@@ -194,7 +253,7 @@ impl DayAggregate {
             .map(|(event, group)| RollupRow {
                 event: event.into(),
                 count: saturating_i64(group.count),
-                unique_users: saturating_i64(group.users.len() as u64),
+                unique_users: saturating_i64(group.unique + group.users.len() as u64),
                 meta: group.meta.to_json(top_k),
             })
             .collect();
@@ -225,14 +284,12 @@ impl EventSink for DayAggregate {
                 return;
             }
         };
-        let group = match self.groups.get_mut(name) {
-            Some(group) => group,
-            None => self.groups.entry(name.into()).or_default(),
-        };
-        group.count += 1;
+        let group = self.group(name);
+        self.groups[group as usize].1.count += 1;
         if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
-            group.users.insert(self.users.number(user));
+            self.add_user(group, user);
         }
+        let group = &mut self.groups[group as usize].1;
         match parse_meta(event.meta) {
             ParsedMeta::Absent => {}
             ParsedMeta::Object(entries) => group.meta.add(&entries),
@@ -297,6 +354,34 @@ mod tests {
         assert_eq!(day.rows[0].meta, "{}");
     }
 
+    #[test]
+    fn unique_users_are_exact_beyond_the_groups_tracked_by_bits() {
+        let names: Vec<String> = (0..150).map(|i| format!("e{i:03}")).collect();
+        let (mut whole, mut first) = (DayAggregate::new(), DayAggregate::new());
+        for (i, name) in names.iter().enumerate() {
+            // Event i has users u0..u(i % 5), each twice.
+            for u in 0..=(i % 5) {
+                let user = format!("u{u}");
+                first.push(event(Some(name), Some(&user), None));
+                whole.push(event(Some(name), Some(&user), None));
+                whole.push(event(Some(name), Some(&user), None));
+            }
+        }
+        // The other half numbers the groups in the opposite order.
+        let mut reversed = DayAggregate::new();
+        for (i, name) in names.iter().enumerate().rev() {
+            for u in 0..=(i % 5) {
+                reversed.push(event(Some(name), Some(&format!("u{u}")), None));
+            }
+        }
+        first.merge(reversed);
+        let whole = whole.finish(20);
+        for (i, row) in whole.rows.iter().enumerate() {
+            assert_eq!(row.unique_users, (i % 5) as i64 + 1, "{}", row.event);
+        }
+        assert_eq!(first.finish(20), whole);
+    }
+
     #[derive(Debug, Clone)]
     struct OwnedEvent {
         event: Option<String>,
@@ -326,7 +411,8 @@ mod tests {
 
     fn arb_event() -> impl Strategy<Value = OwnedEvent> {
         (
-            prop::option::weighted(0.95, "[a-d]{0,1}"),
+            // Up to 104 names: more than the groups tracked by user bits.
+            prop::option::weighted(0.95, prop_oneof!["[a-d]{0,1}", "x[0-9]{2}"]),
             prop::option::weighted(0.8, "u[0-9]{0,1}"),
             arb_meta(),
         )

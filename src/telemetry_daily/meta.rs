@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::FastMap;
+use super::{CompactString, FastMap};
 
 /// Most keys one rollup row's summary keeps; the rest are counted in `$dropped_keys`.
 pub const MAX_KEYS: usize = 100;
@@ -221,7 +221,7 @@ struct KeyStats {
     /// Events where the key has a non-null value.
     n: u64,
     /// Occurrences of each string, boolean or nested value.
-    values: FastMap<Box<str>, u64>,
+    values: FastMap<CompactString, u64>,
     numbers: Option<NumberStats>,
 }
 
@@ -315,7 +315,7 @@ impl KeyStats {
     }
 }
 
-fn count_value(values: &mut FastMap<Box<str>, u64>, text: &str, by: u64) {
+fn count_value(values: &mut FastMap<CompactString, u64>, text: &str, by: u64) {
     match values.get_mut(text) {
         Some(count) => *count += by,
         None => {
@@ -327,7 +327,7 @@ fn count_value(values: &mut FastMap<Box<str>, u64>, text: &str, by: u64) {
 /// The metadata summary of one (day, event) group, built event by event.
 #[derive(Debug, Clone, Default)]
 pub struct MetaSummary {
-    keys: FastMap<Box<str>, KeyStats>,
+    keys: FastMap<CompactString, KeyStats>,
 }
 
 impl MetaSummary {

@@ -65,7 +65,8 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 pub use self::aggregate::{
-    DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, RollupRow, SkipCounts, SourceEvent,
+    DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink, RollupRow, SkipCounts,
+    SourceEvent,
 };
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};
@@ -76,6 +77,10 @@ use crate::store::{EventSource, NewRun, RollupStore, RunHistory, RunStatus, Stor
 /// Hash maps keyed by event data. foldhash is several times faster than the
 /// standard SipHash and, seeded per process, still resists crafted collisions.
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The keys of those maps: names, user ids and values are mostly short, and kept
+/// inline (up to 24 bytes) they are compared without a second memory access.
+type CompactString = compact_str::CompactString;
 type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// The job's name, as reports and logs give it.

@@ -5,7 +5,9 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use serde_json::{Value, json};
 use veris_jobs::store::{RollupStore as _, StoreError};
-use veris_jobs::telemetry_daily::{self, DayRange, DayStatus, RunError, RunOptions};
+use veris_jobs::telemetry_daily::{
+    self, DayAggregate, DayRange, DayStatus, EventSink as _, RunError, RunOptions, SourceEvent,
+};
 
 use crate::common::{Kind, TestDb, event, range_options};
 
@@ -22,6 +24,7 @@ crate::on_both_databases!(
     a_dry_run_writes_nothing_and_reports_what_would_change,
     a_run_waits_for_days_another_run_holds_then_fails_clearly,
     concurrent_overlapping_runs_end_equal_to_a_clean_run,
+    a_big_day_read_in_parts_equals_one_aggregate_of_its_events,
 );
 
 fn count_of(rows: &[crate::common::StoredRow], date: &str, name: &str) -> Option<i64> {
@@ -466,4 +469,55 @@ async fn concurrent_overlapping_runs_end_equal_to_a_clean_run(db: TestDb) {
     let clean = db.run(&range_options("2024-09-01", "2024-09-06")).await;
     assert_eq!(clean.totals.unchanged, 18, "a clean run changes nothing");
     assert_eq!(db.rollups().await, concurrent);
+}
+
+async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) {
+    // Enough rows for many batches on every reading thread, more event names than
+    // users carry bits for, and users shared between names.
+    let mut events = Vec::new();
+    for i in 0u64..30_000 {
+        let name = format!("e{:02}", (i * 7919) % 90);
+        let user = (i % 11 != 0).then(|| format!("user-{}", (i * 104_729) % 2_500));
+        let plan = ["free", "pro", "team"][(i % 3) as usize];
+        let meta = json!({
+            "plan": plan,
+            "path": format!("/p/{}", i % 37),
+            "ms": (i % 1000) as f64 * 0.5,
+        })
+        .to_string();
+        let at = format!(
+            "2024-09-01T{:02}:{:02}:{:02}Z",
+            i % 24,
+            i % 60,
+            (i / 60) % 60
+        );
+        events.push(event(&name, user.as_deref(), &at, Some(&meta)));
+    }
+    db.insert(&events).await;
+    let report = db.run(&range_options("2024-09-01", "2024-09-01")).await;
+    assert!(report.ok);
+    assert_eq!(report.totals.events_read, 30_000);
+
+    let mut reference = DayAggregate::new();
+    for e in &events {
+        reference.push(SourceEvent {
+            event: e.event.as_deref(),
+            user_id: e.user_id.as_deref(),
+            meta: e.meta.as_deref(),
+        });
+    }
+    let expected: Vec<(String, i64, i64, String)> = reference
+        .finish(20)
+        .rows
+        .into_iter()
+        .map(|r| (r.event, r.count, r.unique_users, r.meta))
+        .collect();
+    let stored: Vec<(String, i64, i64, String)> = db
+        .rollups()
+        .await
+        .into_iter()
+        .map(|r| (r.1, r.2, r.3, telemetry_daily::meta::canonical_json(&r.4)))
+        .collect();
+    assert_eq!(stored.len(), 90);
+    assert_eq!(stored, expected);
 }
