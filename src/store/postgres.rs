@@ -542,7 +542,7 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(query_error(
-            "reading the last watermark from the run history",
+            "reading the last watermark from job_runs (veris-jobs migrate brings it up to date)",
         ))
         .map(Option::flatten)
     }
@@ -558,10 +558,14 @@ impl PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .map_err(query_error("reading the run history"))?;
+            .map_err(query_error(
+                "reading job_runs (veris-jobs migrate brings it up to date)",
+            ))?;
         rows.iter()
             .map(super::run_record)
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(query_error("reading the run history"))
+            .map_err(query_error(
+                "reading job_runs (veris-jobs migrate brings it up to date)",
+            ))
     }
 }
