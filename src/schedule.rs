@@ -96,7 +96,9 @@ pub async fn run_on_schedule(
             () = &mut shutdown => return,
             () = sleep_until(tick) => {}
         }
-        after = tick;
+        // Ticks the process slept through (a suspended machine) are not made up one by
+        // one: this tick runs, and the next is the first after now.
+        after = tick.max(Timestamp::now());
         if previous.as_ref().is_some_and(|run| !run.is_finished()) {
             tracing::warn!(
                 %tick,
