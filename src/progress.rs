@@ -45,11 +45,6 @@ impl TerminalProgress {
         }
     }
 
-    /// Whether a bar is drawn.
-    pub fn is_drawn(&self) -> bool {
-        self.bar.is_some()
-    }
-
     /// Removes the bar, so that what follows starts on a clean line.
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
@@ -137,15 +132,5 @@ mod tests {
     #[test]
     fn the_bar_template_parses() {
         assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
-    }
-
-    #[test]
-    fn no_bar_unless_wanted_or_for_a_single_day() {
-        let mut unwanted = TerminalProgress::new(false);
-        unwanted.started(10);
-        assert!(!unwanted.is_drawn());
-        let mut single = TerminalProgress::new(true);
-        single.started(1);
-        assert!(!single.is_drawn());
     }
 }

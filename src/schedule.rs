@@ -81,7 +81,8 @@ pub async fn run_on_schedule(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut previous: Option<tokio::task::JoinHandle<()>> = None;
+    // The run logs and counts its own outcome; only whether it is still going matters here.
+    let mut previous: Option<tokio::task::JoinHandle<_>> = None;
     let mut after = Timestamp::now();
     loop {
         let Some(tick) = schedule.next_after(after) else {

@@ -121,21 +121,16 @@ impl AppState {
 
     /// Starts a run of the built-in schedule: the default range, with the earlier
     /// days that changed, waiting for busy days as the command line does.
-    pub(crate) fn spawn_scheduled_run(&self) -> tokio::task::JoinHandle<()> {
-        let options = RunOptions {
+    pub(crate) fn spawn_scheduled_run(
+        &self,
+    ) -> tokio::task::JoinHandle<Result<RunReport, RunError>> {
+        self.spawn_run(RunOptions {
             range: None,
             dry_run: false,
             force: false,
             changed: true,
             trigger: Trigger::Schedule,
             ..self.inner.job.clone()
-        };
-        let run = self.spawn_run(options);
-        self.inner.runs.spawn(async move {
-            // The run has logged and counted its outcome; only a panic is left to report.
-            if let Err(error) = run.await {
-                tracing::error!(%error, "scheduled run ended abnormally");
-            }
         })
     }
 

@@ -195,14 +195,14 @@ pub trait EventSource {
     fn id_watermark(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
     /// The UTC hours (each as the instant it starts) in which events with
-    /// `after < id <= through` happened; `after` of `None` means from the first id.
+    /// `after < id <= through` happened.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the source cannot be read.
     fn hours_with_ids(
         &self,
-        after: Option<i64>,
+        after: i64,
         through: i64,
     ) -> impl Future<Output = Result<Vec<Timestamp>, StoreError>> + Send;
 }
@@ -537,11 +537,7 @@ impl EventSource for Store {
         }
     }
 
-    async fn hours_with_ids(
-        &self,
-        after: Option<i64>,
-        through: i64,
-    ) -> Result<Vec<Timestamp>, StoreError> {
+    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
         match self {
             Store::Postgres(s) => s.hours_with_ids(after, through).await,
             Store::Sqlite(s) => s.hours_with_ids(after, through).await,
@@ -650,6 +646,17 @@ where
         report: report.and_then(|text| serde_json::from_str(&text).ok()),
         source_watermark: row.try_get(12)?,
     })
+}
+
+/// Hours as both databases give them, `2024-01-15T10:00:00Z`, as instants. A
+/// `created_at` that is NULL or not in the contract's form is in no day's window
+/// either, so it is left out.
+pub(crate) fn parse_hours(hours: &[Option<String>]) -> Vec<Timestamp> {
+    hours
+        .iter()
+        .flatten()
+        .filter_map(|h| h.parse().ok())
+        .collect()
 }
 
 /// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.

@@ -240,19 +240,20 @@ impl PgStore {
 
     pub(super) async fn hours_with_ids(
         &self,
-        after: Option<i64>,
+        after: i64,
         through: i64,
     ) -> Result<Vec<Timestamp>, StoreError> {
-        let action = format!("finding the hours of {}'s new events", self.source);
-        let hours: Vec<String> =
+        let hours: Vec<Option<String>> =
             sqlx::query_scalar(AssertSqlSafe(self.sql.hours_with_ids.as_str()))
-                .bind(after.unwrap_or(i64::MIN))
+                .bind(after)
                 .bind(through)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(query_error(&action))?;
-        // PostgreSQL formatted these; a year outside jiff's range is the only way to fail.
-        Ok(hours.iter().filter_map(|h| h.parse().ok()).collect())
+                .map_err(query_error(&format!(
+                    "finding the hours of {}'s new events",
+                    self.source
+                )))?;
+        Ok(super::parse_hours(&hours))
     }
 
     /// Whether the source's `meta` column is `jsonb` (sent with a version byte) rather

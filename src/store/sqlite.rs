@@ -50,10 +50,11 @@ impl Statements {
         let src = source.quoted();
         Self {
             id_watermark: format!("SELECT max(id) FROM {src}"),
-            // The hour of the contract's text form, `2024-01-15T10`; the caller cuts
-            // hours into days of any zone.
+            // Whole UTC hours, cut from the contract's text form: the caller cuts them
+            // into days of any zone.
             hours_with_ids: format!(
-                "SELECT DISTINCT substr(created_at, 1, 13) FROM {src} WHERE id > ?1 AND id <= ?2"
+                "SELECT DISTINCT substr(created_at, 1, 13) || ':00:00Z' FROM {src} \
+                 WHERE id > ?1 AND id <= ?2"
             ),
             // Text compared as text: the contract's fixed RFC 3339 form sorts in time order.
             // BLOB casts let text that is not UTF-8 through, to be decoded leniently.
@@ -203,7 +204,7 @@ impl SqliteStore {
         );
         for part in parts {
             match part.await {
-                Ok(part) => sink.merge_part(part),
+                Ok(part) => sink.merge(part),
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 Err(_) => return Err(cancelled()),
             }
@@ -231,23 +232,20 @@ impl SqliteStore {
 
     pub(super) async fn hours_with_ids(
         &self,
-        after: Option<i64>,
+        after: i64,
         through: i64,
     ) -> Result<Vec<Timestamp>, StoreError> {
-        let action = format!("finding the hours of {}'s new events", self.source);
         let hours: Vec<Option<String>> =
             sqlx::query_scalar(AssertSqlSafe(self.sql.hours_with_ids.as_str()))
-                .bind(after.unwrap_or(i64::MIN))
+                .bind(after)
                 .bind(through)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(query_error(&action))?;
-        // A created_at not in the contract's form is in no day's window either.
-        Ok(hours
-            .iter()
-            .flatten()
-            .filter_map(|hour| format!("{hour}:00:00Z").parse().ok())
-            .collect())
+                .map_err(query_error(&format!(
+                    "finding the hours of {}'s new events",
+                    self.source
+                )))?;
+        Ok(super::parse_hours(&hours))
     }
 
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {

@@ -32,13 +32,7 @@ pub trait EventSink {
 /// use this to aggregate on several cores.
 pub trait MergeableSink: EventSink + Default + Send + 'static {
     /// Folds in `other`, filled with other events of the same window.
-    fn merge_part(&mut self, other: Self);
-}
-
-impl MergeableSink for DayAggregate {
-    fn merge_part(&mut self, other: Self) {
-        self.merge(other);
-    }
+    fn merge(&mut self, other: Self);
 }
 
 /// The longest event name kept, in bytes. Longer names cannot be a real event's
@@ -191,36 +185,6 @@ impl DayAggregate {
         self.events_read
     }
 
-    /// Folds `other`, an aggregate of other events of the same day, into this one.
-    pub fn merge(&mut self, other: DayAggregate) {
-        self.events_read += other.events_read;
-        self.skipped.add(&other.skipped);
-        let groups: Vec<u32> = other
-            .groups
-            .iter()
-            .map(|(name, _)| self.group(name))
-            .collect();
-        let mut names = vec![""; other.users.ids.len()];
-        for (user, entry) in &other.users.ids {
-            names[entry.id as usize] = user;
-            let mut bits = entry.groups;
-            while bits != 0 {
-                let theirs = bits.trailing_zeros();
-                bits &= bits - 1;
-                self.add_user(groups[theirs as usize], user);
-            }
-        }
-        for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
-            let mine = groups[theirs];
-            for id in &group.users {
-                self.add_user(mine, names[*id as usize]);
-            }
-            let target = &mut self.groups[mine as usize].1;
-            target.count += group.count;
-            target.meta.merge(group.meta);
-        }
-    }
-
     /// The number of the group of events named `name`, made if new.
     fn group(&mut self, name: &str) -> u32 {
         if let Some(&group) = self.index.get(name) {
@@ -268,6 +232,38 @@ impl DayAggregate {
 
 fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl MergeableSink for DayAggregate {
+    /// Folds `other`, an aggregate of other events of the same day, into this one.
+    fn merge(&mut self, other: DayAggregate) {
+        self.events_read += other.events_read;
+        self.skipped.add(&other.skipped);
+        let groups: Vec<u32> = other
+            .groups
+            .iter()
+            .map(|(name, _)| self.group(name))
+            .collect();
+        let mut names = vec![""; other.users.ids.len()];
+        for (user, entry) in &other.users.ids {
+            names[entry.id as usize] = user;
+            let mut bits = entry.groups;
+            while bits != 0 {
+                let theirs = bits.trailing_zeros();
+                bits &= bits - 1;
+                self.add_user(groups[theirs as usize], user);
+            }
+        }
+        for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
+            let mine = groups[theirs];
+            for id in &group.users {
+                self.add_user(mine, names[*id as usize]);
+            }
+            let target = &mut self.groups[mine as usize].1;
+            target.count += group.count;
+            target.meta.merge(group.meta);
+        }
+    }
 }
 
 impl EventSink for DayAggregate {

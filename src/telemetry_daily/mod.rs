@@ -225,9 +225,10 @@ where
 {
     let started = Instant::now();
     let range = options.resolve_range(Timestamp::now())?;
-    let changed = match options.changed {
-        true => Some(changed_days(store, &range, &options.timezone).await?),
-        false => None,
+    let changed = if options.changed {
+        Some(changed_days(store, &range, &options.timezone).await?)
+    } else {
+        None
     };
     let mut dates: Vec<Date> = Vec::new();
     if let Some(changed) = &changed {
@@ -356,7 +357,7 @@ where
             // An hour of UTC can straddle two local days (zones with offsets of :30 or
             // :45): both its first and last instant are placed.
             let last_instant = jiff::SignedDuration::from_nanos(3_600_000_000_000 - 1);
-            for hour in store.hours_with_ids(Some(since), through_id).await? {
+            for hour in store.hours_with_ids(since, through_id).await? {
                 for instant in [Some(hour), hour.checked_add(last_instant).ok()]
                     .into_iter()
                     .flatten()
