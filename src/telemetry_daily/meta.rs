@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use super::flat_json::parse_flat_object;
 use super::{CompactString, FastMap};
 
 /// Most keys one rollup row's summary keeps; the rest are counted in `$dropped_keys`.
@@ -53,8 +54,11 @@ pub fn parse_meta(text: Option<&str>) -> ParsedMeta<'_> {
     let Some(text) = text else {
         return ParsedMeta::Absent;
     };
-    let mut de = serde_json::Deserializer::from_str(text);
-    match TopLevel::deserialize(&mut de).and_then(|top| de.end().map(|()| top)) {
+    let top = match parse_flat_object(text) {
+        Some(entries) => Ok(TopLevel::Object(entries)),
+        None => deserialize(text),
+    };
+    match top {
         Ok(TopLevel::Null) => ParsedMeta::Absent,
         Ok(TopLevel::NonObject) => ParsedMeta::NonObject,
         Ok(TopLevel::Object(mut entries)) => {
@@ -67,6 +71,22 @@ pub fn parse_meta(text: Option<&str>) -> ParsedMeta<'_> {
             ParsedMeta::Object(entries)
         }
         Err(_) => ParsedMeta::Invalid,
+    }
+}
+
+/// `text` parsed by serde_json alone: the definition the fast path is held to.
+fn deserialize(text: &str) -> serde_json::Result<TopLevel<'_>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    TopLevel::deserialize(&mut de).and_then(|top| de.end().map(|()| top))
+}
+
+/// An object's entries in text order as serde_json alone reads them, `None` if
+/// `text` is not an object.
+#[cfg(test)]
+pub(super) fn parse_with_serde(text: &str) -> Option<Vec<(Cow<'_, str>, MetaValue<'_>)>> {
+    match deserialize(text) {
+        Ok(TopLevel::Object(entries)) => Some(entries),
+        _ => None,
     }
 }
 

@@ -55,6 +55,7 @@
 mod aggregate;
 mod days;
 mod diff;
+mod flat_json;
 pub mod meta;
 mod report;
 
