@@ -210,7 +210,10 @@ impl SqliteStore {
             }
         }
         match reader.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(part)) => {
+                sink.merge(part);
+                Ok(())
+            }
             Ok(Err(source)) => Err(StoreError::Read {
                 action: action(),
                 source,

@@ -2,11 +2,12 @@
 //!
 //! A day is read on a blocking thread of its own with a plain read-only SQLite
 //! connection, and its rows are handed out in batches (one buffer per few thousand
-//! rows) to aggregating threads: one per core, up to four, each taking the rows of
-//! its own share of the users. Each fills a part of the sink, and the parts are
-//! merged at the end. Aggregating costs more
-//! per row than reading, so this keeps every core busy; and no value is copied or
-//! freed one by one across threads.
+//! rows) to aggregating threads: one per core beside the reader's, up to four, each
+//! taking the rows of its own share of the users. When an aggregator falls behind and
+//! its queue is full, the reader aggregates that batch itself instead of waiting, so
+//! every core stays busy and no thread waits on another. Each thread fills a part of
+//! the sink, and the parts are merged at the end; no value is copied or freed one by
+//! one across threads.
 
 use std::hash::BuildHasher as _;
 use std::ops::Range;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use super::lenient_utf8;
 use crate::telemetry_daily::{EventSink, MergeableSink, SourceEvent};
@@ -24,7 +26,7 @@ use crate::telemetry_daily::{EventSink, MergeableSink, SourceEvent};
 const BATCH_ROWS: usize = 4096;
 /// Batches in flight per aggregating thread: bounds the memory of a day being read.
 const BATCHES_IN_FLIGHT: usize = 4;
-/// Most threads that aggregate one window.
+/// Most threads that aggregate one window beside the reader.
 const MAX_AGGREGATORS: usize = 4;
 
 /// The three source columns of a batch of rows, as ranges into one text buffer.
@@ -67,9 +69,9 @@ impl RowBatch {
 }
 
 /// Starts reading `sql` (bound to `start` and `end`) from the database at `path` on a
-/// blocking thread, and aggregating its batches on others. Returns the aggregating
-/// tasks, each giving its part of the sink once the reader is done, and the reader's
-/// task, giving its own result.
+/// blocking thread, and aggregating its batches there and on others. Returns the
+/// aggregating tasks, each giving its part of the sink once the reader is done, and
+/// the reader's task, giving the part it aggregated itself.
 pub(super) fn read_parts<K: MergeableSink>(
     path: &Path,
     sql: &str,
@@ -78,11 +80,10 @@ pub(super) fn read_parts<K: MergeableSink>(
     busy_timeout: Duration,
 ) -> (
     Vec<tokio::task::JoinHandle<K>>,
-    tokio::task::JoinHandle<rusqlite::Result<()>>,
+    tokio::task::JoinHandle<rusqlite::Result<K>>,
 ) {
-    let aggregators = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .clamp(1, MAX_AGGREGATORS);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let aggregators = (cores - 1).min(MAX_AGGREGATORS);
     let (senders, parts): (Vec<_>, Vec<_>) = (0..aggregators)
         .map(|_| {
             let (tx, mut rx) = mpsc::channel::<RowBatch>(BATCHES_IN_FLIGHT);
@@ -103,20 +104,23 @@ pub(super) fn read_parts<K: MergeableSink>(
     (parts, reader)
 }
 
-fn read(
+fn read<K: MergeableSink>(
     path: &Path,
     sql: &str,
     start: &str,
     end: &str,
     busy_timeout: Duration,
     senders: &[mpsc::Sender<RowBatch>],
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<K> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
     let mut statement = conn.prepare(sql)?;
     let mut rows = statement.query([start, end])?;
-    let mut batches: Vec<RowBatch> = senders.iter().map(|_| RowBatch::default()).collect();
+    let mut own = K::default();
+    let mut batches: Vec<RowBatch> = (0..senders.len().max(1))
+        .map(|_| RowBatch::default())
+        .collect();
     // Rows are dealt out by user, so that each aggregator sees only its own users and
     // keeps a table of them a fraction of the size: fewer cache misses per row.
     let users = foldhash::fast::FixedState::with_seed(0);
@@ -138,17 +142,23 @@ fn read(
                 rows: Vec::with_capacity(BATCH_ROWS),
             };
             let full = std::mem::replace(batch, next);
-            if senders[shard].blocking_send(full).is_err() {
-                return Ok(()); // the aggregators have gone: stop quietly
+            let Some(tx) = senders.get(shard) else {
+                full.drain_into(&mut own); // a single core: the reader does it all
+                continue;
+            };
+            match tx.try_send(full) {
+                Ok(()) => {}
+                Err(TrySendError::Full(full)) => full.drain_into(&mut own),
+                // The aggregators have gone (the run was cancelled): stop quietly.
+                Err(TrySendError::Closed(_)) => return Ok(own),
             }
         }
     }
-    for (batch, tx) in batches.into_iter().zip(senders) {
-        if !batch.rows.is_empty() {
-            let _ = tx.blocking_send(batch);
-        }
+    // The rest is small, and the reader has nothing else to do.
+    for batch in batches {
+        batch.drain_into(&mut own);
     }
-    Ok(())
+    Ok(own)
 }
 
 /// Column `i` of `row` as bytes, `None` for NULL.
@@ -160,4 +170,82 @@ fn field<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'
         // they would simply not be a name, user or JSON object.
         ValueRef::Integer(_) | ValueRef::Real(_) => Some(b""),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry_daily::DayAggregate;
+
+    const SQL: &str = "SELECT event, user_id, meta FROM events WHERE at >= ?1 AND at < ?2";
+
+    /// A SQLite file holding `n` events of a few names and users, all at "b".
+    fn events_file(n: usize) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        let mut conn = Connection::open(file.path()).expect("open");
+        conn.execute(
+            "CREATE TABLE events (event TEXT, user_id TEXT, meta TEXT, at TEXT)",
+            [],
+        )
+        .expect("create");
+        let tx = conn.transaction().expect("transaction");
+        for i in 0..n {
+            let user = (i % 7 != 0).then(|| format!("u{}", i % 1000));
+            let meta = format!(r#"{{"plan":"p{}","n":{i}}}"#, i % 3);
+            tx.execute(
+                "INSERT INTO events VALUES (?1, ?2, ?3, 'b')",
+                (format!("e{}", i % 5), user, meta),
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+        file
+    }
+
+    fn one_pass(path: &Path) -> DayAggregate {
+        let conn = Connection::open(path).expect("open");
+        let mut statement = conn.prepare(SQL).expect("prepare");
+        let mut rows = statement.query(["a", "c"]).expect("query");
+        let mut agg = DayAggregate::new();
+        while let Some(row) = rows.next().expect("row") {
+            let text = |i| {
+                row.get_ref(i)
+                    .expect("column")
+                    .as_str_or_null()
+                    .expect("text")
+            };
+            agg.push(SourceEvent {
+                event: text(0),
+                user_id: text(1),
+                meta: text(2),
+            });
+        }
+        agg
+    }
+
+    #[test]
+    fn the_reader_alone_aggregates_everything() {
+        let file = events_file(3 * BATCH_ROWS + 17);
+        let read =
+            read::<DayAggregate>(file.path(), SQL, "a", "c", Duration::ZERO, &[]).expect("read");
+        assert_eq!(read.events_read(), 3 * BATCH_ROWS as u64 + 17);
+        assert_eq!(read.finish(5), one_pass(file.path()).finish(5));
+    }
+
+    #[test]
+    fn batches_a_full_queue_refuses_are_aggregated_by_the_reader() {
+        let file = events_file(3 * BATCH_ROWS + 17);
+        // Nobody receives while the reader runs: the queue takes one batch, and the
+        // reader must aggregate the others itself.
+        let (tx, mut rx) = mpsc::channel::<RowBatch>(1);
+        let mut read =
+            read::<DayAggregate>(file.path(), SQL, "a", "c", Duration::ZERO, &[tx]).expect("read");
+        let queued = rx.try_recv().expect("one batch was queued");
+        assert_eq!(queued.rows.len(), BATCH_ROWS);
+        assert_eq!(read.events_read(), 2 * BATCH_ROWS as u64 + 17);
+        let mut part = DayAggregate::new();
+        queued.drain_into(&mut part);
+        read.merge(part);
+        assert_eq!(read.finish(5), one_pass(file.path()).finish(5));
+    }
 }

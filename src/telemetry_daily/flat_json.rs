@@ -49,6 +49,21 @@ pub(super) fn parse_flat_object(text: &str) -> Option<Vec<(Cow<'_, str>, MetaVal
     (scan.pos == text.len()).then_some(entries)
 }
 
+/// The bytes that end the scan of a string: the closing quote, a backslash (an
+/// escape, left to serde_json) and control characters (invalid unescaped). A table
+/// makes this one load per byte.
+const STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 struct Scanner<'a> {
     text: &'a str,
     pos: usize,
@@ -82,7 +97,7 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         let len = self.text.as_bytes()[start..]
             .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            .position(|&b| STRING_STOP[usize::from(b)])?;
         let end = start + len;
         (self.text.as_bytes()[end] == b'"').then_some(())?;
         self.pos = end + 1;
