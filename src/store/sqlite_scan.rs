@@ -2,8 +2,8 @@
 //!
 //! A day is read on a blocking thread of its own with a plain read-only SQLite
 //! connection, and its rows are handed out in batches (one buffer per few thousand
-//! rows) to aggregating threads: one per core beside the reader's, up to four, each
-//! taking the rows of its own share of the users. When an aggregator falls behind and
+//! rows) to aggregating threads, one on each other core (up to four), each taking
+//! the rows of its own share of the users. When an aggregator falls behind and
 //! its queue is full, the reader aggregates that batch itself instead of waiting, so
 //! every core stays busy and no thread waits on another. Each thread fills a part of
 //! the sink, and the parts are merged at the end; no value is copied or freed one by
