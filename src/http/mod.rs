@@ -3,8 +3,9 @@
 //! [`router`] answers `/api/jobs/telemetry-daily` (bearer-protected, GET and POST)
 //! and `/healthz`; it is a plain axum `Router`, so an existing axum application can
 //! mount it. [`serve`] runs it on a listener until a shutdown signal, then waits for
-//! the runs under way to finish. Handlers parse, call the job, answer; the SQL stays
-//! in [`crate::store`].
+//! the runs under way to finish; it cuts off clients that take too long to send a
+//! request's headers or body. Handlers parse, call the job, answer; the SQL stays in
+//! [`crate::store`].
 //!
 //! A run started by a request goes on to its end even if the caller hangs up: it
 //! runs on a task of its own, whose outcome is logged.
@@ -14,6 +15,7 @@ mod error;
 mod request;
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -42,6 +47,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// How long a client may take to send its request body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request's line and headers; a connection
+/// that takes longer is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The job's path.
 pub const JOB_PATH: &str = "/api/jobs/telemetry-daily";
 
@@ -53,6 +62,7 @@ pub const RUNS_PATH: &str = "/api/jobs/runs";
 pub struct AppState {
     inner: Arc<Inner>,
     body_timeout: Duration,
+    header_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -80,6 +90,7 @@ impl AppState {
                 metrics: Metrics::new(),
             }),
             body_timeout: BODY_TIMEOUT,
+            header_timeout: HEADER_TIMEOUT,
         }
     }
 
@@ -87,6 +98,13 @@ impl AppState {
     /// arrive (default [`BODY_TIMEOUT`]).
     pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
+        self
+    }
+
+    /// The same state with another limit on how long [`serve`] lets a request's line
+    /// and headers take to arrive (default [`HEADER_TIMEOUT`]).
+    pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
         self
     }
 
@@ -190,26 +208,73 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes; then stops
-/// accepting requests and waits for every run under way to finish.
+/// accepting connections, lets the requests under way be answered, and waits for
+/// every run under way to finish.
+///
+/// HTTP/1.1 only. A connection whose request line and headers take longer than the
+/// state's header timeout is closed, so slow clients can neither pile up open
+/// connections nor hold up a shutdown.
 ///
 /// # Errors
 ///
-/// An I/O error of the listener.
+/// Always `Ok` at present: an error accepting a connection is logged, and serving
+/// goes on.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let runs = state.inner.runs.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper times out a request's head only when it has a timer.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.header_timeout);
+    let service = TowerToHyperService::new(router(state));
+    let connections = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    accept_failed(&error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Idle connections close now; a request under way is answered first.
+    connections.shutdown().await;
     runs.close();
     if !runs.is_empty() {
         tracing::info!(runs = runs.len(), "waiting for runs under way to finish");
     }
     runs.wait().await;
     Ok(())
+}
+
+/// What to do when accepting a connection failed. A client that gave up before it was
+/// accepted is no concern; anything else (out of file descriptors, say) is logged and
+/// followed by a pause, so as not to spin while it lasts.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// The requested range, passed from the handler to the request log line.

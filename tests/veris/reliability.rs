@@ -825,3 +825,87 @@ async fn slow_or_never_finishing_request_bodies_are_cut_off() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off_and_do_not_hold_up_a_shutdown() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// How long until the server closes `stream`, reading (and dropping) what it sends.
+    async fn closed_after(mut stream: tokio::net::TcpStream) -> Duration {
+        let started = Instant::now();
+        let mut buffer = [0u8; 1024];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+                .await
+                .expect("the server closed the connection within 10 s");
+            if matches!(read, Ok(0) | Err(_)) {
+                return started.elapsed();
+            }
+        }
+    }
+
+    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let secret = veris_jobs::http::CronSecret::new(crate::http::SECRET).unwrap();
+    let state = veris_jobs::http::AppState::new(db.store.clone(), Default::default(), 366, secret)
+        .with_header_timeout(Duration::from_millis(700));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(veris_jobs::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+
+    // A head that never ends, and a connection that never sends a byte.
+    let mut partial = tokio::net::TcpStream::connect(address).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    // And a kept-alive connection that sends no second request.
+    let mut kept_alive = tokio::net::TcpStream::connect(address).await.unwrap();
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (partial, silent, kept_alive) = tokio::join!(
+        closed_after(partial),
+        closed_after(silent),
+        closed_after(kept_alive)
+    );
+    for (what, after) in [
+        ("a partial head", partial),
+        ("a silent connection", silent),
+        ("an idle kept-alive connection", kept_alive),
+    ] {
+        assert!(
+            after >= Duration::from_millis(500) && after < Duration::from_secs(5),
+            "{what} was closed after {after:?}"
+        );
+    }
+
+    // A prompt client is still served.
+    let health = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    // A shutdown waits for no slow client longer than the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = Instant::now();
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stopped within 5 s")
+        .unwrap()
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    drop(slow);
+}
