@@ -5,7 +5,7 @@
 //! rows) to aggregating threads, one on each other core (up to four), each taking
 //! the rows of its own share of the users. When an aggregator falls behind and
 //! its queue is full, the reader aggregates that batch itself instead of waiting, so
-//! every core stays busy and no thread waits on another. Each thread fills a part of
+//! the reader never sits idle while there is work. Each thread fills a part of
 //! the sink, and the parts are merged at the end; no value is copied or freed one by
 //! one across threads.
 
