@@ -61,7 +61,9 @@ impl Statements {
             id_watermark: format!("SELECT max(id)::int8 FROM {src}"),
             // Whole UTC hours: the caller cuts them into days of any zone.
             hours_with_ids: format!(
-                "SELECT DISTINCT to_char(date_trunc('hour', created_at AT TIME ZONE 'UTC'),                  'YYYY-MM-DD\"T\"HH24:00:00\"Z\"') FROM {src} WHERE id > $1 AND id <= $2"
+                "SELECT DISTINCT to_char(date_trunc('hour', created_at AT TIME ZONE 'UTC'), \
+                 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"') FROM {src} \
+                 WHERE id > $1 AND id <= $2"
             ),
             insert_events: format!(
                 "INSERT INTO {src} (event, user_id, created_at, meta) \

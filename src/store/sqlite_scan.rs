@@ -128,12 +128,13 @@ fn read<K: MergeableSink>(
     while let Some(row) = rows.next()? {
         let fields = [field(row, 0)?, field(row, 1)?, field(row, 2)?];
         let shard = match fields[1] {
-            Some(user) if !user.is_empty() => users.hash_one(user) as usize,
+            _ if batches.len() == 1 => 0,
+            Some(user) if !user.is_empty() => users.hash_one(user) as usize % batches.len(),
             _ => {
                 anonymous = anonymous.wrapping_add(1);
-                anonymous
+                anonymous % batches.len()
             }
-        } % batches.len();
+        };
         let batch = &mut batches[shard];
         batch.push_row(fields);
         if batch.rows.len() == BATCH_ROWS {

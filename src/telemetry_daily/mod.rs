@@ -78,11 +78,11 @@ use crate::store::{EventSource, NewRun, RollupStore, RunHistory, RunStatus, Stor
 /// Hash maps keyed by event data. foldhash is several times faster than the
 /// standard SipHash and, seeded per process, still resists crafted collisions.
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// The keys of those maps: names, user ids and values are mostly short, and kept
 /// inline (up to 24 bytes) they are compared without a second memory access.
 type CompactString = compact_str::CompactString;
-type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// The job's name, as reports and logs give it.
 pub const JOB_NAME: &str = "telemetry-daily";

@@ -24,14 +24,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(store: Store, max_range_days: u32) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(
+        Self::start_with(AppState::new(
             store,
             RunOptions::default(),
             max_range_days,
             CronSecret::new(SECRET).unwrap(),
-        );
+        ))
+        .await
+    }
+
+    /// A server of `state`, whose secret must be [`SECRET`].
+    pub async fn start_with(state: AppState) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(veris_jobs::http::serve(listener, state, async move {
             let _ = rx.await;
@@ -43,6 +48,11 @@ impl TestServer {
             shutdown: Some(tx),
             task,
         }
+    }
+
+    /// The server's `host:port`, for raw TCP clients.
+    pub fn address(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     pub fn url(&self, path: &str) -> String {

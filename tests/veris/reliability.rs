@@ -786,15 +786,11 @@ async fn slow_or_never_finishing_request_bodies_are_cut_off() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let secret = veris_jobs::http::CronSecret::new(crate::http::SECRET).unwrap();
-    let state = veris_jobs::http::AppState::new(db.store.clone(), Default::default(), 366, secret)
-        .with_body_timeout(Duration::from_millis(500));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(veris_jobs::http::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let server = crate::http::TestServer::start_with(
+        app_state(&db).with_body_timeout(Duration::from_millis(500)),
+    )
+    .await;
+    let address = server.address();
     for framing in ["Content-Length: 100\r\n", "Transfer-Encoding: chunked\r\n"] {
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
         let head = format!(
@@ -822,8 +818,13 @@ async fn slow_or_never_finishing_request_bodies_are_cut_off() {
         assert!(answer.contains("request_timeout"), "{answer}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
+}
+
+/// A server's state over `db` with the test secret and default settings.
+fn app_state(db: &TestDb) -> veris_jobs::http::AppState {
+    let secret = veris_jobs::http::CronSecret::new(crate::http::SECRET).unwrap();
+    veris_jobs::http::AppState::new(db.store.clone(), Default::default(), 366, secret)
 }
 
 #[tokio::test]
@@ -845,25 +846,21 @@ async fn slow_request_heads_are_cut_off_and_do_not_hold_up_a_shutdown() {
     }
 
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let secret = veris_jobs::http::CronSecret::new(crate::http::SECRET).unwrap();
-    let state = veris_jobs::http::AppState::new(db.store.clone(), Default::default(), 366, secret)
-        .with_header_timeout(Duration::from_millis(700));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(veris_jobs::http::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let server = crate::http::TestServer::start_with(
+        app_state(&db).with_header_timeout(Duration::from_millis(700)),
+    )
+    .await;
+    let address = server.address().to_owned();
 
     // A head that never ends, and a connection that never sends a byte.
-    let mut partial = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&address).await.unwrap();
     partial
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: ")
         .await
         .unwrap();
-    let silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    let silent = tokio::net::TcpStream::connect(&address).await.unwrap();
     // And a kept-alive connection that sends no second request.
-    let mut kept_alive = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(&address).await.unwrap();
     kept_alive
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
@@ -885,27 +882,20 @@ async fn slow_request_heads_are_cut_off_and_do_not_hold_up_a_shutdown() {
     }
 
     // A prompt client is still served.
-    let health = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{address}/healthz"))
+    let health = server
+        .client
+        .get(server.url("/healthz"))
         .send()
         .await
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 
     // A shutdown waits for no slow client longer than the header timeout.
-    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stopping = Instant::now();
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
         .await
-        .expect("the server stopped within 5 s")
-        .unwrap()
-        .unwrap();
-    assert!(stopping.elapsed() < Duration::from_secs(5));
+        .expect("the server stopped within 5 s");
     drop(slow);
 }
