@@ -28,7 +28,7 @@ use jiff::civil::Date;
 use sqlx::postgres::{PgPool, PgPoolCopyExt as _};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _};
-use veris_jobs::store::sqlite::sqlite_timestamp;
+use veris_jobs::store::sqlite::{sqlite_bound, sqlite_timestamp};
 use veris_jobs::store::{Store, TableName};
 use veris_jobs::telemetry_daily::DayWindow;
 
@@ -344,7 +344,7 @@ async fn sqlite_floor(path: &std::path::Path) -> u64 {
         let mut statement = conn
             .prepare("SELECT event, user_id, meta FROM telemetry_events WHERE created_at >= ?1 AND created_at < ?2")
             .unwrap();
-        let mut rows = statement.query([sqlite_timestamp(w.start), sqlite_timestamp(w.end)]).unwrap();
+        let mut rows = statement.query([sqlite_bound(w.start), sqlite_bound(w.end)]).unwrap();
         let mut bytes = 0u64;
         while let Some(row) = rows.next().unwrap() {
             for i in 0..3 {
@@ -366,8 +366,8 @@ async fn sqlite_group_by(pool: &SqlitePool) -> u64 {
         "SELECT event, count(*), count(DISTINCT user_id) FROM telemetry_events \
          WHERE created_at >= ?1 AND created_at < ?2 GROUP BY event",
     )
-    .bind(sqlite_timestamp(w.start))
-    .bind(sqlite_timestamp(w.end))
+    .bind(sqlite_bound(w.start))
+    .bind(sqlite_bound(w.end))
     .fetch_all(pool)
     .await
     .unwrap();

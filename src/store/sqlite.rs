@@ -56,7 +56,8 @@ impl Statements {
                 "SELECT DISTINCT substr(created_at, 1, 13) || ':00:00Z' FROM {src} \
                  WHERE id > ?1 AND id <= ?2"
             ),
-            // Text compared as text: the contract's fixed RFC 3339 form sorts in time order.
+            // Text compared as text: the contract's fixed RFC 3339 form sorts in time
+            // order, against bounds made by `sqlite_bound`.
             // BLOB casts let text that is not UTF-8 through, to be decoded leniently.
             scan: format!(
                 "SELECT CAST(event AS BLOB), CAST(user_id AS BLOB), CAST(meta AS BLOB) FROM {src} \
@@ -76,6 +77,23 @@ impl Statements {
 /// An instant in the source table's text form, e.g. `2024-01-15T10:00:00.000Z`.
 pub fn sqlite_timestamp(at: Timestamp) -> String {
     at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// A window bound as the text `created_at` is compared with: the instant rounded up
+/// to a whole second, without fraction or zone, e.g. `2024-01-15T00:00:00`.
+///
+/// Every text form of an instant in that second (`…:00Z`, `…:00.000Z`,
+/// `…:00.000000000Z`) starts with this text, so it sorts at or after it, and every
+/// earlier second sorts before it: the comparison is right whatever the number of
+/// fractional digits. A bound inside a second would not be (`.5Z` sorts after `.51`),
+/// hence the rounding; windows that share a bound still share it after rounding, so
+/// no event falls between them or into both.
+pub fn sqlite_bound(at: Timestamp) -> String {
+    // `as_second` truncates towards zero: the ceiling for instants before 1970.
+    let second = at.as_second() + i64::from(at.subsec_nanosecond() > 0);
+    // Within a second of jiff's limits no day ends; keep the bound as it is there.
+    let whole = Timestamp::from_second(second).unwrap_or(at);
+    whole.strftime("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
 impl SqliteStore {
@@ -198,8 +216,8 @@ impl SqliteStore {
         let (parts, reader) = sqlite_scan::read_parts::<K>(
             &self.db_path,
             &self.sql.scan,
-            sqlite_timestamp(window.start),
-            sqlite_timestamp(window.end),
+            sqlite_bound(window.start),
+            sqlite_bound(window.end),
             BUSY_TIMEOUT,
         );
         for part in parts {

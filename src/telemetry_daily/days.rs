@@ -184,20 +184,33 @@ impl DayWindow {
     }
 
     /// The window cut into `n` consecutive slices of (nearly) equal length that
-    /// together cover it exactly, each with the same `date`.
+    /// together cover it exactly, each with the same `date`. Inner bounds fall on
+    /// whole seconds, so that a database comparing times as text at a resolution of
+    /// seconds places each event in exactly one slice; a window shorter than `n`
+    /// seconds gives fewer slices.
     pub fn slices(&self, n: u32) -> Vec<DayWindow> {
-        let n = i128::from(n.max(1));
-        let start = self.start.as_nanosecond();
-        let length = self.end.as_nanosecond() - start;
-        let bound = |i: i128| {
-            // Every bound lies between `start` and `end`, so it is a valid timestamp.
-            Timestamp::from_nanosecond(start + length * i / n).unwrap_or(self.end)
-        };
-        (0..n)
-            .map(|i| DayWindow {
+        let n = i64::from(n.max(1));
+        let (start, end) = (self.start.as_second(), self.end.as_second());
+        let length = end - start;
+        let mut bounds = vec![self.start];
+        for i in 1..n {
+            let second = start + length * i / n;
+            // Every such second lies between `start` and `end`, so it is a valid
+            // timestamp; a window shorter than `n` seconds repeats some, dropped here.
+            if let Ok(bound) = Timestamp::from_second(second)
+                && bound > *bounds.last().unwrap_or(&self.start)
+                && bound < self.end
+            {
+                bounds.push(bound);
+            }
+        }
+        bounds.push(self.end);
+        bounds
+            .windows(2)
+            .map(|pair| DayWindow {
                 date: self.date,
-                start: bound(i),
-                end: if i + 1 == n { self.end } else { bound(i + 1) },
+                start: pair[0],
+                end: pair[1],
             })
             .collect()
     }
@@ -303,6 +316,7 @@ mod tests {
             for pair in slices.windows(2) {
                 assert_eq!(pair[0].end, pair[1].start, "no gap, no overlap");
                 assert!(pair[0].start < pair[0].end);
+                assert_eq!(pair[0].end.subsec_nanosecond(), 0, "whole seconds");
             }
         }
     }

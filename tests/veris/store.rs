@@ -7,6 +7,7 @@ use crate::common::{Kind, TestDb, event, range_options};
 crate::on_both_databases!(
     migrate_is_safe_to_repeat_and_leaves_an_existing_source_table_as_it_is,
     a_schema_qualified_source_table_is_read,
+    every_fraction_digit_count_lands_in_its_own_day_in_every_zone,
 );
 
 async fn migrate_is_safe_to_repeat_and_leaves_an_existing_source_table_as_it_is(db: TestDb) {
@@ -84,4 +85,87 @@ async fn a_schema_qualified_source_table_is_read(db: TestDb) {
             .unwrap();
     assert_eq!(report.totals.events_read, 1);
     assert_eq!(db.rollups().await.len(), 1);
+}
+
+/// `created_at` text of `at` with `digits` fractional digits (0: none), as an
+/// application might have stored it.
+fn with_digits(at: jiff::Timestamp, digits: u32) -> String {
+    let whole = at.strftime("%Y-%m-%dT%H:%M:%S");
+    if digits == 0 {
+        return format!("{whole}Z");
+    }
+    let nanos = format!("{:09}", at.subsec_nanosecond());
+    format!("{whole}.{}Z", &nanos[..digits as usize])
+}
+
+async fn every_fraction_digit_count_lands_in_its_own_day_in_every_zone(db: TestDb) {
+    use jiff::{SignedDuration, tz::TimeZone};
+    use veris_jobs::store::EventSource as _;
+    use veris_jobs::telemetry_daily::{DayAggregate, DayWindow};
+
+    // PostgreSQL keeps microseconds; SQLite keeps the text as it was written.
+    let max_digits = if db.kind == Kind::Postgres { 6 } else { 9 };
+    let zones = [
+        "UTC",
+        "America/New_York",
+        "Asia/Kolkata",
+        "Australia/Lord_Howe",
+    ];
+    let day: jiff::civil::Date = "2024-03-10".parse().unwrap(); // New York springs forward
+    let mut expected = Vec::new();
+    for (z, zone) in zones.iter().enumerate() {
+        let tz = TimeZone::get(zone).unwrap();
+        let window = DayWindow::new(day, &tz).unwrap();
+        for (edge, bound, before, after) in [
+            ("start", window.start, day.yesterday().unwrap(), day),
+            ("end", window.end, day, day.tomorrow().unwrap()),
+        ] {
+            for digits in 0..=max_digits {
+                let step = SignedDuration::from_nanos(10i64.pow(9 - digits));
+                for (when, at, date) in [
+                    ("before", bound - step, before),
+                    ("at", bound, after),
+                    ("after", bound + step, after),
+                ] {
+                    let name = format!("z{z}_{edge}_{when}_{digits}");
+                    let created_at = with_digits(at, digits);
+                    db.execute(&format!(
+                        "INSERT INTO telemetry_events (event, user_id, created_at, meta) \
+                         VALUES ('{name}', 'u', '{created_at}', NULL)"
+                    ))
+                    .await;
+                    expected.push((z, name, date));
+                }
+            }
+        }
+    }
+    for (z, zone) in zones.iter().enumerate() {
+        let tz = TimeZone::get(zone).unwrap();
+        let mut landed = std::collections::BTreeMap::new();
+        for date in [day.yesterday().unwrap(), day, day.tomorrow().unwrap()] {
+            let window = DayWindow::new(date, &tz).unwrap();
+            let mut whole = DayAggregate::new();
+            db.store.scan_window(&window, &mut whole).await.unwrap();
+            let rows = whole.finish(20).rows;
+            // The same day read in slices places every event once too.
+            let mut sliced = DayAggregate::new();
+            for slice in window.slices(7) {
+                db.store.scan_window(&slice, &mut sliced).await.unwrap();
+            }
+            assert_eq!(sliced.finish(20).rows, rows, "{zone} {date} in slices");
+            for row in rows {
+                assert_eq!(row.count, 1, "{} counted once", row.event);
+                if row.event.starts_with(&format!("z{z}_")) {
+                    let name = row.event.clone();
+                    assert!(
+                        landed.insert(row.event, date).is_none(),
+                        "{name} in two days"
+                    );
+                }
+            }
+        }
+        for (_, name, date) in expected.iter().filter(|(ez, _, _)| *ez == z) {
+            assert_eq!(landed.get(name), Some(date), "{zone}: {name}");
+        }
+    }
 }
