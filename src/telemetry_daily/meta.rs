@@ -74,10 +74,56 @@ pub fn parse_meta(text: Option<&str>) -> ParsedMeta<'_> {
     }
 }
 
+/// Deepest nesting of arrays and objects accepted in `meta`, the outermost counting
+/// as 1; anything deeper is `invalid_meta`, whatever the outermost value is.
+pub const MAX_DEPTH: usize = 128;
+
 /// `text` parsed by serde_json alone: the definition the fast path is held to.
-fn deserialize(text: &str) -> serde_json::Result<TopLevel<'_>> {
+/// Numbers are read correctly rounded (serde_json's `float_roundtrip`), as
+/// `str::parse::<f64>` reads them, so that `1.2345e29` and PostgreSQL's normalised
+/// `123450000000000000000000000000` give the same double.
+fn deserialize(text: &str) -> Result<TopLevel<'_>, Unreadable> {
+    if nesting_depth(text) > MAX_DEPTH {
+        return Err(Unreadable);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    TopLevel::deserialize(&mut de).and_then(|top| de.end().map(|()| top))
+    // The depth was checked above, so the recursion is bounded by it; serde_json's own
+    // limit (128 recursions, i.e. 127 levels) would refuse the 128th.
+    de.disable_recursion_limit();
+    TopLevel::deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+        .map_err(|_| Unreadable)
+}
+
+/// Why `meta` was not read: not JSON, or nested too deep (both are `invalid_meta`).
+#[derive(Debug)]
+struct Unreadable;
+
+/// The deepest nesting of `[` and `{` in `text`, outside strings. Malformed text
+/// gets some number; serde_json then refuses it anyway.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in text.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// An object's entries in text order as serde_json alone reads them, `None` if
@@ -226,12 +272,12 @@ impl<'de> Visitor<'de> for MetaValueVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let value = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(MetaValue::Nested(value.to_string()))
+        Ok(MetaValue::Nested(canonical_value(value).to_string()))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         // `serde_json::Map` keeps keys sorted, so this text has sorted keys.
         let value = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(MetaValue::Nested(value.to_string()))
+        Ok(MetaValue::Nested(canonical_value(value).to_string()))
     }
 }
 
@@ -398,8 +444,11 @@ impl MetaSummary {
     }
 }
 
-/// A number as the summary writes it: integral values within 2^53 as integers,
-/// others in the shortest form that reads back as the same `f64`; `null` if not finite.
+/// A number as the summary writes it, wherever it appears (sums, minimums, maximums,
+/// numbers inside nested values): integral values within 2^53 as integers, others in
+/// the shortest form that reads back as the same `f64` (`0.1`, `1.2345e+29`); `null` if
+/// not finite. Every number is read as the nearest double first, so `1e1`, `10.0`
+/// and `10` are all written `10`, whichever database's text they came from.
 pub fn json_number(x: f64) -> Value {
     const EXACT_INT: f64 = 9_007_199_254_740_992.0; // 2^53
     if x.fract() == 0.0 && x.abs() <= EXACT_INT {
@@ -413,19 +462,24 @@ pub fn json_number(x: f64) -> Value {
 /// database compare equal to freshly computed ones exactly when they mean the same.
 /// Text that is not JSON is returned as it is (and so compares unequal).
 pub fn canonical_json(text: &str) -> String {
-    fn normalize(value: Value) -> Value {
-        match value {
-            Value::Number(n) => n.as_f64().map_or(Value::Number(n), json_number),
-            Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
-            Value::Object(map) => {
-                Value::Object(map.into_iter().map(|(k, v)| (k, normalize(v))).collect())
-            }
-            other => other,
-        }
-    }
     match serde_json::from_str::<Value>(text) {
-        Ok(value) => normalize(value).to_string(),
+        Ok(value) => canonical_value(value).to_string(),
         Err(_) => text.to_owned(),
+    }
+}
+
+/// `value` with every number in the form [`json_number`] writes (keys are already
+/// sorted: `serde_json::Map` keeps them so).
+fn canonical_value(value: Value) -> Value {
+    match value {
+        Value::Number(n) => n.as_f64().map_or(Value::Number(n), json_number),
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, canonical_value(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -613,6 +667,72 @@ mod tests {
         assert_eq!(parse_meta(Some("{\"a\":")), ParsedMeta::Invalid);
         assert_eq!(parse_meta(Some("{} x")), ParsedMeta::Invalid);
         assert_eq!(parse_meta(Some("NaN")), ParsedMeta::Invalid);
+    }
+
+    #[test]
+    fn nesting_up_to_128_levels_is_read_and_deeper_is_invalid() {
+        let nested = |levels: usize, open: &str, close: &str| {
+            format!("{}{}", open.repeat(levels), close.repeat(levels))
+        };
+        // 128 levels: the outer object and 127 nested ones.
+        let ok = format!("{}{{}}{}", "{\"a\":".repeat(127), "}".repeat(127));
+        assert!(
+            matches!(parse_meta(Some(&ok)), ParsedMeta::Object(_)),
+            "128 levels"
+        );
+        let deep = format!("{}{{}}{}", "{\"a\":".repeat(128), "}".repeat(128));
+        assert_eq!(parse_meta(Some(&deep)), ParsedMeta::Invalid, "129 levels");
+        assert_eq!(
+            parse_meta(Some(&nested(128, "[", "]"))),
+            ParsedMeta::NonObject
+        );
+        assert_eq!(
+            parse_meta(Some(&nested(10_000, "[", "]"))),
+            ParsedMeta::Invalid
+        );
+        // Brackets inside strings are text, not nesting.
+        let quoted = format!("{{\"a\":\"{}\"}}", "[".repeat(500));
+        assert!(matches!(parse_meta(Some(&quoted)), ParsedMeta::Object(_)));
+    }
+
+    #[test]
+    fn numbers_read_the_same_from_either_database_s_text() {
+        // SQLite hands over the text as written; PostgreSQL's jsonb normalises it.
+        assert_eq!(
+            summary_of(&[r#"{"n":1.2345e29}"#], 20),
+            summary_of(&[r#"{"n":123450000000000000000000000000}"#], 20)
+        );
+        assert_eq!(
+            summary_of(&[r#"{"n":1.2345e29}"#], 20),
+            r#"{"n":{"max":1.2345e+29,"min":1.2345e+29,"n":1,"sum":1.2345e+29}}"#
+        );
+        assert_eq!(
+            summary_of(&[r#"{"x":[1e1,10.0,10,{"b":2.50}]}"#], 20),
+            r#"{"x":{"n":1,"other":0,"values":{"[10,10,10,{\"b\":2.5}]":1}}}"#
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn numbers_are_read_as_rust_reads_them(
+            text in "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?"
+        ) {
+            let expected: f64 = text.parse().expect("a JSON number is a Rust float");
+            let meta = format!("{{\"n\":{text}}}");
+            let parsed = parse_meta(Some(&meta));
+            if expected.is_finite() {
+                let ParsedMeta::Object(entries) = parsed else {
+                    return Err(proptest::test_runner::TestCaseError::fail(format!("{text}: {parsed:?}")));
+                };
+                let MetaValue::Number(x) = entries[0].1 else {
+                    return Err(proptest::test_runner::TestCaseError::fail(format!("{text}: {entries:?}")));
+                };
+                // -0 and 0 are equal, and both written 0.
+                proptest::prop_assert!(x == expected, "{}: {} != {}", text, x, expected);
+            } else {
+                proptest::prop_assert_eq!(parsed, ParsedMeta::Invalid, "{}", text);
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ crate::on_both_databases!(
     rerunning_a_range_leaves_rows_byte_identical,
     count_and_unique_users_are_exact_with_anonymous_users_left_out,
     the_metadata_summary_follows_the_contract,
+    numbers_are_read_correctly_rounded_and_written_alike_on_both_databases,
     bad_events_are_counted_by_reason_and_never_abort_the_run,
     the_retention_guard_keeps_rollups_unless_forced,
     a_dry_run_writes_nothing_and_reports_what_would_change,
@@ -271,6 +272,32 @@ async fn the_metadata_summary_follows_the_contract(db: TestDb) {
             "path": {"n": 5, "values": {"/": 2, "/blog": 1}, "other": 2},
             "plan": {"n": 5, "values": {"free": 2, "pro": 2}, "other": 1},
         })
+    );
+}
+
+async fn numbers_are_read_correctly_rounded_and_written_alike_on_both_databases(db: TestDb) {
+    // PostgreSQL's jsonb rewrites 1.2345e29 as 123450000000000000000000000000 and keeps
+    // 10.0 as it is; SQLite keeps the text. Both must give the same bytes.
+    let metas = [
+        r#"{"n":1.2345e29,"x":[1e1,2.50]}"#,
+        r#"{"n":0.1,"x":[10.0,2.5]}"#,
+        r#"{"n":0.2}"#,
+    ];
+    let events: Vec<_> = metas
+        .iter()
+        .map(|m| event("e", None, "2024-04-01T09:00:00Z", Some(m)))
+        .collect();
+    db.insert(&events).await;
+    db.run(&range_options("2024-04-01", "2024-04-01")).await;
+    let stored = &db.rollups().await[0].4;
+    assert_eq!(
+        veris_jobs::telemetry_daily::meta::canonical_json(stored),
+        r#"{"n":{"max":1.2345e+29,"min":0.1,"n":3,"sum":1.2345e+29},"x":{"n":2,"other":0,"values":{"[10,2.5]":2}}}"#
+    );
+    let rerun = db.run(&range_options("2024-04-01", "2024-04-01")).await;
+    assert_eq!(
+        rerun.days[0].unchanged, 1,
+        "the stored text reads back as equal"
     );
 }
 
