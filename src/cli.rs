@@ -1,8 +1,8 @@
-//! The command line: `migrate`, `telemetry-daily` and `demo`.
+//! The command line: `migrate`, `telemetry-daily`, `runs`, `serve` and `demo`.
 //!
-//! Parses arguments with clap, calls the library, prints the report, and turns the
-//! outcome into the contract's exit status (0 all days ok, 1 a day failed, 2 bad
-//! usage or configuration).
+//! Parses arguments with clap, calls the library (one function a command), prints
+//! what it returned, and turns the outcome into the contract's exit status (0 all
+//! days ok, 1 a day failed, 2 bad usage or configuration).
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -10,15 +10,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{GlobalArgs, JobArgs, LogFormat, RangeArgs, ServeArgs};
+use crate::app::{Application, ServeSettings};
+use crate::config::{
+    CronSecret, GlobalArgs, JobArgs, LogFormat, MIN_SECRET_LEN, RangeArgs, ServeArgs,
+};
 use crate::error::Error;
-use crate::http::{self, AppState, CronSecret, JOB_PATH, MIN_SECRET_LEN};
+use crate::model::{RunRecord, RunReport};
 use crate::progress::TerminalProgress;
-use crate::schedule::Schedule;
-use crate::store::{RunHistory as _, RunRecord, Store};
-use crate::telemetry_daily::{self, RunReport};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use crate::runner::Runner;
+use crate::store::{RollupStore as _, RunHistory as _, Store};
 
 /// Background jobs of the Veris application.
 #[derive(Debug, Parser)]
@@ -144,93 +144,81 @@ pub fn init_logging(cli: &Cli) {
 ///
 /// [`Error`], whose [`Error::exit_code`] gives the exit status.
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    // Checked before connecting, so a missing secret or a bad schedule is reported as such.
-    let (secret, schedule) = match &cli.command {
-        Command::Serve(args) => (Some(cron_secret()?), parse_schedule(args)?),
-        _ => (None, None),
-    };
-    let store = match &cli.command {
-        // A server starts even while its database is down, and answers 503 until it is up.
-        Command::Serve(_) => {
-            Store::connect_lazy(&cli.global.database_url, &cli.global.source_table).await?
-        }
-        _ => Store::connect(&cli.global.database_url, &cli.global.source_table).await?,
-    };
-    match cli.command {
-        Command::Migrate => {
-            store.migrate().await?;
-            write_stdout(&format!(
-                "migrated: source table {} and rollup table telemetry_daily are ready\n",
-                cli.global.source_table
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::TelemetryDaily(args) => {
-            let range = args.range.range()?;
-            let mut options = args.job.run_options(range, args.dry_run, args.force);
-            options.changed = args.changed;
-            let mut progress = TerminalProgress::new(!args.json && std::io::stdout().is_terminal());
-            let report =
-                telemetry_daily::run_with_progress(&store, &options, &mut progress).await?;
-            progress.finish();
-            print_report(&report, args.json);
-            Ok(exit_code(&report))
-        }
-        Command::Runs(args) => {
-            let runs = store.recent_runs(args.limit).await?;
-            if args.json {
-                // Run records hold only strings, numbers and reports: serializing cannot fail.
-                write_stdout(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&runs).unwrap_or_default()
-                ));
-            } else {
-                write_stdout(&runs_table(&runs));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Serve(args) => {
-            let options = args.job.run_options(None, false, false);
-            let secret = secret.ok_or_else(|| Error::Usage("CRON_SECRET is not set".into()))?;
-            let state = AppState::new(store, options, args.max_range_days, secret);
-            let listener = TcpListener::bind(args.bind).await.map_err(|e| {
-                Error::Usage(format!("--bind {}: cannot listen there: {e}", args.bind))
-            })?;
-            let address = listener.local_addr().unwrap_or(args.bind);
-            tracing::info!(%address, "serving {JOB_PATH} and /healthz");
-            // One signal stops both the schedule and the server.
-            let stop = CancellationToken::new();
-            let scheduler = schedule.map(|schedule| {
-                tracing::info!(
-                    schedule = schedule.expression(),
-                    timezone = args.job.timezone.iana_name().unwrap_or("UTC"),
-                    "running telemetry-daily on schedule"
-                );
-                tokio::spawn(crate::schedule::run_on_schedule(
-                    state.clone(),
-                    schedule,
-                    stop.clone().cancelled_owned(),
-                ))
-            });
-            let stop_on_signal = stop.clone();
-            let served = http::serve(listener, state, async move {
-                shutdown_signal().await;
-                stop_on_signal.cancel();
-            })
-            .await;
-            stop.cancel();
-            if let Some(scheduler) = scheduler {
-                let _ = scheduler.await;
-            }
-            served.map_err(|e| Error::Usage(format!("serving on {address}: {e}")))?;
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Demo(args) => {
-            let report = crate::demo::run(&store, &cli.global.source_table, &args.job).await?;
-            Ok(exit_code(&report))
-        }
+    let Cli { global, command } = cli;
+    match command {
+        Command::Migrate => migrate(&global).await,
+        Command::TelemetryDaily(args) => telemetry_daily(&global, args).await,
+        Command::Runs(args) => runs(&global, args).await,
+        Command::Serve(args) => serve(&global, args).await,
+        Command::Demo(args) => demo(&global, args).await,
     }
+}
+
+async fn connect(global: &GlobalArgs) -> Result<Store, Error> {
+    Ok(Store::connect(&global.database_url, &global.source_table).await?)
+}
+
+async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
+    connect(global).await?.migrate().await?;
+    write_stdout(&format!(
+        "migrated: source table {} and rollup table {} are ready\n",
+        global.source_table,
+        crate::store::ROLLUP_TABLE
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Result<ExitCode, Error> {
+    let range = args.range.range()?;
+    let runner = Runner::new(connect(global).await?, args.job.run_options());
+    let options = crate::telemetry_daily::RunOptions {
+        range,
+        dry_run: args.dry_run,
+        force: args.force,
+        changed: args.changed,
+        ..runner.job().clone()
+    };
+    let mut progress = TerminalProgress::new(!args.json && std::io::stdout().is_terminal());
+    let report = runner.run(&options, &mut progress).await?;
+    progress.finish();
+    print_report(&report, args.json);
+    Ok(exit_code(&report))
+}
+
+async fn runs(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode, Error> {
+    let runs = connect(global).await?.recent_runs(args.limit).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&runs)
+            .expect("run records hold only strings, numbers and JSON values");
+        write_stdout(&format!("{text}\n"));
+    } else {
+        write_stdout(&runs_table(&runs));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> {
+    let settings = ServeSettings {
+        database_url: global.database_url.clone(),
+        source_table: global.source_table.clone(),
+        job: args.job.run_options(),
+        bind: args.bind,
+        max_range_days: args.max_range_days,
+        schedule: args.schedule,
+        secret: cron_secret()?,
+    };
+    Application::build(settings)
+        .await?
+        .run_until_stopped(shutdown_signal())
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
+    let runner = Runner::new(connect(global).await?, args.job.run_options());
+    let outcome = crate::demo::run(&runner, &global.source_table).await?;
+    write_stdout(&outcome.to_text());
+    Ok(exit_code(&outcome.report))
 }
 
 /// The endpoint's secret from `CRON_SECRET` (never from a flag, so it stays out of
@@ -242,16 +230,6 @@ fn cron_secret() -> Result<CronSecret, Error> {
         ))
     })?;
     CronSecret::new(&value).map_err(Error::Usage)
-}
-
-fn parse_schedule(args: &ServeArgs) -> Result<Option<Schedule>, Error> {
-    args.schedule
-        .as_deref()
-        .map(|expression| {
-            Schedule::parse(expression, args.job.timezone.clone())
-                .map_err(|e| Error::Usage(format!("--schedule: {e}")))
-        })
-        .transpose()
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -304,10 +282,10 @@ fn runs_table(runs: &[RunRecord]) -> String {
 }
 
 /// Prints the report as a table, or as JSON with `json`.
-pub fn print_report(report: &RunReport, json: bool) {
+fn print_report(report: &RunReport, json: bool) {
     if json {
-        // A report holds only strings and numbers, so serializing cannot fail.
-        let text = serde_json::to_string_pretty(report).unwrap_or_default();
+        let text = serde_json::to_string_pretty(report)
+            .expect("a run report holds only strings, numbers and maps with string keys");
         write_stdout(&format!("{text}\n"));
     } else {
         write_stdout(&report.to_table());
@@ -315,14 +293,14 @@ pub fn print_report(report: &RunReport, json: bool) {
 }
 
 /// Writes to stdout, ignoring a closed pipe (`veris-jobs … | head` is fine).
-pub fn write_stdout(text: &str) {
+fn write_stdout(text: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// 0 when every day is ok, 1 when any failed.
-pub fn exit_code(report: &RunReport) -> ExitCode {
+fn exit_code(report: &RunReport) -> ExitCode {
     if report.ok {
         ExitCode::SUCCESS
     } else {

@@ -6,29 +6,77 @@
 //! remembers which events it wrote, replaces them when run again, and refuses to
 //! touch a source that holds events it did not write.
 
+use std::fmt::Write as _;
+
+use jiff::tz::TimeZone;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 
-use std::fmt::Write as _;
-
-use crate::cli::write_stdout;
-use crate::config::JobArgs;
 use crate::error::Error;
-use crate::store::{NewEvent, RollupStore as _, Store, TableName};
-use crate::telemetry_daily::{self, DayRange, DayWindow, RunReport};
+use crate::model::{DayRange, DayWindow, RollupRow, RunReport};
+use crate::runner::Runner;
+use crate::store::{DemoData as _, NewEvent, RollupStore as _, TableName};
 
 /// Days the sample covers, ending yesterday.
 const SAMPLE_DAYS: u32 = 3;
 
-/// Runs the demo: sample events, the job over them, the report and a glimpse of
-/// the rollup rows.
+/// What the demo did: the events it wrote, the run over them, and the last day's rows.
+#[derive(Debug, Clone)]
+pub struct DemoOutcome {
+    /// The source table written to.
+    pub source: TableName,
+    /// How many sample events were written.
+    pub events_written: usize,
+    /// The days they cover.
+    pub range: DayRange,
+    /// The run of `telemetry-daily` over those days.
+    pub report: RunReport,
+    /// The rollup rows of the last day, biggest first.
+    pub last_day: Vec<RollupRow>,
+}
+
+impl DemoOutcome {
+    /// What the demo did, as a terminal shows it.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "demo: wrote {} sample events over {} .. {} into {}\n\n",
+            self.events_written,
+            self.range.start(),
+            self.range.end(),
+            self.source
+        );
+        out.push_str(&self.report.to_table());
+        let _ = writeln!(out, "\ntelemetry_daily on {}:", self.range.end());
+        let _ = writeln!(out, "{:<12} {:>6} {:>6}  meta", "event", "count", "users");
+        for row in &self.last_day {
+            let meta = glimpse(&row.meta, 90);
+            let _ = writeln!(
+                out,
+                "{:<12} {:>6} {:>6}  {meta}",
+                row.event, row.count, row.unique_users
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nNext, a dry run over the same days (from a checkout, `cargo run --release --` in place of `veris-jobs`):\n  \
+             veris-jobs telemetry-daily --start-date {} --end-date {} --dry-run",
+            self.range.start(),
+            self.range.end()
+        );
+        out
+    }
+}
+
+/// Runs the demo: sample events over the days ending yesterday in the runner's zone,
+/// and the job over them.
 ///
 /// # Errors
 ///
 /// [`Error::Usage`] when the source holds events the demo did not write;
 /// [`Error::Store`] or [`Error::Run`] when the database fails.
-pub async fn run(store: &Store, source: &TableName, job: &JobArgs) -> Result<RunReport, Error> {
+pub async fn run(runner: &Runner, source: &TableName) -> Result<DemoOutcome, Error> {
+    let store = runner.store();
     store.migrate().await?;
     let previous = store.demo_sample().await?;
     let foreign = store.count_foreign_events(previous.as_ref()).await?;
@@ -38,42 +86,27 @@ pub async fn run(store: &Store, source: &TableName, job: &JobArgs) -> Result<Run
              demo will not mix sample events into them (point --database-url at another database)"
         )));
     }
-    let range = DayRange::ending_yesterday(jiff::Timestamp::now(), &job.timezone, SAMPLE_DAYS)?;
-    let events = sample_events(&range, job, store.keeps_invalid_json())?;
+    let zone = &runner.job().timezone;
+    let range = DayRange::ending_yesterday(jiff::Timestamp::now(), zone, SAMPLE_DAYS)?;
+    let events = sample_events(&range, zone, store.keeps_invalid_json())?;
     store
         .replace_demo_sample(previous.as_ref(), &events, &range)
         .await?;
-    write_stdout(&format!(
-        "demo: wrote {} sample events over {} .. {} into {source}\n\n",
-        events.len(),
-        range.start(),
-        range.end()
-    ));
 
-    let options = job.run_options(Some(range), false, false);
-    let report = telemetry_daily::run(store, &options).await?;
-    let mut out = report.to_table();
-    let mut rows = store.load_day(range.end()).await?;
-    rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
-    let _ = writeln!(out, "\ntelemetry_daily on {}:", range.end());
-    let _ = writeln!(out, "{:<12} {:>6} {:>6}  meta", "event", "count", "users");
-    for row in &rows {
-        let meta = glimpse(&row.meta, 90);
-        let _ = writeln!(
-            out,
-            "{:<12} {:>6} {:>6}  {meta}",
-            row.event, row.count, row.unique_users
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nNext, a dry run over the same days (from a checkout, `cargo run --release --` in place of `veris-jobs`):\n  \
-         veris-jobs telemetry-daily --start-date {} --end-date {} --dry-run",
-        range.start(),
-        range.end()
-    );
-    write_stdout(&out);
-    Ok(report)
+    let options = crate::telemetry_daily::RunOptions {
+        range: Some(range),
+        ..runner.job().clone()
+    };
+    let report = runner.run(&options, &mut ()).await?;
+    let mut last_day = store.load_day(range.end()).await?;
+    last_day.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
+    Ok(DemoOutcome {
+        source: source.clone(),
+        events_written: events.len(),
+        range,
+        report,
+        last_day,
+    })
 }
 
 fn glimpse(text: &str, max_chars: usize) -> String {
@@ -87,13 +120,13 @@ fn glimpse(text: &str, max_chars: usize) -> String {
 /// The sample: the same for the same range and zone, run after run.
 fn sample_events(
     range: &DayRange,
-    job: &JobArgs,
+    zone: &TimeZone,
     invalid_json: bool,
 ) -> Result<Vec<NewEvent>, Error> {
     let mut rng = SmallRng::seed_from_u64(0x7665_7269_7321);
     let mut events = Vec::new();
     for date in range.days() {
-        let window = DayWindow::new(date, &job.timezone)?;
+        let window = DayWindow::new(date, zone)?;
         let seconds = window.end.as_second() - window.start.as_second();
         let per_day = rng.random_range(1_800..2_600);
         for _ in 0..per_day {

@@ -1,7 +1,8 @@
 //! The crate's top-level error, and the exit status each kind of failure gives.
 
+use crate::model::DateError;
 use crate::store::StoreError;
-use crate::telemetry_daily::{DateError, RunError};
+use crate::telemetry_daily::RunError;
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]

@@ -7,25 +7,31 @@
 //!
 //! # Layout
 //!
-//! - [`telemetry_daily`]: the job. Day ranges and zones, the pure and mergeable
-//!   aggregator, the metadata summary, the diff against stored rows, the run report,
-//!   and [`telemetry_daily::run`]. No SQL, no HTTP.
-//! - [`store`]: all SQL. [`store::EventSource`] reads raw events,
-//!   [`store::RollupStore`] writes rollups and holds days; [`store::Store`]
-//!   implements both for PostgreSQL and SQLite.
-//! - [`config`]: settings from flags and environment, validated once.
-//! - [`http`]: the endpoint `serve` answers: router, bearer auth, handlers.
-//! - [`metrics`]: counters of the runs a process made, in Prometheus text format.
-//! - [`schedule`]: the built-in cron schedule of `serve`.
-//! - [`progress`]: the progress bar of multi-day runs on a terminal.
-//! - [`cli`]: the command line (`migrate`, `telemetry-daily`, `runs`, `serve`, `demo`).
-//! - [`demo`]: sample events for a first look.
-//! - [`error`]: the top-level error and its exit status.
+//! Modules import each other in one direction: each one below imports only modules
+//! listed before it.
+//!
+//! 1. [`model`]: days and zones, the pure and mergeable aggregator, the metadata
+//!    summary, the diff against stored rows, the run report, the run history's
+//!    records. No I/O.
+//! 2. [`store`]: every line of SQL. The storage traits ([`store::EventSource`],
+//!    [`store::RollupStore`], [`store::RunHistory`], [`store::DemoData`]), each
+//!    implemented by the PostgreSQL and the SQLite backend; [`store::Store`] is either.
+//! 3. [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
+//!    and writes each day, records the run ([`telemetry_daily::run`]).
+//! 4. [`metrics`]: counters of the runs a process made, in Prometheus text format.
+//! 5. [`runner`]: starts runs for every face; owns the runs under way and the metrics.
+//! 6. [`config`] (settings from flags and environment, and the bearer secret,
+//!    validated once) and [`error`] (the top-level error and its exit status).
+//! 7. The faces: [`http`] (the endpoint: router, bearer auth, handlers),
+//!    [`schedule`] (the built-in cron schedule), [`progress`] (the terminal's
+//!    progress bar), [`demo`] (sample events for a first look), [`app`] (`serve`
+//!    wired: the endpoint and the schedule over one runner) and [`cli`] (the command
+//!    line, one function a command).
 //!
 //! # Example
 //!
 //! ```no_run
-//! use veris_jobs::store::{Store, TableName};
+//! use veris_jobs::store::{RollupStore as _, Store, TableName};
 //! use veris_jobs::telemetry_daily::{self, RunOptions};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,13 +42,16 @@
 //! # Ok(()) }
 //! ```
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod progress;
+pub mod runner;
 pub mod schedule;
 pub mod store;
 pub mod telemetry_daily;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use crate::telemetry_daily::{RunReport, Trigger};
+use crate::model::{RunReport, Trigger};
 
 /// Upper bounds of the run-duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::telemetry_daily::{DayReport, Progress};
+use crate::model::DayReport;
+use crate::telemetry_daily::Progress;
 
 /// The bar showing now, if any, for log lines to step around.
 static SHOWING: Mutex<Option<ProgressBar>> = Mutex::new(None);

@@ -16,7 +16,7 @@ use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp, ZonedDateTime};
 
-use crate::http::AppState;
+use crate::runner::Runner;
 
 /// A cron expression in a time zone.
 #[derive(Debug, Clone)]
@@ -72,11 +72,11 @@ impl Schedule {
 }
 
 /// Runs the job at every tick of `schedule` until `shutdown` completes. Each run
-/// covers the default range with `--changed`, on a task `state` tracks, so a
+/// covers the default range with `--changed`, on a task `runner` tracks, so a
 /// shutdown waits for it. A tick that finds the previous scheduled run still going
 /// is skipped and logged.
 pub async fn run_on_schedule(
-    state: AppState,
+    runner: Runner,
     schedule: Schedule,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -106,11 +106,11 @@ pub async fn run_on_schedule(
                 schedule = schedule.expression(),
                 "scheduled run skipped: the previous scheduled run is still going"
             );
-            state.metrics().tick_skipped();
+            runner.metrics().tick_skipped();
             continue;
         }
         tracing::info!(%tick, schedule = schedule.expression(), "scheduled run starting");
-        previous = Some(state.spawn_scheduled_run());
+        previous = Some(runner.spawn_scheduled());
     }
 }
 

@@ -28,9 +28,9 @@ use jiff::civil::Date;
 use sqlx::postgres::{PgPool, PgPoolCopyExt as _};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _};
+use veris_jobs::model::DayWindow;
 use veris_jobs::store::sqlite::{sqlite_bound, sqlite_timestamp};
-use veris_jobs::store::{Store, TableName};
-use veris_jobs::telemetry_daily::DayWindow;
+use veris_jobs::store::{RollupStore as _, Store, TableName};
 
 use generator::Generator;
 

@@ -1,5 +1,5 @@
 -- One row per (day, event): the output of telemetry-daily.
-CREATE TABLE IF NOT EXISTS telemetry_daily (
+CREATE TABLE IF NOT EXISTS {rollup} (
     date         date        NOT NULL,
     event        text        NOT NULL,
     count        bigint      NOT NULL,

@@ -1,5 +1,5 @@
 -- One row per (day, event): the output of telemetry-daily.
-CREATE TABLE IF NOT EXISTS telemetry_daily (
+CREATE TABLE IF NOT EXISTS {rollup} (
     date         text    NOT NULL,
     event        text    NOT NULL,
     count        integer NOT NULL,

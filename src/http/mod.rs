@@ -1,11 +1,12 @@
 //! The HTTP endpoint: `veris-jobs serve`.
 //!
-//! [`router`] answers `/api/jobs/telemetry-daily` (bearer-protected, GET and POST)
-//! and `/healthz`; it is a plain axum `Router`, so an existing axum application can
-//! mount it. [`serve`] runs it on a listener until a shutdown signal, then waits for
-//! the runs under way to finish; it cuts off clients that take too long to send a
-//! request's headers or body. Handlers parse, call the job, answer; the SQL stays in
-//! [`crate::store`].
+//! [`router`] answers `/api/jobs/telemetry-daily` (GET and POST: a run),
+//! `/api/jobs/runs` (the run history) and `/metrics`, all bearer-protected, and
+//! `/healthz`; it is a plain axum `Router`, so an existing axum application can mount
+//! it. [`serve`] runs it on a listener until a shutdown signal, then waits for the
+//! runs under way to finish; it cuts off clients that take too long to send a
+//! request's headers or body. Handlers parse, call the [`Runner`] or the store's
+//! readers, and answer; the SQL stays in [`crate::store`].
 //!
 //! A run started by a request goes on to its end even if the caller hangs up: it
 //! runs on a task of its own, whose outcome is logged.
@@ -31,18 +32,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_util::task::TaskTracker;
 
-pub use self::auth::{CronSecret, MIN_SECRET_LEN};
-pub use self::error::ApiError;
-pub use self::request::RunRequest;
+pub(crate) use self::error::ApiError;
+pub(crate) use self::request::RunRequest;
 
-use crate::metrics::Metrics;
+use crate::config::CronSecret;
+use crate::model::{RunReport, Trigger};
+use crate::runner::Runner;
 use crate::store::{RollupStore as _, RunHistory as _, Store, StoreError};
-use crate::telemetry_daily::{self, RunError, RunOptions, RunReport, Trigger};
+use crate::telemetry_daily::{RunError, RunOptions};
 
 /// The largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// How long a client may take to send its request body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,27 +53,20 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The job's path.
-pub const JOB_PATH: &str = "/api/jobs/telemetry-daily";
+pub(crate) const JOB_PATH: &str = "/api/jobs/telemetry-daily";
 
 /// The run history's path.
-pub const RUNS_PATH: &str = "/api/jobs/runs";
+pub(crate) const RUNS_PATH: &str = "/api/jobs/runs";
 
-/// What the handlers share: the store, the job's settings and the secret.
+/// What the handlers share: the runner (and through it the store), the limits of a
+/// request, and the secret.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    inner: Arc<Inner>,
+    runner: Runner,
+    max_range_days: u32,
+    secret: Arc<CronSecret>,
     body_timeout: Duration,
     header_timeout: Duration,
-}
-
-#[derive(Debug)]
-struct Inner {
-    store: Store,
-    job: RunOptions,
-    max_range_days: u32,
-    secret: CronSecret,
-    runs: TaskTracker,
-    metrics: Metrics,
 }
 
 impl AppState {
@@ -80,15 +74,15 @@ impl AppState {
     /// every run (its range, dry-run and lock timeout are set per request);
     /// `max_range_days` caps the range one request may ask for.
     pub fn new(store: Store, job: RunOptions, max_range_days: u32, secret: CronSecret) -> Self {
+        Self::with_runner(Runner::new(store, job), max_range_days, secret)
+    }
+
+    /// State for a router whose runs `runner` starts (shared with the schedule, say).
+    pub fn with_runner(runner: Runner, max_range_days: u32, secret: CronSecret) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                store,
-                job,
-                max_range_days,
-                secret,
-                runs: TaskTracker::new(),
-                metrics: Metrics::new(),
-            }),
+            runner,
+            max_range_days,
+            secret: Arc::new(secret),
             body_timeout: BODY_TIMEOUT,
             header_timeout: HEADER_TIMEOUT,
         }
@@ -109,47 +103,7 @@ impl AppState {
     }
 
     fn secret(&self) -> &CronSecret {
-        &self.inner.secret
-    }
-
-    /// The counters `GET /metrics` shows.
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
-    /// Starts a run on a task of its own, which a shutdown waits for. The run logs
-    /// and counts its own outcome, so it is on record even if no one awaits it.
-    fn spawn_run(
-        &self,
-        options: RunOptions,
-    ) -> tokio::task::JoinHandle<Result<RunReport, RunError>> {
-        let state = self.clone();
-        self.inner.runs.spawn(async move {
-            let outcome = telemetry_daily::run(&state.inner.store, &options).await;
-            if let Err(error) = &outcome {
-                tracing::warn!(%error, trigger = options.trigger.as_str(), "run did not start");
-            }
-            state
-                .inner
-                .metrics
-                .observe(options.trigger, outcome.as_ref().ok());
-            outcome
-        })
-    }
-
-    /// Starts a run of the built-in schedule: the default range, with the earlier
-    /// days that changed, waiting for busy days as the command line does.
-    pub(crate) fn spawn_scheduled_run(
-        &self,
-    ) -> tokio::task::JoinHandle<Result<RunReport, RunError>> {
-        self.spawn_run(RunOptions {
-            range: None,
-            dry_run: false,
-            force: false,
-            changed: true,
-            trigger: Trigger::Schedule,
-            ..self.inner.job.clone()
-        })
+        &self.secret
     }
 
     /// Runs a request's job and waits for it. If the caller goes away, the run
@@ -161,11 +115,11 @@ impl AppState {
             force: false,
             changed: false,
             // A day held by another run is answered 409 at once, never waited for.
-            lock_timeout: std::time::Duration::ZERO,
+            lock_timeout: Duration::ZERO,
             trigger: Trigger::Http,
-            ..self.inner.job.clone()
+            ..self.runner.job().clone()
         };
-        match self.spawn_run(options).await {
+        match self.runner.spawn(options).await {
             Ok(outcome) => outcome.map_err(run_error),
             Err(join_error) => Err(ApiError::Internal(format!(
                 "the run ended abnormally: {join_error}"
@@ -215,16 +169,14 @@ pub fn router(state: AppState) -> Router {
 /// state's header timeout is closed, so slow clients can neither pile up open
 /// connections nor hold up a shutdown.
 ///
-/// # Errors
-///
-/// Always `Ok` at present: an error accepting a connection is logged, and serving
-/// goes on.
+/// An error accepting a connection (out of file descriptors, say) is logged, and
+/// serving goes on.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let runs = state.inner.runs.clone();
+) {
+    let runner = state.runner.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper times out a request's head only when it has a timer.
     http.timer(TokioTimer::new())
@@ -254,12 +206,7 @@ pub async fn serve(
     drop(listener);
     // Idle connections close now; a request under way is answered first.
     connections.shutdown().await;
-    runs.close();
-    if !runs.is_empty() {
-        tracing::info!(runs = runs.len(), "waiting for runs under way to finish");
-    }
-    runs.wait().await;
-    Ok(())
+    runner.wait().await;
 }
 
 /// What to do when accepting a connection failed. A client that gave up before it was
@@ -282,7 +229,7 @@ async fn accept_failed(error: &std::io::Error) {
 struct Requested(RunRequest);
 
 async fn run_from_query(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    match RunRequest::from_query(query.as_deref().unwrap_or(""), state.inner.max_range_days) {
+    match RunRequest::from_query(query.as_deref().unwrap_or(""), state.max_range_days) {
         Ok(request) => run_and_answer(&state, request).await,
         Err(error) => error.into_response(),
     }
@@ -316,7 +263,7 @@ async fn run_from_body(State(state): State<AppState>, headers: HeaderMap, body: 
     if !body.iter().all(u8::is_ascii_whitespace) && !is_json {
         return ApiError::UnsupportedMediaType.into_response();
     }
-    match RunRequest::from_json(&body, state.inner.max_range_days) {
+    match RunRequest::from_json(&body, state.max_range_days) {
         Ok(request) => run_and_answer(&state, request).await,
         Err(error) => error.into_response(),
     }
@@ -355,7 +302,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         header::CONTENT_TYPE,
         "text/plain; version=0.0.4; charset=utf-8",
     )];
-    (content_type, state.inner.metrics.render()).into_response()
+    (content_type, state.runner.metrics().render()).into_response()
 }
 
 fn runs_route() -> axum::routing::MethodRouter<AppState> {
@@ -384,7 +331,7 @@ async fn recent_runs(State(state): State<AppState>, RawQuery(query): RawQuery) -
             }
         }
     }
-    match state.inner.store.recent_runs(limit).await {
+    match state.runner.store().recent_runs(limit).await {
         Ok(runs) => Json(json!({ "runs": runs })).into_response(),
         Err(error) if error.is_unreachable() => {
             ApiError::Unavailable(error.to_string()).into_response()
@@ -394,7 +341,7 @@ async fn recent_runs(State(state): State<AppState>, RawQuery(query): RawQuery) -
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.inner.store.ping().await {
+    if state.runner.store().ping().await {
         Json(json!({"status": "ok"})).into_response()
     } else {
         ApiError::Unavailable("the database does not answer".into()).into_response()

@@ -5,7 +5,7 @@ use jiff::civil::Date;
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::telemetry_daily::{DateError, DayRange, parse_date};
+use crate::model::{DateError, DayRange, parse_date};
 
 /// A validated request to run the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

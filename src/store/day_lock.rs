@@ -13,7 +13,7 @@ use sqlx::postgres::PgConnection;
 use super::StoreError;
 use jiff::civil::Date;
 
-use crate::telemetry_daily::day_number;
+use crate::model::day_number;
 
 /// What a run holds until it lets go.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ pub(super) async fn lock_pg_days(
                 .bind(day)
                 .fetch_one(&mut conn)
                 .await
-                .map_err(super::query_error(&format!("locking day {date}")))?;
+                .map_err(super::error::query_error(&format!("locking day {date}")))?;
             if taken {
                 break;
             }

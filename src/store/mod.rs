@@ -1,175 +1,67 @@
 //! Storage: every line of SQL lives below this module.
 //!
-//! Two interfaces keep reading raw events apart from writing rollups, so that a
-//! source can live in another system than the rollups:
+//! Four interfaces, each implemented directly by both backends ([`PgStore`] for
+//! PostgreSQL, [`SqliteStore`] for SQLite), so the compiler keeps the two in step:
 //!
-//! - [`EventSource`] streams the raw events of a window of time into an [`EventSink`].
-//! - [`RollupStore`] reads and writes one day's `telemetry_daily` rows, one
-//!   transaction per day, and takes the per-day locks that keep runs apart.
+//! - [`EventSource`] streams the raw events of a window of time into an [`EventSink`]
+//!   (a [`MergeableSink`]: a source may fill parts of it on several threads).
+//! - [`RollupStore`] creates the tables, reads and writes one day's `telemetry_daily`
+//!   rows in one transaction per day, and takes the per-day locks that keep runs apart.
+//! - [`RunHistory`] records runs in `job_runs` and lists them.
+//! - [`DemoData`] writes raw events and remembers the demo's sample (`demo.rs`).
 //!
-//! [`Store`] implements both for PostgreSQL ([`postgres`]) and SQLite ([`sqlite`]).
-//! It also creates the tables ([`Store::migrate`]) and holds the few writes the demo
-//! needs. It knows nothing of aggregation.
+//! [`Store`] is either backend, chosen by the URL, and forwards every call. This
+//! module depends on the [`model`](crate::model) alone: it knows nothing of how a
+//! run is driven, nor of aggregation beyond feeding a sink.
+//!
+//! [`EventSink`]: crate::model::EventSink
+
+/// The rollup table's name (fixed by the contract), for SQL built with `concat!`.
+macro_rules! rollup_table {
+    () => {
+        "telemetry_daily"
+    };
+}
+
+/// Forwards a call to whichever backend a [`Store`] is.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match $store {
+            Store::Postgres($backend) => $call,
+            Store::Sqlite($backend) => $call,
+        }
+    };
+}
 
 mod day_lock;
+mod demo;
+mod error;
+mod history;
 mod pg_copy;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 mod sqlite_scan;
+mod table_name;
 
-use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::telemetry_daily::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow};
+use crate::model::{
+    DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupRow, RunRecord, RunStatus,
+};
 
+pub use self::demo::{DemoData, DemoSample, NewEvent};
+pub use self::error::StoreError;
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
+pub use self::table_name::TableName;
 
 /// The rollup table's name (fixed by the contract).
-pub const ROLLUP_TABLE: &str = "telemetry_daily";
-
-/// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database URL cannot be used.
-    #[error("DATABASE_URL: {0}")]
-    InvalidUrl(String),
-    /// The database could not be reached, or the connection was lost.
-    #[error("cannot reach the database {target}: {source}")]
-    Unreachable {
-        target: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    /// A statement failed.
-    #[error("{action}: {}", describe(source))]
-    Query {
-        action: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    /// Another run holds a day this run needs.
-    #[error(
-        "day {date} is held by another run (waited {waited:?}); try again when it has finished"
-    )]
-    DayBusy { date: Date, waited: Duration },
-    /// Reading SQLite source events failed.
-    #[error("{action}: {source}")]
-    Read {
-        action: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The work was cancelled before it finished (the runtime is shutting down).
-    #[error("{0}")]
-    Aborted(String),
-    /// The lock file beside a SQLite database could not be used.
-    #[error("lock file {path}: {source}")]
-    LockFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl StoreError {
-    /// Whether this error means the database itself is gone, so that trying
-    /// further days is pointless.
-    pub fn is_unreachable(&self) -> bool {
-        match self {
-            StoreError::Unreachable { .. } => true,
-            StoreError::Query { source, .. } => is_connection_error(source),
-            _ => false,
-        }
-    }
-}
-
-/// A driver error in words: a lost connection says so first.
-fn describe(error: &sqlx::Error) -> String {
-    if is_connection_error(error) {
-        format!("the connection to the database was lost ({error})")
-    } else {
-        error.to_string()
-    }
-}
-
-/// Whether a driver error says the connection is unusable rather than the statement wrong.
-pub(crate) fn is_connection_error(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            // Class 08 (connection exception) and 57P0x (admin or crash shutdown).
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
-        _ => false,
-    }
-}
-
-/// A table name taken from configuration: validated, then always used quoted.
-///
-/// Accepts `name` or `schema.name`, each part an ASCII letter or underscore followed
-/// by letters, digits or underscores, at most 63 bytes (PostgreSQL's limit). Nothing
-/// else can reach SQL, so no configuration value can inject any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
-    parts: Vec<String>,
-}
-
-impl TableName {
-    /// Validates `value`.
-    ///
-    /// # Errors
-    ///
-    /// A message naming what is wrong with the value.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = value.split('.').collect();
-        if parts.len() > 2 {
-            return Err(format!("'{}' has more than one '.'", value.escape_debug()));
-        }
-        for part in &parts {
-            let valid_start = part
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-            let valid_rest = part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid_start || !valid_rest || part.len() > 63 {
-                return Err(format!(
-                    "'{}' is not a plain SQL identifier (letters, digits and _, not starting with a digit, at most 63 bytes, optionally schema.table)",
-                    value.escape_debug()
-                ));
-            }
-        }
-        Ok(Self {
-            parts: parts.into_iter().map(str::to_owned).collect(),
-        })
-    }
-
-    /// The name quoted for SQL, e.g. `"public"."events"`.
-    pub fn quoted(&self) -> String {
-        let quoted: Vec<String> = self.parts.iter().map(|p| format!("\"{p}\"")).collect();
-        quoted.join(".")
-    }
-
-    /// The unqualified table name.
-    pub fn table(&self) -> &str {
-        // `parse` always yields one or two non-empty parts.
-        self.parts.last().map_or("", String::as_str)
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.parts.join("."))
-    }
-}
+pub const ROLLUP_TABLE: &str = rollup_table!();
 
 /// A source of raw telemetry events.
 pub trait EventSource {
@@ -209,6 +101,14 @@ pub trait EventSource {
 
 /// Where the rollup rows live.
 pub trait RollupStore {
+    /// Creates the source table (when absent), the rollup table and the run history;
+    /// safe to repeat.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when a statement fails.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The stored rows of `date`, with their metadata as stored.
     ///
     /// # Errors
@@ -244,7 +144,7 @@ pub trait RollupStore {
         wait: Duration,
     ) -> impl Future<Output = Result<DayLocks, StoreError>> + Send;
 
-    /// Whether the database answers now (on a fresh connection if need be).
+    /// Whether the database answers now.
     fn ping(&self) -> impl Future<Output = bool> + Send;
 }
 
@@ -304,63 +204,6 @@ pub trait RunHistory {
     ) -> impl Future<Output = Result<Vec<RunRecord>, StoreError>> + Send;
 }
 
-/// A run about to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRun {
-    pub job: String,
-    pub trigger: String,
-    pub range: DayRange,
-    pub timezone: String,
-    /// The range's days plus any earlier days a `--changed` run adds.
-    pub days_total: u32,
-    /// The source's highest id when a `--changed` run started; `None` for other runs.
-    pub source_watermark: Option<i64>,
-}
-
-/// The state of a recorded run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Running,
-    Ok,
-    Failed,
-    Abandoned,
-}
-
-impl RunStatus {
-    /// The name stored in `job_runs.status`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Ok => "ok",
-            RunStatus::Failed => "failed",
-            RunStatus::Abandoned => "abandoned",
-        }
-    }
-}
-
-/// One row of `job_runs`, as `runs` and `GET /api/jobs/runs` show it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunRecord {
-    pub id: i64,
-    pub job: String,
-    pub trigger: String,
-    /// RFC 3339, UTC.
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub start_date: String,
-    pub end_date: String,
-    pub timezone: String,
-    pub status: String,
-    pub days_done: i64,
-    pub days_total: i64,
-    /// The run report, once the run has finished.
-    pub report: Option<serde_json::Value>,
-    /// The source's highest id when a `--changed` run started.
-    pub source_watermark: Option<i64>,
-}
-
 /// Days held by one run; dropping it (or the process ending) lets them go.
 #[derive(Debug)]
 pub struct DayLocks {
@@ -374,26 +217,7 @@ impl DayLocks {
     }
 }
 
-/// A raw event to write into the source table (the demo and tests write these).
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub event: Option<String>,
-    pub user_id: Option<String>,
-    pub created_at: Timestamp,
-    /// JSON text; on SQLite it may be anything, on PostgreSQL it must be valid JSON.
-    pub meta: Option<String>,
-}
-
-/// The events a previous `demo` wrote, so that it can start afresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DemoSample {
-    pub first_id: i64,
-    pub last_id: i64,
-    pub start_date: Date,
-    pub end_date: Date,
-}
-
-/// A connection pool to either database, behind both storage interfaces.
+/// A connection pool to either database, behind every storage interface.
 #[derive(Debug, Clone)]
 pub enum Store {
     Postgres(PgStore),
@@ -409,19 +233,13 @@ impl Store {
     /// [`StoreError::InvalidUrl`] for an unusable URL, [`StoreError::Unreachable`]
     /// when the database does not answer within the connect timeout.
     pub async fn connect(database_url: &str, source_table: &TableName) -> Result<Self, StoreError> {
-        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-            PgStore::connect(database_url, source_table)
+        match Backend::of(database_url)? {
+            Backend::Postgres => PgStore::connect(database_url, source_table)
                 .await
-                .map(Store::Postgres)
-        } else if database_url.starts_with("sqlite:") {
-            SqliteStore::connect(database_url, source_table)
+                .map(Store::Postgres),
+            Backend::Sqlite => SqliteStore::connect(database_url, source_table)
                 .await
-                .map(Store::Sqlite)
-        } else {
-            Err(StoreError::InvalidUrl(format!(
-                "'{}' is neither a postgres:// nor a sqlite:// URL",
-                redact_url(database_url)
-            )))
+                .map(Store::Sqlite),
         }
     }
 
@@ -436,79 +254,11 @@ impl Store {
         database_url: &str,
         source_table: &TableName,
     ) -> Result<Self, StoreError> {
-        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-            PgStore::connect_lazy(database_url, source_table).map(Store::Postgres)
-        } else {
-            Self::connect(database_url, source_table).await
-        }
-    }
-
-    /// Creates the source table (when absent) and the rollup table; safe to repeat.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when a statement fails.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.migrate().await,
-            Store::Sqlite(s) => s.migrate().await,
-        }
-    }
-
-    /// Writes raw events into the source table in one transaction.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`]; nothing is written then.
-    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.insert_events(events).await,
-            Store::Sqlite(s) => s.insert_events(events).await,
-        }
-    }
-
-    /// The sample the demo last wrote, if any.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when it cannot be read.
-    pub async fn demo_sample(&self) -> Result<Option<DemoSample>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.demo_sample().await,
-            Store::Sqlite(s) => s.demo_sample().await,
-        }
-    }
-
-    /// How many source events lie outside `sample` (all of them without one).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when they cannot be counted.
-    pub async fn count_foreign_events(
-        &self,
-        sample: Option<&DemoSample>,
-    ) -> Result<i64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.count_foreign_events(sample).await,
-            Store::Sqlite(s) => s.count_foreign_events(sample).await,
-        }
-    }
-
-    /// In one transaction: removes the `previous` demo sample's events and rollup
-    /// rows, writes `events` and records them as the new sample of `range`.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`]; nothing changes then.
-    pub async fn replace_demo_sample(
-        &self,
-        previous: Option<&DemoSample>,
-        events: &[NewEvent],
-        range: &DayRange,
-    ) -> Result<DemoSample, StoreError> {
-        match self {
-            Store::Postgres(s) => s.replace_demo_sample(previous, events, range).await,
-            Store::Sqlite(s) => s.replace_demo_sample(previous, events, range).await,
+        match Backend::of(database_url)? {
+            Backend::Postgres => {
+                PgStore::connect_lazy(database_url, source_table).map(Store::Postgres)
+            }
+            Backend::Sqlite => Self::connect(database_url, source_table).await,
         }
     }
 
@@ -518,153 +268,114 @@ impl Store {
     }
 }
 
+/// Which backend a URL names.
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    fn of(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(StoreError::InvalidUrl(format!(
+                "'{}' is neither a postgres:// nor a sqlite:// URL",
+                redact_url(url)
+            )))
+        }
+    }
+}
+
+/// Forwards trait methods to whichever backend a [`Store`] is, one line a method.
+macro_rules! forward {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+            dispatch!(self, s => s.$name($($arg),*).await)
+        })*
+    };
+}
+
 impl EventSource for Store {
     async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
         sink: &mut K,
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.scan_window(window, sink).await,
-            Store::Sqlite(s) => s.scan_window(window, sink).await,
-        }
+        dispatch!(self, s => s.scan_window(window, sink).await)
     }
 
-    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.id_watermark().await,
-            Store::Sqlite(s) => s.id_watermark().await,
-        }
-    }
-
-    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.hours_with_ids(after, through).await,
-            Store::Sqlite(s) => s.hours_with_ids(after, through).await,
-        }
-    }
-}
-
-impl RunHistory for Store {
-    async fn start_run(&self, run: &NewRun) -> Result<i64, StoreError> {
-        match self {
-            Store::Postgres(s) => s.start_run(run).await,
-            Store::Sqlite(s) => s.start_run(run).await,
-        }
-    }
-
-    async fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.run_progress(id, days_done).await,
-            Store::Sqlite(s) => s.run_progress(id, days_done).await,
-        }
-    }
-
-    async fn finish_run(
-        &self,
-        id: i64,
-        status: RunStatus,
-        days_done: u32,
-        report_json: &str,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.finish_run(id, status, days_done, report_json).await,
-            Store::Sqlite(s) => s.finish_run(id, status, days_done, report_json).await,
-        }
-    }
-
-    async fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.last_watermark(job).await,
-            Store::Sqlite(s) => s.last_watermark(job).await,
-        }
-    }
-
-    async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.recent_runs(limit).await,
-            Store::Sqlite(s) => s.recent_runs(limit).await,
-        }
+    forward! {
+        fn id_watermark(&self) -> Result<Option<i64>, StoreError>;
+        fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError>;
     }
 }
 
 impl RollupStore for Store {
-    async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
-        match self {
-            Store::Postgres(s) => s.load_day(date).await,
-            Store::Sqlite(s) => s.load_day(date).await,
-        }
-    }
-
-    async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(s) => s.write_day(date, changes).await,
-            Store::Sqlite(s) => s.write_day(date, changes).await,
-        }
-    }
-
-    async fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError> {
-        match self {
-            Store::Postgres(s) => s.lock_days(days, wait).await,
-            Store::Sqlite(s) => s.lock_days(days, wait).await,
-        }
-    }
-
-    async fn ping(&self) -> bool {
-        match self {
-            Store::Postgres(s) => s.ping().await,
-            Store::Sqlite(s) => s.ping().await,
-        }
+    forward! {
+        fn migrate(&self) -> Result<(), StoreError>;
+        fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError>;
+        fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
+        fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError>;
+        fn ping(&self) -> bool;
     }
 }
 
-/// Reads a `job_runs` row selected as (id, job, trigger, started_at, finished_at,
-/// start_date, end_date, timezone, status, days_done, days_total, report,
-/// source_watermark), all text but the numbers, on either database.
-pub(crate) fn run_record<'r, R>(row: &'r R) -> Result<RunRecord, sqlx::Error>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let report: Option<String> = row.try_get(11)?;
-    Ok(RunRecord {
-        id: row.try_get(0)?,
-        job: row.try_get(1)?,
-        trigger: row.try_get(2)?,
-        started_at: row.try_get(3)?,
-        finished_at: row.try_get(4)?,
-        start_date: row.try_get(5)?,
-        end_date: row.try_get(6)?,
-        timezone: row.try_get(7)?,
-        status: row.try_get(8)?,
-        days_done: row.try_get(9)?,
-        days_total: row.try_get(10)?,
-        // Written by this crate from a serialized report; text that does not parse is
-        // kept out rather than failing the listing.
-        report: report.and_then(|text| serde_json::from_str(&text).ok()),
-        source_watermark: row.try_get(12)?,
-    })
-}
-
-/// Hours as both databases give them, `2024-01-15T10:00:00Z`, as instants. A
-/// `created_at` that is NULL or not in the contract's form is in no day's window
-/// either, so it is left out.
-pub(crate) fn parse_hours(hours: &[Option<String>]) -> Vec<Timestamp> {
-    hours
-        .iter()
-        .flatten()
-        .filter_map(|h| h.parse().ok())
-        .collect()
-}
-
-/// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.
-pub(crate) fn lenient_utf8(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
+impl RunHistory for Store {
+    forward! {
+        fn start_run(&self, run: &NewRun) -> Result<i64, StoreError>;
+        fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError>;
+        fn finish_run(&self, id: i64, status: RunStatus, days_done: u32, report_json: &str) -> Result<(), StoreError>;
+        fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError>;
+        fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
     }
+}
+
+impl DemoData for Store {
+    forward! {
+        fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError>;
+        fn demo_sample(&self) -> Result<Option<DemoSample>, StoreError>;
+        fn count_foreign_events(&self, sample: Option<&DemoSample>) -> Result<i64, StoreError>;
+        fn replace_demo_sample(&self, previous: Option<&DemoSample>, events: &[NewEvent], range: &DayRange) -> Result<DemoSample, StoreError>;
+    }
+}
+
+/// A failed read of `job_runs`. A table or column that is missing (an older
+/// table, or none) is what `migrate` mends, and the message says so.
+fn history_read_error(source: sqlx::Error) -> StoreError {
+    let missing = match &source {
+        sqlx::Error::Database(db) => {
+            // PostgreSQL: undefined_table, undefined_column; SQLite says it in words.
+            matches!(db.code().as_deref(), Some("42P01" | "42703"))
+                || db.message().contains("no such table")
+                || db.message().contains("no such column")
+        }
+        _ => false,
+    };
+    let action = if missing {
+        "reading job_runs (`veris-jobs migrate` creates it or brings it up to date)"
+    } else {
+        "reading job_runs"
+    };
+    error::query_error(action)(source)
+}
+
+fn watermark_action(source: &TableName) -> String {
+    format!("reading the highest id of {source} (--changed needs an integer id column)")
+}
+
+fn hours_action(source: &TableName) -> String {
+    format!("finding the hours of {source}'s new events")
+}
+
+fn load_day_action(date: Date) -> String {
+    format!("reading the rollup rows of {date}")
+}
+
+fn write_day_action(date: Date) -> String {
+    format!("writing the rollup rows of {date}")
 }
 
 /// The URL with any password replaced by `***`, for messages.
@@ -672,21 +383,15 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
+    // The user information ends at the authority's last '@'; the authority ends at
+    // the first '/', '?' or '#' (a password holding one of those is percent-encoded).
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
         return url.to_owned();
     };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
         None => url.to_owned(),
-    }
-}
-
-/// Wraps a failed statement with what it was doing. The action is copied only if
-/// the statement fails, so this costs nothing in a loop over rows.
-pub(crate) fn query_error(action: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
-    move |source| StoreError::Query {
-        action: action.to_owned(),
-        source,
     }
 }
 
@@ -695,35 +400,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_names_are_validated_and_quoted() {
-        assert_eq!(TableName::parse("events").unwrap().quoted(), "\"events\"");
-        assert_eq!(
-            TableName::parse("app.events_2").unwrap().quoted(),
-            "\"app\".\"events_2\""
-        );
-        for hostile in [
-            "events; DROP TABLE x",
-            "ev\"ents",
-            "events--",
-            "a.b.c",
-            "1events",
-            "",
-            "évènements",
-            "events/*",
-            &"x".repeat(64),
-        ] {
-            assert!(
-                TableName::parse(hostile).is_err(),
-                "{hostile} must be refused"
-            );
-        }
-    }
-
-    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://u:secret@h/db"),
             "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@h/db?options=a@b"),
+            "postgres://u:***@h/db?options=a@b"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://veris.db"), "sqlite://veris.db");

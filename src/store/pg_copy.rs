@@ -7,8 +7,8 @@
 
 use std::borrow::Cow;
 
-use super::lenient_utf8;
-use crate::telemetry_daily::{EventSink, SourceEvent};
+use super::rows::lenient_utf8;
+use crate::model::{EventSink, SourceEvent};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Signature, flags field and header-extension length.

@@ -19,8 +19,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::lenient_utf8;
-use crate::telemetry_daily::{EventSink, MergeableSink, SourceEvent};
+use super::rows::lenient_utf8;
+use crate::model::{EventSink, MergeableSink, SourceEvent};
 
 /// Rows per batch: large enough that handing a batch over costs nothing per row.
 const BATCH_ROWS: usize = 4096;
@@ -176,7 +176,7 @@ fn field<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry_daily::DayAggregate;
+    use crate::model::DayAggregate;
 
     const SQL: &str = "SELECT event, user_id, meta FROM events WHERE at >= ?1 AND at < ?2";
 

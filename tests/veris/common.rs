@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use jiff::Timestamp;
 use sqlx::Connection as _;
-use veris_jobs::store::{NewEvent, Store, TableName};
-use veris_jobs::telemetry_daily::{self, RunOptions, RunReport};
+use veris_jobs::model::{DayRange, RunReport};
+use veris_jobs::store::{DemoData as _, NewEvent, RollupStore as _, Store, TableName};
+use veris_jobs::telemetry_daily::{self, RunOptions};
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,11 +214,7 @@ pub fn event(name: &str, user: Option<&str>, at: &str, meta: Option<&str>) -> Ne
 pub fn range_options(start: &str, end: &str) -> RunOptions {
     RunOptions {
         range: Some(
-            telemetry_daily::DayRange::new(
-                start.parse().expect("date"),
-                end.parse().expect("date"),
-            )
-            .expect("range"),
+            DayRange::new(start.parse().expect("date"), end.parse().expect("date")).expect("range"),
         ),
         ..RunOptions::default()
     }

@@ -1,8 +1,9 @@
 //! The run history: `job_runs`, `veris-jobs runs` and `GET /api/jobs/runs`.
 
 use serde_json::Value;
-use veris_jobs::store::{NewRun, RunHistory as _, TableName};
-use veris_jobs::telemetry_daily::{self, DayRange, RunOptions};
+use veris_jobs::model::{DayRange, NewRun, Trigger};
+use veris_jobs::store::{RunHistory as _, TableName};
+use veris_jobs::telemetry_daily::{self, RunOptions};
 
 use crate::cli::veris;
 use crate::common::{TestDb, event, range_options};
@@ -67,7 +68,7 @@ async fn a_run_that_died_is_marked_abandoned_by_a_later_run_over_its_days(db: Te
     let day = |d: &str| d.parse::<jiff::civil::Date>().unwrap();
     let died = |start, end| NewRun {
         job: "telemetry-daily".into(),
-        trigger: "cli".into(),
+        trigger: Trigger::Cli,
         range: DayRange::new(day(start), day(end)).unwrap(),
         timezone: "UTC".into(),
         days_total: 5,

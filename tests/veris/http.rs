@@ -6,9 +6,11 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use veris_jobs::http::{AppState, CronSecret};
+use veris_jobs::config::CronSecret;
+use veris_jobs::http::AppState;
+use veris_jobs::model::DayRange;
 use veris_jobs::store::{RollupStore as _, Store, TableName};
-use veris_jobs::telemetry_daily::{DayRange, RunOptions};
+use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::common::{Kind, TestDb, event};
 
@@ -19,7 +21,7 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
@@ -86,7 +88,7 @@ impl TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.unwrap().unwrap();
+        self.task.await.unwrap();
     }
 }
 

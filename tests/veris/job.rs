@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde_json::{Value, json};
+use veris_jobs::model::{DayAggregate, DayRange, DayStatus, EventSink as _, SourceEvent};
 use veris_jobs::store::{RollupStore as _, StoreError};
-use veris_jobs::telemetry_daily::{
-    self, DayAggregate, DayRange, DayStatus, EventSink as _, RunError, RunOptions, SourceEvent,
-};
+use veris_jobs::telemetry_daily::{self, RunError, RunOptions};
 
 use crate::common::{Kind, TestDb, event, range_options};
 
@@ -291,7 +290,7 @@ async fn numbers_are_read_correctly_rounded_and_written_alike_on_both_databases(
     db.run(&range_options("2024-04-01", "2024-04-01")).await;
     let stored = &db.rollups().await[0].4;
     assert_eq!(
-        veris_jobs::telemetry_daily::meta::canonical_json(stored),
+        veris_jobs::model::canonical_json(stored),
         r#"{"n":{"max":1.2345e+29,"min":0.1,"n":3,"sum":1.2345e+29},"x":{"n":2,"other":0,"values":{"[10,2.5]":2}}}"#
     );
     let rerun = db.run(&range_options("2024-04-01", "2024-04-01")).await;
@@ -543,7 +542,7 @@ async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) 
         .rollups()
         .await
         .into_iter()
-        .map(|r| (r.1, r.2, r.3, telemetry_daily::meta::canonical_json(&r.4)))
+        .map(|r| (r.1, r.2, r.3, veris_jobs::model::canonical_json(&r.4)))
         .collect();
     assert_eq!(stored.len(), 90);
     assert_eq!(stored, expected);

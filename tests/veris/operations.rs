@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde_json::Value;
+use veris_jobs::model::ChangedDays;
 use veris_jobs::store::{EventSource as _, RollupStore as _, RunHistory as _};
-use veris_jobs::telemetry_daily::{ChangedDays, RunOptions};
+use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::cli::{stderr, veris};
 use crate::common::{Kind, TestDb, default_table, event, range_options};
@@ -26,7 +27,7 @@ fn changed_options(start: &str, end: &str) -> RunOptions {
     }
 }
 
-fn dates(report_days: &[veris_jobs::telemetry_daily::DayReport]) -> Vec<&str> {
+fn dates(report_days: &[veris_jobs::model::DayReport]) -> Vec<&str> {
     report_days.iter().map(|d| d.date.as_str()).collect()
 }
 

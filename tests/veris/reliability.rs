@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use veris_jobs::store::{NewEvent, RunHistory as _};
-use veris_jobs::telemetry_daily::{DayStatus, MAX_EVENT_NAME_BYTES};
+use veris_jobs::model::{DayStatus, MAX_EVENT_NAME_BYTES};
+use veris_jobs::store::{DemoData as _, NewEvent, RunHistory as _};
 
 use crate::cli::{stderr, veris};
 use crate::common::{Kind, StoredRow, TestDb, event, range_options};
@@ -823,7 +823,7 @@ async fn slow_or_never_finishing_request_bodies_are_cut_off() {
 
 /// A server's state over `db` with the test secret and default settings.
 fn app_state(db: &TestDb) -> veris_jobs::http::AppState {
-    let secret = veris_jobs::http::CronSecret::new(crate::http::SECRET).unwrap();
+    let secret = veris_jobs::config::CronSecret::new(crate::http::SECRET).unwrap();
     veris_jobs::http::AppState::new(db.store.clone(), Default::default(), 366, secret)
 }
 

@@ -1,6 +1,6 @@
 //! Migrations and the source table, on both databases.
 
-use veris_jobs::store::{Store, TableName};
+use veris_jobs::store::{DemoData as _, RollupStore as _, Store, TableName};
 
 use crate::common::{Kind, TestDb, event, range_options};
 
@@ -100,8 +100,8 @@ fn with_digits(at: jiff::Timestamp, digits: u32) -> String {
 
 async fn every_fraction_digit_count_lands_in_its_own_day_in_every_zone(db: TestDb) {
     use jiff::{SignedDuration, tz::TimeZone};
+    use veris_jobs::model::{DayAggregate, DayWindow};
     use veris_jobs::store::EventSource as _;
-    use veris_jobs::telemetry_daily::{DayAggregate, DayWindow};
 
     // PostgreSQL keeps microseconds; SQLite keeps the text as it was written.
     let max_digits = if db.kind == Kind::Postgres { 6 } else { 9 };

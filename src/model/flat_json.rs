@@ -149,7 +149,7 @@ impl<'a> Scanner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry_daily::meta::parse_with_serde;
+    use crate::model::meta::parse_with_serde;
     use proptest::prelude::*;
 
     fn entries(text: &str) -> Option<String> {

@@ -5,14 +5,19 @@
 //! (time zone, table name, durations, dates), so the rest of the crate never
 //! re-checks them and a bad value is refused with a message naming the flag.
 
+mod secret;
+
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
+use crate::model::{DateError, DayRange, parse_date};
 use crate::store::TableName;
-use crate::telemetry_daily::{DateError, DayRange, RunOptions, parse_date};
+use crate::telemetry_daily::RunOptions;
+
+pub use self::secret::{CronSecret, MIN_SECRET_LEN};
 
 /// Settings every command shares.
 #[derive(Debug, Clone, Args)]
@@ -85,19 +90,16 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
-    /// The run options these settings give, for `range` (`None`: the default range).
-    pub fn run_options(&self, range: Option<DayRange>, dry_run: bool, force: bool) -> RunOptions {
+    /// The run options these settings give: the default range, written, from the
+    /// command line; a face sets the range, dry run and trigger of each run.
+    pub fn run_options(&self) -> RunOptions {
         RunOptions {
-            range,
             timezone: self.timezone.clone(),
-            dry_run,
-            force,
             meta_top_k: self.meta_top_k,
             lock_timeout: self.lock_timeout,
             lookback_days: self.lookback_days,
             read_slices: self.read_slices,
-            trigger: crate::telemetry_daily::Trigger::Cli,
-            changed: false,
+            ..RunOptions::default()
         }
     }
 }

@@ -1,0 +1,76 @@
+//! The bearer secret of `serve`, taken from the environment and kept only as a digest.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// Fewest characters a `CRON_SECRET` may have.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The endpoint's bearer secret. Only its SHA-256 digest is kept, and it is never
+/// printed: `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct CronSecret {
+    digest: [u8; 32],
+}
+
+impl CronSecret {
+    /// Accepts `secret` if it has at least [`MIN_SECRET_LEN`] characters.
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong, without the secret.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.chars().count() < MIN_SECRET_LEN {
+            return Err(format!(
+                "CRON_SECRET must have at least {MIN_SECRET_LEN} characters (it has {})",
+                secret.chars().count()
+            ));
+        }
+        Ok(Self {
+            digest: Sha256::digest(secret.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `presented` is the secret. Both sides are hashed first, so the
+    /// comparison takes the same time whatever the presented token's length or
+    /// content.
+    pub fn verify(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.digest.ct_eq(&presented).into()
+    }
+}
+
+impl fmt::Debug for CronSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CronSecret(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_secrets_are_refused_without_echoing_them() {
+        let error = CronSecret::new("tooshort").unwrap_err();
+        assert!(!error.contains("tooshort"));
+        assert!(CronSecret::new("0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn only_the_exact_secret_verifies() {
+        let secret = CronSecret::new("0123456789abcdef").unwrap();
+        assert!(secret.verify("0123456789abcdef"));
+        for wrong in [
+            "",
+            "0123456789abcde",
+            "0123456789abcdefg",
+            "0123456789ABCDEF",
+        ] {
+            assert!(!secret.verify(wrong), "{wrong}");
+        }
+        assert_eq!(format!("{secret:?}"), "CronSecret(..)");
+    }
+}

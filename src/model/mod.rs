@@ -1,0 +1,38 @@
+//! The model: what the job computes, as pure data and logic.
+//!
+//! Days and the zones they are cut in ([`DayRange`], [`DayWindow`]), the aggregator
+//! that turns a day's raw events into rollup rows ([`DayAggregate`]: pure and
+//! mergeable), the metadata summary (its canonical JSON: [`canonical_json`]), the difference between fresh and
+//! stored rows ([`diff`]), the run report ([`RunReport`]) and the records of the run
+//! history ([`RunRecord`]).
+//!
+//! This module is the bottom layer: it imports nothing else of the crate and does no
+//! I/O. Storage reads events into its sinks and writes its rows; the job runner
+//! drives it; the faces present what it returns.
+
+mod aggregate;
+mod days;
+mod diff;
+mod flat_json;
+mod meta;
+mod report;
+mod runs;
+
+pub use self::aggregate::{
+    DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink, RollupRow, SkipCounts,
+    SourceEvent,
+};
+pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
+pub use self::diff::{DayChanges, diff};
+pub use self::meta::{DROPPED_KEYS, MAX_DEPTH, MAX_KEYS, canonical_json};
+pub use self::report::{ChangedDays, DayReport, DayStatus, RunReport, Totals};
+pub use self::runs::{JOB_NAME, NewRun, RunRecord, RunStatus, Trigger};
+
+/// Hash maps keyed by event data. foldhash is several times faster than the
+/// standard SipHash and, seeded per process, still resists crafted collisions.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// The keys of those maps: names, user ids and values are mostly short, and kept
+/// inline (up to 24 bytes) they are compared without a second memory access.
+type CompactString = compact_str::CompactString;

@@ -1,0 +1,120 @@
+//! Starting runs, for every face: the command line, the HTTP endpoint and the
+//! built-in schedule all start `telemetry-daily` through a [`Runner`].
+//!
+//! The runner owns what runs share within a process: the store, the job's settings,
+//! the tasks of runs under way (so that a shutdown can wait for them), the run
+//! counters of `/metrics`, and the limit on runs started over HTTP. It knows nothing
+//! of how a run was asked for.
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::model::{RunReport, Trigger};
+use crate::store::Store;
+use crate::telemetry_daily::{self, Progress, RunError, RunOptions};
+
+/// Starts runs over one store with one set of job settings.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    job: RunOptions,
+    tasks: TaskTracker,
+    metrics: Metrics,
+}
+
+impl Runner {
+    /// A runner over `store`. `job` gives the zone, top-K, lookback, read slices and
+    /// lock timeout of every run; each run sets its own range, dry run and trigger.
+    pub fn new(store: Store, job: RunOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                job,
+                tasks: TaskTracker::new(),
+                metrics: Metrics::new(),
+            }),
+        }
+    }
+
+    /// The store runs read from and write to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The job's settings, as every run starts from them.
+    pub fn job(&self) -> &RunOptions {
+        &self.inner.job
+    }
+
+    /// The counters of the runs this runner has made.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Runs `options` here and now, telling `progress` as each day is done, and
+    /// counts the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError`] when the run cannot start.
+    pub async fn run<P: Progress>(
+        &self,
+        options: &RunOptions,
+        progress: &mut P,
+    ) -> Result<RunReport, RunError> {
+        let outcome =
+            telemetry_daily::run_with_progress(&self.inner.store, options, progress).await;
+        self.observe(options.trigger, &outcome);
+        outcome
+    }
+
+    /// Starts a run on a task of its own, which [`Runner::wait`] waits for. The run
+    /// logs and counts its own outcome, so it is on record even if no one awaits it
+    /// (a caller that hung up, say).
+    pub fn spawn(&self, options: RunOptions) -> JoinHandle<Result<RunReport, RunError>> {
+        let runner = self.clone();
+        self.inner.tasks.spawn(async move {
+            let outcome = telemetry_daily::run(&runner.inner.store, &options).await;
+            if let Err(error) = &outcome {
+                tracing::warn!(%error, trigger = options.trigger.as_str(), "run did not start");
+            }
+            runner.observe(options.trigger, &outcome);
+            outcome
+        })
+    }
+
+    /// Starts a run of the built-in schedule: the default range, with the earlier
+    /// days that changed, waiting for busy days up to the lock timeout.
+    pub fn spawn_scheduled(&self) -> JoinHandle<Result<RunReport, RunError>> {
+        self.spawn(RunOptions {
+            range: None,
+            dry_run: false,
+            force: false,
+            changed: true,
+            trigger: Trigger::Schedule,
+            ..self.inner.job.clone()
+        })
+    }
+
+    /// Stops taking runs on tasks and waits for those under way to finish.
+    pub async fn wait(&self) {
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        if !tasks.is_empty() {
+            tracing::info!(runs = tasks.len(), "waiting for runs under way to finish");
+        }
+        tasks.wait().await;
+    }
+
+    fn observe(&self, trigger: Trigger, outcome: &Result<RunReport, RunError>) {
+        self.inner.metrics.observe(trigger, outcome.as_ref().ok());
+    }
+}

@@ -1,0 +1,95 @@
+//! The storage layer's errors, and how a driver error is put into words.
+
+use std::time::Duration;
+
+use jiff::civil::Date;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL cannot be used.
+    #[error("DATABASE_URL: {0}")]
+    InvalidUrl(String),
+    /// The database could not be reached, or the connection was lost.
+    #[error("cannot reach the database {target}: {source}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A statement failed.
+    #[error("{action}: {}", describe(source))]
+    Query {
+        action: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Another run holds a day this run needs.
+    #[error(
+        "day {date} is held by another run (waited {waited:?}); try again when it has finished"
+    )]
+    DayBusy { date: Date, waited: Duration },
+    /// Reading SQLite source events failed.
+    #[error("{action}: {source}")]
+    Read {
+        action: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The work was cancelled before it finished (the runtime is shutting down).
+    #[error("{0}")]
+    Aborted(String),
+    /// The lock file beside a SQLite database could not be used.
+    #[error("lock file {path}: {source}")]
+    LockFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether this error means the database itself is gone, so that trying
+    /// further days is pointless.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unreachable { .. } => true,
+            StoreError::Query { source, .. } => is_connection_error(source),
+            _ => false,
+        }
+    }
+}
+
+/// A driver error in words: a lost connection says so first.
+fn describe(error: &sqlx::Error) -> String {
+    if is_connection_error(error) {
+        format!("the connection to the database was lost ({error})")
+    } else {
+        error.to_string()
+    }
+}
+
+/// Whether a driver error says the connection is unusable rather than the statement wrong.
+pub(super) fn is_connection_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            // Class 08 (connection exception) and 57P0x (admin or crash shutdown).
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+/// Wraps a failed statement with what it was doing. The action is copied only if
+/// the statement fails, so this costs nothing in a loop over rows.
+pub(super) fn query_error(action: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |source| StoreError::Query {
+        action: action.to_owned(),
+        source,
+    }
+}

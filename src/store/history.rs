@@ -1,0 +1,154 @@
+//! The run history, `job_runs`, on both databases: the steps are written once (by
+//! [`impl_run_history!`]), and each backend gives its own statements, which bind the
+//! same values in the same order.
+
+use super::{PgStore, RunHistory, SqliteStore, StoreError, history_read_error, rows};
+use crate::model::{NewRun, RunRecord, RunStatus};
+
+use super::error::query_error;
+
+/// A backend's statements for `job_runs`.
+struct HistorySql {
+    /// Marks `running` runs of job $1 over days overlapping $2..=$3 `abandoned`.
+    abandon: &'static str,
+    /// Inserts a `running` run (job, trigger, start, end, zone, days, watermark),
+    /// returning its id.
+    insert: &'static str,
+    /// Sets run $1's days done to $2.
+    progress: &'static str,
+    /// Ends run $1 with status $2, days done $3 and report $4.
+    finish: &'static str,
+    /// The watermark of job $1's latest successful run that recorded one.
+    watermark: &'static str,
+    /// The $1 newest runs, selected as [`rows::run_record`] reads them.
+    recent: &'static str,
+}
+
+/// Implements [`RunHistory`] for a backend with a `pool`, given the statement that
+/// begins a writing transaction and the backend's [`HistorySql`].
+macro_rules! impl_run_history {
+    ($store:ty, $begin:literal, $sql:expr) => {
+        impl RunHistory for $store {
+            async fn start_run(&self, run: &NewRun) -> Result<i64, StoreError> {
+                const SQL: HistorySql = $sql;
+                let action = "recording the run";
+                let (start, end) = (run.range.start().to_string(), run.range.end().to_string());
+                let mut tx = self
+                    .pool
+                    .begin_with($begin)
+                    .await
+                    .map_err(query_error(action))?;
+                sqlx::query(SQL.abandon)
+                    .bind(&run.job)
+                    .bind(&start)
+                    .bind(&end)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error(action))?;
+                let id: i64 = sqlx::query_scalar(SQL.insert)
+                    .bind(&run.job)
+                    .bind(run.trigger.as_str())
+                    .bind(&start)
+                    .bind(&end)
+                    .bind(&run.timezone)
+                    .bind(i64::from(run.days_total))
+                    .bind(run.source_watermark)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query_error(action))?;
+                tx.commit().await.map_err(query_error(action))?;
+                Ok(id)
+            }
+
+            async fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError> {
+                const SQL: HistorySql = $sql;
+                sqlx::query(SQL.progress)
+                    .bind(id)
+                    .bind(i64::from(days_done))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("recording the run's progress"))?;
+                Ok(())
+            }
+
+            async fn finish_run(
+                &self,
+                id: i64,
+                status: RunStatus,
+                days_done: u32,
+                report_json: &str,
+            ) -> Result<(), StoreError> {
+                const SQL: HistorySql = $sql;
+                sqlx::query(SQL.finish)
+                    .bind(id)
+                    .bind(status.as_str())
+                    .bind(i64::from(days_done))
+                    .bind(report_json)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(query_error("recording the end of the run"))?;
+                Ok(())
+            }
+
+            async fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError> {
+                const SQL: HistorySql = $sql;
+                sqlx::query_scalar(SQL.watermark)
+                    .bind(job)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(Option::flatten)
+                    .map_err(history_read_error)
+            }
+
+            async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+                const SQL: HistorySql = $sql;
+                sqlx::query(SQL.recent)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .and_then(|found| found.iter().map(rows::run_record).collect())
+                    .map_err(history_read_error)
+            }
+        }
+    };
+}
+
+impl_run_history!(
+    PgStore,
+    "BEGIN",
+    HistorySql {
+        abandon: "UPDATE job_runs SET status = 'abandoned', finished_at = now() \
+                  WHERE status = 'running' AND job = $1 AND start_date <= $3::date AND end_date >= $2::date",
+        insert: "INSERT INTO job_runs (job, trigger, start_date, end_date, timezone, status, days_total, \
+                 source_watermark) VALUES ($1, $2, $3::date, $4::date, $5, 'running', $6, $7) RETURNING id",
+        progress: "UPDATE job_runs SET days_done = $2 WHERE id = $1",
+        finish: "UPDATE job_runs SET status = $2, days_done = $3, report = $4::jsonb, finished_at = now() \
+                 WHERE id = $1",
+        watermark: "SELECT source_watermark FROM job_runs WHERE job = $1 AND status = 'ok' \
+                    AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
+        recent: "SELECT id, job, trigger, \
+                 to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                 to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                 start_date::text, end_date::text, timezone, status, days_done::int8, days_total::int8, \
+                 report::text, source_watermark FROM job_runs ORDER BY id DESC LIMIT $1",
+    }
+);
+
+impl_run_history!(
+    SqliteStore,
+    "BEGIN IMMEDIATE",
+    HistorySql {
+        abandon: "UPDATE job_runs SET status = 'abandoned', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                  WHERE status = 'running' AND job = ?1 AND start_date <= ?3 AND end_date >= ?2",
+        insert: "INSERT INTO job_runs (job, trigger, started_at, start_date, end_date, timezone, status, \
+                 days_total, source_watermark) \
+                 VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3, ?4, ?5, 'running', ?6, ?7) RETURNING id",
+        progress: "UPDATE job_runs SET days_done = ?2 WHERE id = ?1",
+        finish: "UPDATE job_runs SET status = ?2, days_done = ?3, report = ?4, \
+                 finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        watermark: "SELECT source_watermark FROM job_runs WHERE job = ?1 AND status = 'ok' \
+                    AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
+        recent: "SELECT id, job, trigger, started_at, finished_at, start_date, end_date, timezone, status, \
+                 days_done, days_total, report, source_watermark FROM job_runs ORDER BY id DESC LIMIT ?1",
+    }
+);

@@ -1,0 +1,85 @@
+//! Row decoders both backends share: each backend selects the same columns in the
+//! same order (as text where the types differ), and one function reads them.
+
+use std::borrow::Cow;
+
+use jiff::Timestamp;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use crate::model::{RollupRow, RunRecord};
+
+/// Reads a `telemetry_daily` row selected as (event, count, unique_users, meta).
+pub(super) fn rollup_row<'r, R>(row: &'r R) -> Result<RollupRow, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(RollupRow {
+        event: row.try_get(0)?,
+        count: row.try_get(1)?,
+        unique_users: row.try_get(2)?,
+        meta: row.try_get(3)?,
+    })
+}
+
+/// Reads a `job_runs` row selected as (id, job, trigger, started_at, finished_at,
+/// start_date, end_date, timezone, status, days_done, days_total, report,
+/// source_watermark), all text but the numbers.
+pub(super) fn run_record<'r, R>(row: &'r R) -> Result<RunRecord, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let report: Option<String> = row.try_get(11)?;
+    Ok(RunRecord {
+        id: row.try_get(0)?,
+        job: row.try_get(1)?,
+        trigger: row.try_get(2)?,
+        started_at: row.try_get(3)?,
+        finished_at: row.try_get(4)?,
+        start_date: row.try_get(5)?,
+        end_date: row.try_get(6)?,
+        timezone: row.try_get(7)?,
+        status: row.try_get(8)?,
+        days_done: row.try_get(9)?,
+        days_total: row.try_get(10)?,
+        // Written by this crate from a serialized report; text that does not parse is
+        // kept out rather than failing the listing.
+        report: report.and_then(|text| serde_json::from_str(&text).ok()),
+        source_watermark: row.try_get(12)?,
+    })
+}
+
+/// A date column selected as `YYYY-MM-DD` text.
+pub(super) fn date_column<'r, R>(row: &'r R, index: usize) -> Result<jiff::civil::Date, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text: String = row.try_get(index)?;
+    text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Hours as both databases give them, `2024-01-15T10:00:00Z`, as instants. A
+/// `created_at` that is NULL or not in the contract's form is in no day's window
+/// either, so it is left out.
+pub(super) fn parse_hours(hours: &[Option<String>]) -> Vec<Timestamp> {
+    hours
+        .iter()
+        .flatten()
+        .filter_map(|h| h.parse().ok())
+        .collect()
+}
+
+/// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.
+pub(super) fn lenient_utf8(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}

@@ -1,0 +1,146 @@
+//! One day of a run: read and aggregate it, compare with the stored rows, and write
+//! the difference unless the retention guard or a dry run says otherwise.
+
+use std::time::Instant;
+
+use jiff::civil::Date;
+
+use super::{RunOptions, elapsed_ms};
+use crate::model::{DayAggregate, DayReport, DayStatus, DayWindow, MergeableSink as _, diff};
+use crate::store::{EventSource, RollupStore, StoreError};
+
+/// Aggregates one day and, unless told otherwise, writes it.
+pub(super) async fn run<S>(
+    store: &S,
+    window: &DayWindow,
+    options: &RunOptions,
+) -> Result<DayReport, StoreError>
+where
+    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let date = window.date;
+    let rollup = read(store, window, options.read_slices)
+        .await?
+        .finish(options.meta_top_k);
+    let stored = store.load_day(date).await?;
+    let changes = diff(&rollup.rows, &stored);
+
+    let stored_events: i64 = stored.iter().map(|r| r.count).sum();
+    let purged = i64::try_from(rollup.named_events()).unwrap_or(i64::MAX) < stored_events;
+    let mut day = DayReport {
+        date: date.to_string(),
+        status: if options.dry_run {
+            DayStatus::DryRun
+        } else {
+            DayStatus::Written
+        },
+        events_read: rollup.events_read,
+        events_skipped: rollup.skipped.total(),
+        skipped: rollup
+            .skipped
+            .by_reason()
+            .into_iter()
+            .map(|(reason, n)| (reason.to_owned(), n))
+            .collect(),
+        rows: rollup.rows.len() as u64,
+        inserted: changes.inserts.len() as u64,
+        updated: changes.updates.len() as u64,
+        deleted: changes.deletes.len() as u64,
+        unchanged: changes.unchanged,
+        duration_ms: 0,
+        error: None,
+    };
+    if purged && !options.force {
+        day.status = DayStatus::Kept;
+        day.error = Some(format!(
+            "the source holds {} events but the stored rollups count {stored_events}; \
+             kept the rollups (use --force to overwrite)",
+            rollup.named_events()
+        ));
+        day.rows = stored.len() as u64;
+        (day.inserted, day.updated, day.deleted) = (0, 0, 0);
+        day.unchanged = stored.len() as u64;
+    } else if !options.dry_run && !changes.is_empty() {
+        store.write_day(date, &changes).await?;
+    }
+    day.duration_ms = elapsed_ms(started);
+    Ok(day)
+}
+
+/// Streams a day's events into an aggregate: in one stream, or in `slices` time
+/// slices read concurrently on tasks of their own (so that their parsing can use
+/// several cores) and merged. The aggregate is mergeable, so the result is the same.
+async fn read<S>(store: &S, window: &DayWindow, slices: u32) -> Result<DayAggregate, StoreError>
+where
+    S: EventSource + Clone + Send + Sync + 'static,
+{
+    let mut day = DayAggregate::new();
+    if slices <= 1 {
+        store.scan_window(window, &mut day).await?;
+        return Ok(day);
+    }
+    let tasks: Vec<_> = window
+        .slices(slices)
+        .into_iter()
+        .map(|slice| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut part = DayAggregate::new();
+                store.scan_window(&slice, &mut part).await.map(|()| part)
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await {
+            Ok(part) => day.merge(part?),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => {
+                return Err(StoreError::Aborted(format!(
+                    "reading {} was cancelled",
+                    window.date
+                )));
+            }
+        }
+    }
+    Ok(day)
+}
+
+/// The report of a day that could not be done.
+pub(super) fn failed(date: Date, error: String, duration_ms: u64) -> DayReport {
+    DayReport {
+        date: date.to_string(),
+        status: DayStatus::Failed,
+        events_read: 0,
+        events_skipped: 0,
+        skipped: Default::default(),
+        rows: 0,
+        inserted: 0,
+        updated: 0,
+        deleted: 0,
+        unchanged: 0,
+        duration_ms,
+        error: Some(error),
+    }
+}
+
+/// One log line per day.
+pub(super) fn log(day: &DayReport) {
+    if day.status == DayStatus::Failed {
+        tracing::error!(date = %day.date, error = day.error.as_deref().unwrap_or(""), "day failed");
+    } else {
+        tracing::info!(
+            date = %day.date,
+            status = %day.status,
+            events_read = day.events_read,
+            events_skipped = day.events_skipped,
+            rows = day.rows,
+            inserted = day.inserted,
+            updated = day.updated,
+            deleted = day.deleted,
+            unchanged = day.unchanged,
+            duration_ms = day.duration_ms,
+            "day done"
+        );
+    }
+}
