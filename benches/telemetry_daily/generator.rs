@@ -6,6 +6,10 @@
 //! `duration_ms` (a number) and `success` (a boolean); about 0.1% odd metas (arrays,
 //! strings, a nested object). The day under test holds N events; the days before
 //! and after hold N/10 each.
+//!
+//! The `distinct-users` shape is the worst case for memory: every event comes from a
+//! user id of its own (device ids of anonymous visitors), and every `meta` carries a
+//! `trace_id` that is different each time, beside `plan` and `path` as above.
 
 use std::fmt::Write as _;
 
@@ -54,8 +58,19 @@ pub struct Row<'a> {
     pub meta: &'a str,
 }
 
+/// Which day to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// 300,000 users, a few keys of bounded cardinality.
+    Usual,
+    /// A user and a trace id of its own for every event.
+    DistinctUsers,
+}
+
 /// The generator: call [`Generator::day`] for each day to fill.
 pub struct Generator {
+    shape: Shape,
+    serial: u64,
     rng: SmallRng,
     names: Vec<String>,
     name_dist: Zipf,
@@ -66,7 +81,7 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn new() -> Self {
+    pub fn with_shape(shape: Shape) -> Self {
         let mut names: Vec<String> = [
             "page_view",
             "click",
@@ -83,6 +98,8 @@ impl Generator {
             names.push(format!("feature_{:02}", names.len()));
         }
         Self {
+            shape,
+            serial: 0,
             rng: SmallRng::seed_from_u64(SEED),
             names,
             name_dist: Zipf::new(50, 1.1),
@@ -103,12 +120,19 @@ impl Generator {
         for _ in 0..count {
             let at = start + SignedDuration::from_micros(self.rng.random_range(0..micros_per_day));
             let name = self.name_dist.sample(&mut self.rng);
-            let anonymous = self.rng.random_bool(0.1);
-            if !anonymous {
+            let anonymous = self.shape == Shape::Usual && self.rng.random_bool(0.1);
+            self.serial += 1;
+            if self.shape == Shape::DistinctUsers {
                 self.user.clear();
-                let _ = write!(self.user, "user_{}", self.user_dist.sample(&mut self.rng));
+                let _ = write!(self.user, "device-{:016x}", self.rng.random::<u64>());
+                self.fill_distinct_meta();
+            } else {
+                if !anonymous {
+                    self.user.clear();
+                    let _ = write!(self.user, "user_{}", self.user_dist.sample(&mut self.rng));
+                }
+                self.fill_meta();
             }
-            self.fill_meta();
             emit(Row {
                 event: &self.names[name],
                 user_id: (!anonymous).then_some(self.user.as_str()),
@@ -116,6 +140,19 @@ impl Generator {
                 meta: &self.meta,
             });
         }
+    }
+
+    /// A trace id of its own, beside two ordinary keys.
+    fn fill_distinct_meta(&mut self) {
+        self.meta.clear();
+        let _ = write!(
+            self.meta,
+            r#"{{"trace_id":"{:016x}{:08x}","plan":"{}","path":"/p/{}"}}"#,
+            self.rng.random::<u64>(),
+            self.serial,
+            PLANS[self.rng.random_range(0..PLANS.len())],
+            self.path_dist.sample(&mut self.rng)
+        );
     }
 
     fn fill_meta(&mut self) {

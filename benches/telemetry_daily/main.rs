@@ -32,7 +32,7 @@ use veris_jobs::model::DayWindow;
 use veris_jobs::store::sqlite::{sqlite_bound, sqlite_timestamp};
 use veris_jobs::store::{RollupStore as _, Store, TableName};
 
-use generator::Generator;
+use generator::{Generator, Shape};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -55,12 +55,35 @@ struct Args {
     /// Also time the job reading each day in this many concurrent time slices.
     #[arg(long, default_value_t = 1)]
     slices: u32,
+    /// The day's shape: `usual` (300,000 users) or `distinct-users` (a user id and a
+    /// trace id of its own for every event).
+    #[arg(long, default_value = "usual", value_parser = parse_shape)]
+    shape: Shape,
+    /// The job's --memory-limit (its own default when not given).
+    #[arg(long)]
+    memory_limit: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
 }
 
 const DAY: &str = "2024-03-12";
+
+fn parse_shape(value: &str) -> Result<Shape, String> {
+    match value {
+        "usual" => Ok(Shape::Usual),
+        "distinct-users" => Ok(Shape::DistinctUsers),
+        other => Err(format!("'{other}' is not a shape: usual or distinct-users")),
+    }
+}
+
+/// The name the data of `args` is kept under: the usual day's keeps its old name.
+fn data_name(args: &Args) -> String {
+    match args.shape {
+        Shape::Usual => args.events.to_string(),
+        Shape::DistinctUsers => format!("distinct_{}", args.events),
+    }
+}
 
 fn main() {
     let args = Args::parse();
@@ -69,8 +92,11 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "# telemetry-daily benchmark: {} events on {DAY}, {} runs",
-        args.events, args.runs
+        "# telemetry-daily benchmark: {} events on {DAY} ({:?} shape), {} runs, memory limit {}",
+        args.events,
+        args.shape,
+        args.runs,
+        args.memory_limit.as_deref().unwrap_or("the default")
     );
     println!("# machine: {}", machine());
     runtime.block_on(async {
@@ -117,7 +143,7 @@ fn days(events: u64) -> [(Date, u64); 3] {
 // ---------------------------------------------------------------- PostgreSQL
 
 async fn postgres(args: &Args) {
-    let name = format!("veris_bench_{}", args.events);
+    let name = format!("veris_bench_{}", data_name(args));
     // The same server and options (such as `?sslmode=disable`), another database.
     let (address, options) = args
         .postgres_url
@@ -151,7 +177,7 @@ async fn postgres(args: &Args) {
         unreachable!()
     };
     let pool = pg.pool().clone();
-    load_postgres(&store, &pool, args.events).await;
+    load_postgres(&store, &pool, args.events, args.shape).await;
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await
@@ -166,7 +192,7 @@ async fn postgres(args: &Args) {
     empty_year(&url).await;
 }
 
-async fn load_postgres(store: &Store, pool: &PgPool, events: u64) {
+async fn load_postgres(store: &Store, pool: &PgPool, events: u64, shape: Shape) {
     store.migrate().await.unwrap();
     let expected = events + 2 * (events / 10);
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_events")
@@ -186,7 +212,7 @@ async fn load_postgres(store: &Store, pool: &PgPool, events: u64) {
         .copy_in_raw("COPY telemetry_events (event, user_id, created_at, meta) FROM STDIN")
         .await
         .unwrap();
-    let mut generator = Generator::new();
+    let mut generator = Generator::with_shape(shape);
     for (date, count) in days(events) {
         let mut left = count;
         while left > 0 {
@@ -252,7 +278,7 @@ async fn pg_group_by(pool: &PgPool) -> u64 {
 async fn sqlite(args: &Args) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("veris-bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("sqlite-{}.db", args.events));
+    let path = dir.join(format!("sqlite-{}.db", data_name(args)));
     let url = format!("sqlite://{}", path.display());
     let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
         .await
@@ -260,7 +286,7 @@ async fn sqlite(args: &Args) {
     let Store::Sqlite(lite) = &store else {
         unreachable!()
     };
-    load_sqlite(&store, lite.pool(), args.events).await;
+    load_sqlite(&store, lite.pool(), args.events, args.shape).await;
     // A second pool of its own, as a separate reader would have.
     let options: SqliteConnectOptions = url.parse().unwrap();
     let pool = SqlitePoolOptions::new()
@@ -282,7 +308,7 @@ async fn sqlite(args: &Args) {
     empty_year(&url).await;
 }
 
-async fn load_sqlite(store: &Store, pool: &SqlitePool, events: u64) {
+async fn load_sqlite(store: &Store, pool: &SqlitePool, events: u64, shape: Shape) {
     store.migrate().await.unwrap();
     let expected = events + 2 * (events / 10);
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_events")
@@ -303,7 +329,7 @@ async fn load_sqlite(store: &Store, pool: &SqlitePool, events: u64) {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let mut generator = Generator::new();
+    let mut generator = Generator::with_shape(shape);
     for (date, count) in days(events) {
         let mut batch = Vec::new();
         let mut left = count;
@@ -407,8 +433,8 @@ impl Target {
     }
 
     /// Runs contender `which`; returns a count of its work (never zero) and records
-    /// the job's peak resident memory in `rss_kib`.
-    async fn run(&self, which: usize, slices: u32, rss_kib: &mut u64) -> u64 {
+    /// the job's peak resident memory and bytes spilled in `job`.
+    async fn run(&self, which: usize, args: &Args, job: &mut JobFigures) -> u64 {
         match (self, which) {
             (Target::Postgres { pool, .. }, 0) => pg_floor(pool).await,
             (Target::Postgres { pool, .. }, 1) => pg_group_by(pool).await,
@@ -432,9 +458,10 @@ impl Target {
                         url.clone()
                     }
                 };
-                let slices = if which == 2 { 1 } else { slices }.to_string();
-                let (events, max_rss) = tokio::task::spawn_blocking(move || {
-                    let args = [
+                let slices = if which == 2 { 1 } else { args.slices }.to_string();
+                let memory_limit = args.memory_limit.clone();
+                let (events, max_rss, spilled) = tokio::task::spawn_blocking(move || {
+                    let mut job_args = vec![
                         "telemetry-daily",
                         "--date",
                         DAY,
@@ -442,19 +469,31 @@ impl Target {
                         "--read-slices",
                         &slices,
                     ];
-                    run_binary(&url, &args)
+                    if let Some(limit) = &memory_limit {
+                        job_args.extend(["--memory-limit", limit]);
+                    }
+                    run_binary(&url, &job_args)
                 })
                 .await
                 .unwrap();
-                *rss_kib = (*rss_kib).max(max_rss);
+                job.rss_kib = job.rss_kib.max(max_rss);
+                job.spilled_bytes = job.spilled_bytes.max(spilled);
                 events
             }
         }
     }
 }
 
-/// Runs `veris-jobs ARGS`; returns the events it read and its peak RSS in KiB.
-fn run_binary(url: &str, args: &[&str]) -> (u64, u64) {
+/// The job's peak resident memory (KiB) and bytes spilled, over its runs.
+#[derive(Debug, Default)]
+struct JobFigures {
+    rss_kib: u64,
+    spilled_bytes: u64,
+}
+
+/// Runs `veris-jobs ARGS`; returns the events it read, its peak RSS in KiB and the
+/// bytes it spilled.
+fn run_binary(url: &str, args: &[&str]) -> (u64, u64, u64) {
     // Reaped below by wait4, which also reports the child's peak memory.
     #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
@@ -483,20 +522,24 @@ fn run_binary(url: &str, args: &[&str]) -> (u64, u64) {
     );
     let report: serde_json::Value =
         serde_json::from_str(&reader.join().unwrap().unwrap()).expect("JSON report");
+    let spilled = report["days"].as_array().map_or(0, |days| {
+        days.iter().filter_map(|d| d["spilledBytes"].as_u64()).sum()
+    });
     (
         report["totals"]["eventsRead"].as_u64().unwrap_or(0),
         usage.ru_maxrss as u64,
+        spilled,
     )
 }
 
 async fn compare(args: &Args, target: &Target) {
     let names = target.names(args.slices);
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
-    let mut rss = 0u64;
+    let mut job = JobFigures::default();
     for run in 0..=args.runs {
         for (i, times) in times.iter_mut().enumerate() {
             let started = Instant::now();
-            let work = target.run(i, args.slices, &mut rss).await;
+            let work = target.run(i, args, &mut job).await;
             let elapsed = started.elapsed();
             assert!(work > 0, "{} did no work", names[i]);
             if run > 0 {
@@ -518,7 +561,11 @@ async fn compare(args: &Args, target: &Target) {
             args.events as f64 / median.as_secs_f64()
         );
     }
-    println!("\njob peak resident memory: {:.1} MiB", rss as f64 / 1024.0);
+    println!(
+        "\njob peak resident memory: {:.1} MiB; spilled to disk: {:.1} MiB",
+        job.rss_kib as f64 / 1024.0,
+        job.spilled_bytes as f64 / (1024.0 * 1024.0)
+    );
 }
 
 fn median(times: &mut [Duration]) -> Duration {

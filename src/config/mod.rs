@@ -79,6 +79,15 @@ pub struct JobArgs {
     )]
     pub lookback_days: u32,
 
+    /// Memory a day's aggregation may hold before it spills to disk (e.g. 256MiB, 1GiB).
+    #[arg(long, env = "TELEMETRY_MEMORY_LIMIT", default_value = "256MiB", value_parser = parse_bytes)]
+    pub memory_limit: usize,
+
+    /// Directory the aggregation spills to past the memory limit [default: $TMPDIR, or
+    /// the system's temporary directory].
+    #[arg(long)]
+    pub spill_dir: Option<std::path::PathBuf>,
+
     /// Time slices each day is read in, concurrently over as many connections.
     #[arg(
         long,
@@ -99,6 +108,8 @@ impl JobArgs {
             lock_timeout: self.lock_timeout,
             lookback_days: self.lookback_days,
             read_slices: self.read_slices,
+            memory_limit: self.memory_limit,
+            spill_dir: self.spill_dir.clone(),
             ..RunOptions::default()
         }
     }
@@ -189,6 +200,43 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     Duration::try_from(signed).map_err(|_| bad())
 }
 
+/// Parses an amount of memory such as `256MiB`, `1GiB`, `512MB` or `65536` (bytes).
+///
+/// # Errors
+///
+/// A message when the text is not such an amount, or is under 1 MiB (too little to
+/// aggregate anything in).
+pub fn parse_bytes(value: &str) -> Result<usize, String> {
+    const UNITS: [(&str, u64); 8] = [
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+        ("kB", 1_000),
+        ("B", 1),
+    ];
+    let bad = || format!("'{value}' is not an amount of memory such as 256MiB, 1GiB or 512MB");
+    let text = value.trim();
+    let (number, unit) = UNITS
+        .iter()
+        .find_map(|(name, size)| text.strip_suffix(name).map(|n| (n.trim(), *size)))
+        .unwrap_or((text, 1));
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(bad)?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "'{value}' is under 1MiB, too little to aggregate a day in"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +248,18 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn amounts_of_memory_parse_with_their_units() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("16 MiB"), Ok(16 << 20));
+        assert_eq!(parse_bytes("512MB"), Ok(512_000_000));
+        assert_eq!(parse_bytes("2097152"), Ok(2 << 20));
+        for bad in ["", "lots", "-1MiB", "1.5GiB", "10KiB", "256mib"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -7,7 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use super::meta::{MetaSummary, ParsedMeta, parse_meta};
+use std::sync::Arc;
+
+use super::memory::{heap_bytes, table_bytes};
+use super::meta::{ParsedMeta, parse_meta};
+use super::spill::{KeyRecord, MemoryLimit, SpillError, Spilled, UserRecord, ValueRecord};
+use super::summary::MetaSummary;
 use super::{CompactString, FastMap, FastSet};
 
 /// One raw event as a source hands it over, borrowed from the source's buffer.
@@ -30,7 +35,11 @@ pub trait EventSink {
 /// A sink that can be split: parts filled with different events (on other threads,
 /// say) and merged back hold what one sink given all the events would. A source may
 /// use this to aggregate on several cores.
-pub trait MergeableSink: EventSink + Default + Send + 'static {
+pub trait MergeableSink: EventSink + Send + 'static {
+    /// An empty sink with this one's settings, to be filled alongside `of - 1`
+    /// others and merged back: its share of any memory limit is `1/of`.
+    fn part(&self, of: usize) -> Self;
+
     /// Folds in `other`, filled with other events of the same window.
     fn merge(&mut self, other: Self);
 }
@@ -102,7 +111,8 @@ pub struct RollupRow {
 struct EventGroup {
     count: u64,
     /// Distinct users of a group among the first [`BIT_GROUPS`], counted as their
-    /// bits in [`UserIds`] are first set.
+    /// bits in [`UserIds`] are first set (until the aggregate spills: then the
+    /// partitions count them).
     unique: u64,
     /// Distinct users of a later group, as numbers from the aggregate's [`UserIds`].
     users: FastSet<u32>,
@@ -128,24 +138,46 @@ struct UserEntry {
 }
 
 impl UserIds {
-    /// Notes that `user` did an event of `group`. Returns the user's number and, for
-    /// a group below [`BIT_GROUPS`], whether this is the user's first event in it.
-    fn see(&mut self, user: &str, group: u32) -> (u32, bool) {
+    /// Notes that `user` did an event of `group`. Returns the user's number, for a
+    /// group below [`BIT_GROUPS`] whether this is the user's first event in it, and
+    /// the bytes the table grew by.
+    fn see(&mut self, user: &str, group: u32) -> (u32, bool, usize) {
         let bit = if group < BIT_GROUPS { 1u64 << group } else { 0 };
         if let Some(entry) = self.ids.get_mut(user) {
             let first = entry.groups & bit == 0 && bit != 0;
             entry.groups |= bit;
-            return (entry.id, first);
+            return (entry.id, first, 0);
         }
         // A day would need over 4 billion distinct users, and far more memory than
         // any machine has, before this could wrap.
         let id = self.ids.len() as u32;
-        self.ids.insert(user.into(), UserEntry { id, groups: bit });
-        (id, bit != 0)
+        let before = self.ids.capacity();
+        let user = CompactString::from(user);
+        let heap = heap_bytes(&user);
+        self.ids.insert(user, UserEntry { id, groups: bit });
+        let grew = table_bytes::<CompactString, UserEntry>(self.ids.capacity())
+            - table_bytes::<CompactString, UserEntry>(before);
+        (id, bit != 0, heap + grew)
+    }
+
+    fn bytes(&self) -> usize {
+        table_bytes::<CompactString, UserEntry>(self.ids.capacity())
+            + self.ids.keys().map(heap_bytes).sum::<usize>()
     }
 }
 
+/// Of a memory limit, the share the aggregator's tables may hold before they
+/// spill. A table that doubles holds its old and new buckets for a moment, and
+/// reading back partitions needs tables of its own: a quarter keeps the whole
+/// under the limit.
+const TABLE_SHARE: usize = 4;
+
 /// The running aggregate of (part of) one day's events.
+///
+/// Without a [`MemoryLimit`] its tables grow with the day's distinct users and
+/// values. With one, they are written out to the limit's spill space whenever they
+/// outgrow their share of it, and [`DayAggregate::finish`] reads them back one
+/// partition at a time; the rows are the same either way.
 #[derive(Debug, Default)]
 pub struct DayAggregate {
     /// Groups by event name, numbered in the order they were first seen.
@@ -154,6 +186,16 @@ pub struct DayAggregate {
     users: UserIds,
     events_read: u64,
     skipped: SkipCounts,
+    limit: Option<MemoryLimit>,
+    /// The share of the limit this aggregate's tables may hold.
+    budget: usize,
+    /// What its tables hold now, as counted by [`super::memory`].
+    bytes: usize,
+    /// Once it has spilled: the files. The in-memory tables then hold only what came
+    /// since the last spill, and the distinct-user counters are no longer used.
+    spilled: Option<Box<Spilled>>,
+    /// The first spill that failed; the aggregate stops taking events then.
+    failure: Option<SpillError>,
 }
 
 /// A finished day: its rollup rows sorted by event, and what was read.
@@ -165,6 +207,8 @@ pub struct DayRollup {
     pub events_read: u64,
     /// Events skipped or stripped of metadata, by reason.
     pub skipped: SkipCounts,
+    /// Bytes written to the spill space (0 when the day fitted in memory).
+    pub spilled_bytes: u64,
 }
 
 impl DayRollup {
@@ -175,9 +219,18 @@ impl DayRollup {
 }
 
 impl DayAggregate {
-    /// An empty aggregate.
+    /// An empty aggregate without a memory limit.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty aggregate that keeps its tables within `limit`, spilling the rest.
+    pub fn with_limit(limit: MemoryLimit) -> Self {
+        Self {
+            budget: (limit.bytes / TABLE_SHARE).max(1),
+            limit: Some(limit),
+            ..Self::default()
+        }
     }
 
     /// Events pushed so far, bad ones included.
@@ -195,38 +248,164 @@ impl DayAggregate {
         let group = self.groups.len() as u32;
         self.index.insert(name.into(), group);
         self.groups.push((name.into(), EventGroup::default()));
+        self.bytes += 2 * (std::mem::size_of::<(CompactString, EventGroup)>() + name.len());
         group
     }
 
     /// Counts `user` among the distinct users of `group`.
     fn add_user(&mut self, group: u32, user: &str) {
-        let (id, first) = self.users.see(user, group);
+        let (id, first, grew) = self.users.see(user, group);
+        self.bytes += grew;
         let target = &mut self.groups[group as usize].1;
         if group < BIT_GROUPS {
             target.unique += u64::from(first);
         } else {
+            let before = target.users.capacity();
             target.users.insert(id);
+            self.bytes +=
+                table_bytes::<u32, ()>(target.users.capacity()) - table_bytes::<u32, ()>(before);
         }
     }
 
+    /// What the tables hold, counted afresh.
+    fn measure(&self) -> usize {
+        let groups: usize = self
+            .groups
+            .iter()
+            .map(|(name, group)| {
+                2 * (std::mem::size_of::<(CompactString, EventGroup)>() + name.len())
+                    + table_bytes::<u32, ()>(group.users.capacity())
+                    + group.meta.bytes()
+            })
+            .sum();
+        groups + self.users.bytes()
+    }
+
+    /// Spills the tables if they hold more than their share of the limit.
+    fn keep_within_limit(&mut self) {
+        if self.bytes > self.budget && self.limit.is_some() && self.failure.is_none() {
+            self.spill();
+        }
+    }
+
+    /// Writes the users and the metadata tables out, and empties them.
+    fn spill(&mut self) {
+        let Some(limit) = self.limit.clone() else {
+            return;
+        };
+        let spilled = self.spilled.get_or_insert_with(|| Box::new(Spilled::new()));
+        let space = &*limit.space;
+        let mut write = || -> std::io::Result<()> {
+            // Users by number, for the sets of the groups past the bit-tracked ones.
+            let mut names: Vec<&str> = Vec::new();
+            if self.groups.len() > BIT_GROUPS as usize {
+                names = vec![""; self.users.ids.len()];
+                for (user, entry) in &self.users.ids {
+                    names[entry.id as usize] = user;
+                }
+            }
+            for (user, entry) in &self.users.ids {
+                let mut bits = entry.groups;
+                while bits != 0 {
+                    let group = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    spilled.users.write(
+                        space,
+                        &UserRecord {
+                            group,
+                            user: user.clone(),
+                        },
+                    )?;
+                }
+            }
+            for (group, (_, event_group)) in self.groups.iter_mut().enumerate() {
+                let group = group as u32;
+                for id in &event_group.users {
+                    let user = CompactString::from(names[*id as usize]);
+                    spilled.users.write(space, &UserRecord { group, user })?;
+                }
+                event_group.users = FastSet::default();
+                for (key, mut stats) in event_group.meta.take_keys() {
+                    for (value, count) in std::mem::take(&mut stats.values) {
+                        let record = ValueRecord {
+                            group,
+                            key: key.clone(),
+                            value,
+                            count,
+                        };
+                        spilled.values.write(space, &record)?;
+                    }
+                    spilled
+                        .keys
+                        .write(space, &KeyRecord { group, key, stats })?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(source) = write() {
+            self.failure = Some(SpillError {
+                place: space.describe(),
+                source,
+            });
+        }
+        self.users = UserIds::default();
+        self.bytes = self.measure();
+    }
+
     /// The rollup rows, keeping `top_k` values per metadata key.
-    pub fn finish(self, top_k: usize) -> DayRollup {
+    ///
+    /// # Errors
+    ///
+    /// [`SpillError`] when the aggregate spilled and writing or reading its files
+    /// failed.
+    pub fn finish(mut self, top_k: usize) -> Result<DayRollup, SpillError> {
+        if let Some(failure) = self.failure.take() {
+            return Err(failure);
+        }
+        let mut uniques: Option<Vec<u64>> = None;
+        let mut metas: Option<Vec<String>> = None;
+        let mut spilled_bytes = 0;
+        if self.spilled.is_some() {
+            self.spill();
+            if let Some(failure) = self.failure.take() {
+                return Err(failure);
+            }
+        }
+        if let (Some(spilled), Some(limit)) = (self.spilled.take(), self.limit.clone()) {
+            spilled_bytes = spilled.written();
+            let (u, m) = spilled
+                .finish(self.groups.len(), top_k, self.budget, &*limit.space)
+                .map_err(|source| SpillError {
+                    place: limit.space.describe(),
+                    source,
+                })?;
+            uniques = Some(u);
+            metas = Some(m);
+        }
         let mut rows: Vec<RollupRow> = self
             .groups
             .into_iter()
-            .map(|(event, group)| RollupRow {
+            .enumerate()
+            .map(|(at, (event, group))| RollupRow {
                 event: event.into(),
                 count: saturating_i64(group.count),
-                unique_users: saturating_i64(group.unique + group.users.len() as u64),
-                meta: group.meta.to_json(top_k),
+                unique_users: saturating_i64(match &uniques {
+                    Some(uniques) => uniques[at],
+                    None => group.unique + group.users.len() as u64,
+                }),
+                meta: match &mut metas {
+                    Some(metas) => std::mem::take(&mut metas[at]),
+                    None => group.meta.to_json(top_k),
+                },
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.event.cmp(&b.event));
-        DayRollup {
+        Ok(DayRollup {
             rows,
             events_read: self.events_read,
             skipped: self.skipped,
-        }
+            spilled_bytes,
+        })
     }
 }
 
@@ -235,15 +414,49 @@ fn saturating_i64(n: u64) -> i64 {
 }
 
 impl MergeableSink for DayAggregate {
+    fn part(&self, of: usize) -> Self {
+        match &self.limit {
+            Some(limit) => {
+                let mut part = Self::with_limit(limit.clone());
+                part.budget = (self.budget / of.max(1)).max(1);
+                part
+            }
+            None => Self::new(),
+        }
+    }
+
     /// Folds `other`, an aggregate of other events of the same day, into this one.
-    fn merge(&mut self, other: DayAggregate) {
+    fn merge(&mut self, mut other: DayAggregate) {
         self.events_read += other.events_read;
         self.skipped.add(&other.skipped);
+        if self.failure.is_none() {
+            self.failure = other.failure.take();
+        }
         let groups: Vec<u32> = other
             .groups
             .iter()
             .map(|(name, _)| self.group(name))
             .collect();
+        if self.limit.is_none() && other.limit.is_some() {
+            self.limit = other.limit.clone();
+            self.budget = other.budget;
+        }
+        if self.spilled.is_some() || other.spilled.is_some() {
+            // Everything of both goes to disk, where the partitions count it.
+            other.spill();
+            self.spill();
+            if let Some(theirs) = other.spilled.take() {
+                let mine = self.spilled.get_or_insert_with(|| Box::new(Spilled::new()));
+                mine.absorb(*theirs, &Arc::new(groups.clone()));
+            }
+            for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
+                self.groups[groups[theirs] as usize].1.count += group.count;
+            }
+            if self.failure.is_none() {
+                self.failure = other.failure.take();
+            }
+            return;
+        }
         let mut names = vec![""; other.users.ids.len()];
         for (user, entry) in &other.users.ids {
             names[entry.id as usize] = user;
@@ -263,6 +476,8 @@ impl MergeableSink for DayAggregate {
             target.count += group.count;
             target.meta.merge(group.meta);
         }
+        self.bytes = self.measure();
+        self.keep_within_limit();
     }
 }
 
@@ -280,6 +495,10 @@ impl EventSink for DayAggregate {
                 return;
             }
         };
+        // A spill failed: the day will fail, and nothing more is worth holding.
+        if self.failure.is_some() {
+            return;
+        }
         let group = self.group(name);
         self.groups[group as usize].1.count += 1;
         if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
@@ -288,16 +507,18 @@ impl EventSink for DayAggregate {
         let group = &mut self.groups[group as usize].1;
         match parse_meta(event.meta) {
             ParsedMeta::Absent => {}
-            ParsedMeta::Object(entries) => group.meta.add(&entries),
+            ParsedMeta::Object(entries) => self.bytes += group.meta.add(&entries),
             ParsedMeta::NonObject => self.skipped.non_object_meta += 1,
             ParsedMeta::Invalid => self.skipped.invalid_meta += 1,
         }
+        self.keep_within_limit();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::summary::DROPPED_KEYS;
     use proptest::prelude::*;
 
     fn event<'a>(
@@ -318,7 +539,7 @@ mod tests {
         for user in [Some("u1"), Some("u2"), Some("u1"), None, Some("")] {
             agg.push(event(Some("view"), user, None));
         }
-        let day = agg.finish(20);
+        let day = agg.finish(20).unwrap();
         assert_eq!(day.rows.len(), 1);
         assert_eq!((day.rows[0].count, day.rows[0].unique_users), (5, 2));
         assert_eq!(day.rows[0].meta, "{}");
@@ -334,7 +555,7 @@ mod tests {
         agg.push(event(Some("click"), None, Some("null")));
         let long_name = "e".repeat(MAX_EVENT_NAME_BYTES + 1);
         agg.push(event(Some(&long_name), None, None));
-        let day = agg.finish(20);
+        let day = agg.finish(20).unwrap();
         assert_eq!(day.events_read, 6);
         assert_eq!(day.named_events(), 3);
         assert_eq!(
@@ -371,11 +592,11 @@ mod tests {
             }
         }
         first.merge(reversed);
-        let whole = whole.finish(20);
+        let whole = whole.finish(20).unwrap();
         for (i, row) in whole.rows.iter().enumerate() {
             assert_eq!(row.unique_users, (i % 5) as i64 + 1, "{}", row.event);
         }
-        assert_eq!(first.finish(20), whole);
+        assert_eq!(first.finish(20).unwrap(), whole);
     }
 
     #[derive(Debug, Clone)]
@@ -427,6 +648,118 @@ mod tests {
         agg
     }
 
+    /// Scratch files in memory: the spill code reads and writes through `std::io`
+    /// alone, so a `Cursor` is as real a file to it as any.
+    #[derive(Debug, Default)]
+    struct MemorySpace {
+        files: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::model::SpillSpace for MemorySpace {
+        fn scratch(&self) -> std::io::Result<Box<dyn crate::model::Scratch>> {
+            self.files
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Box::new(std::io::Cursor::new(Vec::new())))
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    /// A disk that is full.
+    #[derive(Debug)]
+    struct FullDisk;
+
+    impl crate::model::SpillSpace for FullDisk {
+        fn scratch(&self) -> std::io::Result<Box<dyn crate::model::Scratch>> {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device",
+            ))
+        }
+        fn describe(&self) -> String {
+            "/full".into()
+        }
+    }
+
+    fn limited(bytes: usize, space: Arc<dyn crate::model::SpillSpace>) -> DayAggregate {
+        DayAggregate::with_limit(MemoryLimit { bytes, space })
+    }
+
+    fn aggregate_within(events: &[OwnedEvent], template: &DayAggregate, of: usize) -> DayAggregate {
+        let mut agg = template.part(of);
+        for e in events {
+            agg.push(event(
+                e.event.as_deref(),
+                e.user.as_deref(),
+                e.meta.as_deref(),
+            ));
+        }
+        agg
+    }
+
+    /// A day whose users, keys and values are all different: every table grows with
+    /// each event.
+    fn distinct_events(n: usize) -> Vec<OwnedEvent> {
+        (0..n)
+            .map(|i| OwnedEvent {
+                event: Some(format!("e{}", i % 7)),
+                user: Some(format!("device-{i:08}-{}", "x".repeat(i % 40))),
+                meta: Some(format!(
+                    r#"{{"trace":"t{i:012}","k{}":"v","plan":"p{}","n":{i}}}"#,
+                    i % 150,
+                    i % 3
+                )),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_day_past_its_memory_limit_spills_and_gives_the_same_rows() {
+        let events = distinct_events(20_000);
+        let whole = aggregate(&events).finish(5).unwrap();
+        let space = Arc::new(MemorySpace::default());
+        let mut spilled = limited(64 * 1024, space.clone());
+        for e in &events {
+            spilled.push(event(
+                e.event.as_deref(),
+                e.user.as_deref(),
+                e.meta.as_deref(),
+            ));
+            assert!(
+                spilled.bytes <= spilled.budget + 64 * 1024,
+                "the tables stay near their share"
+            );
+        }
+        let spilled = spilled.finish(5).unwrap();
+        assert!(
+            spilled.spilled_bytes > 1_000_000,
+            "{} bytes spilled",
+            spilled.spilled_bytes
+        );
+        assert!(space.files.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert_eq!(spilled.rows, whole.rows);
+        assert!(
+            whole.rows[0].meta.contains(DROPPED_KEYS),
+            "over 100 keys: some dropped"
+        );
+    }
+
+    #[test]
+    fn a_spill_that_fails_fails_the_day_naming_the_place() {
+        let mut agg = limited(1024, Arc::new(FullDisk));
+        for e in &distinct_events(2_000) {
+            agg.push(event(
+                e.event.as_deref(),
+                e.user.as_deref(),
+                e.meta.as_deref(),
+            ));
+        }
+        let error = agg.finish(5).unwrap_err();
+        assert_eq!(error.source.kind(), std::io::ErrorKind::StorageFull);
+        assert!(error.to_string().contains("/full"), "{error}");
+    }
+
     proptest! {
         #[test]
         fn split_shuffled_and_merged_equals_one_pass(
@@ -434,8 +767,9 @@ mod tests {
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
             shuffle_seed in any::<u64>(),
             top_k in 0usize..4,
+            limit in prop::option::of(1usize..4096),
         ) {
-            let whole = aggregate(&events).finish(top_k);
+            let whole = aggregate(&events).finish(top_k).unwrap();
 
             let mut shuffled = events.clone();
             // A deterministic Fisher-Yates from the seed, so failures reproduce.
@@ -448,12 +782,20 @@ mod tests {
             bounds.push(0);
             bounds.push(shuffled.len());
             bounds.sort_unstable();
-            let mut parts = bounds.windows(2).map(|w| aggregate(&shuffled[w[0]..w[1]]));
+            // With a limit, the parts spill as they go (some, all or none of them).
+            let template = match limit {
+                Some(bytes) => limited(bytes, Arc::new(MemorySpace::default())),
+                None => DayAggregate::new(),
+            };
+            let of = bounds.len() - 1;
+            let mut parts = bounds.windows(2).map(|w| aggregate_within(&shuffled[w[0]..w[1]], &template, of));
             let mut merged = parts.next().unwrap_or_default();
             for part in parts.rev() {
                 merged.merge(part);
             }
-            prop_assert_eq!(merged.finish(top_k), whole);
+            let merged = merged.finish(top_k).unwrap();
+            prop_assert_eq!(merged.rows, whole.rows);
+            prop_assert_eq!((merged.events_read, merged.skipped), (whole.events_read, whole.skipped));
         }
     }
 }

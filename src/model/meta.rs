@@ -1,25 +1,15 @@
-//! The metadata summary of one (day, event) group, as the contract specifies it.
-//!
-//! This module parses an event's `meta` JSON into its top-level entries, folds them
-//! into a [`MetaSummary`] (mergeable: two halves merged equal the whole), and writes
-//! the summary as canonical JSON: keys sorted, numbers in one fixed form, so that the
-//! same events always give the same bytes.
+//! An event's `meta` JSON, read into its top-level entries, and the canonical form
+//! of JSON the summary writes: keys sorted, numbers in one fixed form, so that the
+//! same events always give the same bytes. The summary itself is in `summary.rs`.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::flat_json::parse_flat_object;
-use super::{CompactString, FastMap};
-
-/// Most keys one rollup row's summary keeps; the rest are counted in `$dropped_keys`.
-pub const MAX_KEYS: usize = 100;
-
-/// The key that records how many keys were dropped beyond [`MAX_KEYS`].
-pub const DROPPED_KEYS: &str = "$dropped_keys";
 
 /// One top-level value of an event's `meta` object.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,169 +271,6 @@ impl<'de> Visitor<'de> for MetaValueVisitor {
     }
 }
 
-/// The summary of one metadata key across a group of events.
-#[derive(Debug, Clone, Default)]
-struct KeyStats {
-    /// Events where the key has a non-null value.
-    n: u64,
-    /// Occurrences of each string, boolean or nested value.
-    values: FastMap<CompactString, u64>,
-    numbers: Option<NumberStats>,
-}
-
-#[derive(Debug, Clone)]
-struct NumberStats {
-    sum: ExactSum,
-    min: f64,
-    max: f64,
-}
-
-impl NumberStats {
-    fn of(x: f64) -> Self {
-        let mut sum = ExactSum::default();
-        sum.add(x);
-        Self {
-            sum,
-            min: x,
-            max: x,
-        }
-    }
-
-    fn add(&mut self, x: f64) {
-        self.sum.add(x);
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
-    }
-
-    fn merge(&mut self, other: &NumberStats) {
-        self.sum.merge(&other.sum);
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-    }
-}
-
-impl KeyStats {
-    fn add(&mut self, value: &MetaValue<'_>) {
-        let text: &str = match value {
-            MetaValue::Null => return,
-            MetaValue::Bool(true) => "true",
-            MetaValue::Bool(false) => "false",
-            MetaValue::Text(s) => s,
-            MetaValue::Nested(s) => s,
-            MetaValue::Number(x) => {
-                self.n += 1;
-                match &mut self.numbers {
-                    Some(stats) => stats.add(*x),
-                    None => self.numbers = Some(NumberStats::of(*x)),
-                }
-                return;
-            }
-        };
-        self.n += 1;
-        count_value(&mut self.values, text, 1);
-    }
-
-    fn merge(&mut self, other: KeyStats) {
-        self.n += other.n;
-        for (value, count) in other.values {
-            *self.values.entry(value).or_insert(0) += count;
-        }
-        match (&mut self.numbers, other.numbers) {
-            (Some(mine), Some(theirs)) => mine.merge(&theirs),
-            (mine @ None, theirs) => *mine = theirs,
-            (Some(_), None) => {}
-        }
-    }
-
-    fn to_json(&self, top_k: usize) -> Value {
-        let mut out = Map::new();
-        out.insert("n".into(), Value::from(self.n));
-        if !self.values.is_empty() {
-            let mut ranked: Vec<(&str, u64)> =
-                self.values.iter().map(|(v, c)| (&**v, *c)).collect();
-            // Most frequent first; ties by value in ascending byte order.
-            ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-            let other: u64 = ranked.iter().skip(top_k).map(|(_, c)| c).sum();
-            let values: Map<String, Value> = ranked
-                .into_iter()
-                .take(top_k)
-                .map(|(v, c)| (v.to_owned(), Value::from(c)))
-                .collect();
-            out.insert("values".into(), Value::Object(values));
-            out.insert("other".into(), Value::from(other));
-        }
-        if let Some(numbers) = &self.numbers {
-            out.insert("sum".into(), json_number(numbers.sum.total()));
-            out.insert("min".into(), json_number(numbers.min));
-            out.insert("max".into(), json_number(numbers.max));
-        }
-        Value::Object(out)
-    }
-}
-
-fn count_value(values: &mut FastMap<CompactString, u64>, text: &str, by: u64) {
-    match values.get_mut(text) {
-        Some(count) => *count += by,
-        None => {
-            values.insert(text.into(), by);
-        }
-    }
-}
-
-/// The metadata summary of one (day, event) group, built event by event.
-#[derive(Debug, Clone, Default)]
-pub struct MetaSummary {
-    keys: FastMap<CompactString, KeyStats>,
-}
-
-impl MetaSummary {
-    /// Adds one event's metadata entries.
-    pub fn add(&mut self, entries: &[(Cow<'_, str>, MetaValue<'_>)]) {
-        for (key, value) in entries {
-            if matches!(value, MetaValue::Null) {
-                continue;
-            }
-            match self.keys.get_mut(&**key) {
-                Some(stats) => stats.add(value),
-                None => {
-                    let mut stats = KeyStats::default();
-                    stats.add(value);
-                    self.keys.insert((&**key).into(), stats);
-                }
-            }
-        }
-    }
-
-    /// Folds `other`, a summary of other events of the same group, into this one.
-    pub fn merge(&mut self, other: MetaSummary) {
-        for (key, stats) in other.keys {
-            match self.keys.get_mut(&key) {
-                Some(mine) => mine.merge(stats),
-                None => {
-                    self.keys.insert(key, stats);
-                }
-            }
-        }
-    }
-
-    /// The summary as canonical JSON text, keeping `top_k` values per key.
-    pub fn to_json(&self, top_k: usize) -> String {
-        let mut ranked: Vec<(&str, &KeyStats)> = self.keys.iter().map(|(k, s)| (&**k, s)).collect();
-        // The most frequent keys are kept, ties broken by key.
-        ranked.sort_unstable_by(|a, b| b.1.n.cmp(&a.1.n).then_with(|| a.0.cmp(b.0)));
-        let dropped = ranked.len().saturating_sub(MAX_KEYS);
-        let mut out: Map<String, Value> = ranked
-            .into_iter()
-            .take(MAX_KEYS)
-            .map(|(key, stats)| (key.to_owned(), stats.to_json(top_k)))
-            .collect();
-        if dropped > 0 {
-            out.insert(DROPPED_KEYS.into(), Value::from(dropped));
-        }
-        Value::Object(out).to_string()
-    }
-}
-
 /// A number as the summary writes it, wherever it appears (sums, minimums, maximums,
 /// numbers inside nested values): integral values within 2^53 as integers, others in
 /// the shortest form that reads back as the same `f64` (`0.1`, `1.2345e+29`); `null` if
@@ -483,180 +310,9 @@ fn canonical_value(value: Value) -> Value {
     }
 }
 
-/// An exact sum of `f64`s (Shewchuk's algorithm, as in Python's `math.fsum`).
-///
-/// The partials hold the sum without any rounding, so [`ExactSum::total`] is the
-/// correctly rounded exact sum whatever order the numbers came in; merging two sums
-/// is exact too. If an intermediate overflows, the total is infinite and the summary
-/// writes `null`.
-#[derive(Debug, Clone, Default)]
-pub struct ExactSum {
-    partials: Vec<f64>,
-    overflowed: bool,
-}
-
-impl ExactSum {
-    /// Adds `x` exactly.
-    pub fn add(&mut self, mut x: f64) {
-        if self.overflowed {
-            return;
-        }
-        let mut kept = 0;
-        for j in 0..self.partials.len() {
-            let mut y = self.partials[j];
-            if x.abs() < y.abs() {
-                std::mem::swap(&mut x, &mut y);
-            }
-            let hi = x + y;
-            if !hi.is_finite() {
-                self.overflowed = true;
-                return;
-            }
-            let lo = y - (hi - x);
-            if lo != 0.0 {
-                self.partials[kept] = lo;
-                kept += 1;
-            }
-            x = hi;
-        }
-        self.partials.truncate(kept);
-        self.partials.push(x);
-    }
-
-    /// Adds every number of `other` exactly.
-    pub fn merge(&mut self, other: &ExactSum) {
-        self.overflowed |= other.overflowed;
-        for &p in &other.partials {
-            self.add(p);
-        }
-    }
-
-    /// The sum, correctly rounded; infinite if an intermediate overflowed.
-    pub fn total(&self) -> f64 {
-        if self.overflowed {
-            return f64::INFINITY;
-        }
-        let p = &self.partials;
-        let Some(mut n) = p.len().checked_sub(1) else {
-            return 0.0;
-        };
-        let mut hi = p[n];
-        let mut lo = 0.0;
-        while n > 0 {
-            let x = hi;
-            let y = p[n - 1];
-            n -= 1;
-            hi = x + y;
-            lo = y - (hi - x);
-            if lo != 0.0 {
-                break;
-            }
-        }
-        // Round half to even across the partial below, as fsum does.
-        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
-            let y = lo * 2.0;
-            let x = hi + y;
-            if y == x - hi {
-                hi = x;
-            }
-        }
-        hi
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn summary_of(metas: &[&str], top_k: usize) -> String {
-        let mut summary = MetaSummary::default();
-        for meta in metas {
-            match parse_meta(Some(meta)) {
-                ParsedMeta::Object(entries) => summary.add(&entries),
-                other => panic!("{meta} parsed as {other:?}"),
-            }
-        }
-        summary.to_json(top_k)
-    }
-
-    #[test]
-    fn strings_and_booleans_go_to_values_with_other() {
-        let json = summary_of(
-            &[
-                r#"{"plan":"pro"}"#,
-                r#"{"plan":"free"}"#,
-                r#"{"plan":"pro","ok":true}"#,
-                r#"{"plan":null}"#,
-            ],
-            1,
-        );
-        assert_eq!(
-            json,
-            r#"{"ok":{"n":1,"other":0,"values":{"true":1}},"plan":{"n":3,"other":1,"values":{"pro":2}}}"#
-        );
-    }
-
-    #[test]
-    fn ties_in_top_k_break_by_value_bytes() {
-        let json = summary_of(
-            &[
-                r#"{"k":"b"}"#,
-                r#"{"k":"a"}"#,
-                r#"{"k":"c"}"#,
-                r#"{"k":"B"}"#,
-            ],
-            2,
-        );
-        assert_eq!(json, r#"{"k":{"n":4,"other":2,"values":{"B":1,"a":1}}}"#);
-    }
-
-    #[test]
-    fn numbers_give_sum_min_max() {
-        let json = summary_of(
-            &[
-                r#"{"amount":9}"#,
-                r#"{"amount":99.5}"#,
-                r#"{"amount":-0.5}"#,
-            ],
-            20,
-        );
-        assert_eq!(
-            json,
-            r#"{"amount":{"max":99.5,"min":-0.5,"n":3,"sum":108}}"#
-        );
-    }
-
-    #[test]
-    fn a_key_with_several_types_gets_each_part() {
-        let json = summary_of(
-            &[r#"{"x":1}"#, r#"{"x":"one"}"#, r#"{"x":{"b":1,"a":[2]}}"#],
-            20,
-        );
-        assert_eq!(
-            json,
-            r#"{"x":{"max":1,"min":1,"n":3,"other":0,"sum":1,"values":{"one":1,"{\"a\":[2],\"b\":1}":1}}}"#
-        );
-    }
-
-    #[test]
-    fn over_100_keys_the_most_frequent_are_kept() {
-        let mut metas = Vec::new();
-        for i in 0..105 {
-            metas.push(format!(r#"{{"k{i:03}":1}}"#));
-        }
-        metas.push(r#"{"k104":2}"#.to_owned()); // k104 is the most frequent
-        let refs: Vec<&str> = metas.iter().map(String::as_str).collect();
-        let value: Value = serde_json::from_str(&summary_of(&refs, 20)).unwrap();
-        let map = value.as_object().unwrap();
-        assert_eq!(map.len(), MAX_KEYS + 1);
-        assert_eq!(map[DROPPED_KEYS], 5);
-        assert!(map.contains_key("k104"));
-        assert!(map.contains_key("k000") && map.contains_key("k098"));
-        assert!(
-            !map.contains_key("k099"),
-            "ties are broken by key: k099..k103 go"
-        );
-    }
 
     #[test]
     fn parse_classifies_meta() {
@@ -695,23 +351,6 @@ mod tests {
         assert!(matches!(parse_meta(Some(&quoted)), ParsedMeta::Object(_)));
     }
 
-    #[test]
-    fn numbers_read_the_same_from_either_database_s_text() {
-        // SQLite hands over the text as written; PostgreSQL's jsonb normalises it.
-        assert_eq!(
-            summary_of(&[r#"{"n":1.2345e29}"#], 20),
-            summary_of(&[r#"{"n":123450000000000000000000000000}"#], 20)
-        );
-        assert_eq!(
-            summary_of(&[r#"{"n":1.2345e29}"#], 20),
-            r#"{"n":{"max":1.2345e+29,"min":1.2345e+29,"n":1,"sum":1.2345e+29}}"#
-        );
-        assert_eq!(
-            summary_of(&[r#"{"x":[1e1,10.0,10,{"b":2.50}]}"#], 20),
-            r#"{"x":{"n":1,"other":0,"values":{"[10,10,10,{\"b\":2.5}]":1}}}"#
-        );
-    }
-
     proptest::proptest! {
         #[test]
         fn numbers_are_read_as_rust_reads_them(
@@ -747,21 +386,6 @@ mod tests {
                 ("b".into(), MetaValue::Number(2.0))
             ]
         );
-    }
-
-    #[test]
-    fn exact_sum_does_not_depend_on_order() {
-        let xs = [1e16, 1.0, -1e16, 0.1, 0.2, 3.3e-5, -0.3];
-        let forward = xs.iter().fold(ExactSum::default(), |mut s, &x| {
-            s.add(x);
-            s
-        });
-        let backward = xs.iter().rev().fold(ExactSum::default(), |mut s, &x| {
-            s.add(x);
-            s
-        });
-        assert_eq!(forward.total().to_bits(), backward.total().to_bits());
-        assert_eq!(forward.total(), 1.000033);
     }
 
     #[test]

@@ -14,9 +14,12 @@ mod aggregate;
 mod days;
 mod diff;
 mod flat_json;
+mod memory;
 mod meta;
 mod report;
 mod runs;
+mod spill;
+mod summary;
 
 pub use self::aggregate::{
     DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink, RollupRow, SkipCounts,
@@ -24,9 +27,11 @@ pub use self::aggregate::{
 };
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};
-pub use self::meta::{DROPPED_KEYS, MAX_DEPTH, MAX_KEYS, canonical_json};
+pub use self::meta::{MAX_DEPTH, canonical_json};
 pub use self::report::{ChangedDays, DayReport, DayStatus, RunReport, Totals};
 pub use self::runs::{JOB_NAME, NewRun, RunRecord, RunStatus, Trigger};
+pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};
+pub use self::summary::{DROPPED_KEYS, MAX_KEYS};
 
 /// Hash maps keyed by event data. foldhash is several times faster than the
 /// standard SipHash and, seeded per process, still resists crafted collisions.

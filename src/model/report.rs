@@ -58,6 +58,14 @@ pub struct DayReport {
     pub duration_ms: u64,
     /// Why the day failed, or why it was kept; `null` otherwise.
     pub error: Option<String>,
+    /// Bytes the day's aggregation spilled to disk past the memory limit; absent
+    /// when it fitted in memory.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spilled_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The sums over all days.
@@ -213,6 +221,14 @@ impl RunReport {
                 let reasons: Vec<String> =
                     d.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
                 let _ = writeln!(out, "{}: skipped {}", d.date, reasons.join(", "));
+            }
+            if d.spilled_bytes > 0 {
+                let _ = writeln!(
+                    out,
+                    "{}: past the memory limit, spilled {:.1} MiB to disk",
+                    d.date,
+                    d.spilled_bytes as f64 / (1024.0 * 1024.0)
+                );
             }
             if let Some(error) = &d.error {
                 let _ = writeln!(out, "{}: {}: {error}", d.date, d.status);

@@ -145,7 +145,8 @@ impl EventSource for SqliteStore {
     ) -> Result<(), StoreError> {
         let action = || format!("reading the events of {} from {}", window.date, self.source);
         let cancelled = || StoreError::Aborted(format!("{} was cancelled", action()));
-        let (parts, reader) = sqlite_scan::read_parts::<K>(
+        let (parts, reader) = sqlite_scan::read_parts(
+            &*sink,
             &self.db_path,
             &self.sql.scan,
             sqlite_bound(window.start),

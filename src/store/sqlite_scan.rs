@@ -69,10 +69,11 @@ impl RowBatch {
 }
 
 /// Starts reading `sql` (bound to `start` and `end`) from the database at `path` on a
-/// blocking thread, and aggregating its batches there and on others. Returns the
-/// aggregating tasks, each giving its part of the sink once the reader is done, and
-/// the reader's task, giving the part it aggregated itself.
+/// blocking thread, and aggregating its batches there and on others, each into a
+/// part of `sink`. Returns the aggregating tasks, each giving its part once the
+/// reader is done, and the reader's task, giving the part it aggregated itself.
 pub(super) fn read_parts<K: MergeableSink>(
+    sink: &K,
     path: &Path,
     sql: &str,
     start: String,
@@ -87,8 +88,8 @@ pub(super) fn read_parts<K: MergeableSink>(
     let (senders, parts): (Vec<_>, Vec<_>) = (0..aggregators)
         .map(|_| {
             let (tx, mut rx) = mpsc::channel::<RowBatch>(BATCHES_IN_FLIGHT);
+            let mut part = sink.part(aggregators + 1);
             let part = tokio::task::spawn_blocking(move || {
-                let mut part = K::default();
                 while let Some(batch) = rx.blocking_recv() {
                     batch.drain_into(&mut part);
                 }
@@ -98,13 +99,15 @@ pub(super) fn read_parts<K: MergeableSink>(
         })
         .unzip();
     let (path, sql) = (path.to_owned(), sql.to_owned());
+    let own = sink.part(aggregators + 1);
     let reader = tokio::task::spawn_blocking(move || {
-        read(&path, &sql, &start, &end, busy_timeout, &senders)
+        read(own, &path, &sql, &start, &end, busy_timeout, &senders)
     });
     (parts, reader)
 }
 
 fn read<K: MergeableSink>(
+    mut own: K,
     path: &Path,
     sql: &str,
     start: &str,
@@ -117,7 +120,6 @@ fn read<K: MergeableSink>(
     conn.busy_timeout(busy_timeout)?;
     let mut statement = conn.prepare(sql)?;
     let mut rows = statement.query([start, end])?;
-    let mut own = K::default();
     let mut batches: Vec<RowBatch> = (0..senders.len().max(1))
         .map(|_| RowBatch::default())
         .collect();
@@ -227,10 +229,21 @@ mod tests {
     #[test]
     fn the_reader_alone_aggregates_everything() {
         let file = events_file(3 * BATCH_ROWS + 17);
-        let read =
-            read::<DayAggregate>(file.path(), SQL, "a", "c", Duration::ZERO, &[]).expect("read");
+        let read = read(
+            DayAggregate::new(),
+            file.path(),
+            SQL,
+            "a",
+            "c",
+            Duration::ZERO,
+            &[],
+        )
+        .expect("read");
         assert_eq!(read.events_read(), 3 * BATCH_ROWS as u64 + 17);
-        assert_eq!(read.finish(5), one_pass(file.path()).finish(5));
+        assert_eq!(
+            read.finish(5).unwrap(),
+            one_pass(file.path()).finish(5).unwrap()
+        );
     }
 
     #[test]
@@ -239,14 +252,25 @@ mod tests {
         // Nobody receives while the reader runs: the queue takes one batch, and the
         // reader must aggregate the others itself.
         let (tx, mut rx) = mpsc::channel::<RowBatch>(1);
-        let mut read =
-            read::<DayAggregate>(file.path(), SQL, "a", "c", Duration::ZERO, &[tx]).expect("read");
+        let mut read = read(
+            DayAggregate::new(),
+            file.path(),
+            SQL,
+            "a",
+            "c",
+            Duration::ZERO,
+            &[tx],
+        )
+        .expect("read");
         let queued = rx.try_recv().expect("one batch was queued");
         assert_eq!(queued.rows.len(), BATCH_ROWS);
         assert_eq!(read.events_read(), 2 * BATCH_ROWS as u64 + 17);
         let mut part = DayAggregate::new();
         queued.drain_into(&mut part);
         read.merge(part);
-        assert_eq!(read.finish(5), one_pass(file.path()).finish(5));
+        assert_eq!(
+            read.finish(5).unwrap(),
+            one_pass(file.path()).finish(5).unwrap()
+        );
     }
 }

@@ -1,28 +1,70 @@
 //! One day of a run: read and aggregate it, compare with the stored rows, and write
 //! the difference unless the retention guard or a dry run says otherwise.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::civil::Date;
 
+use super::spill::ScratchDir;
 use super::{RunOptions, elapsed_ms};
-use crate::model::{DayAggregate, DayReport, DayStatus, DayWindow, MergeableSink as _, diff};
+use crate::model::{
+    DayAggregate, DayReport, DayStatus, DayWindow, MemoryLimit, MergeableSink as _, SpillError,
+    diff,
+};
 use crate::store::{EventSource, RollupStore, StoreError};
+
+/// Why a day failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}; nothing of the day was written")]
+    Spill(#[from] SpillError),
+}
+
+impl DayError {
+    /// Whether the database itself is gone.
+    pub(super) fn is_unreachable(&self) -> bool {
+        matches!(self, DayError::Store(error) if error.is_unreachable())
+    }
+}
 
 /// Aggregates one day and, unless told otherwise, writes it.
 pub(super) async fn run<S>(
     store: &S,
     window: &DayWindow,
     options: &RunOptions,
-) -> Result<DayReport, StoreError>
+) -> Result<DayReport, DayError>
 where
     S: EventSource + RollupStore + Clone + Send + Sync + 'static,
 {
     let started = Instant::now();
     let date = window.date;
-    let rollup = read(store, window, options.read_slices)
-        .await?
-        .finish(options.meta_top_k);
+    let limit = MemoryLimit {
+        bytes: options.memory_limit,
+        space: Arc::new(ScratchDir::new(options.spill_dir.clone())),
+    };
+    let aggregate = read(
+        store,
+        window,
+        options.read_slices,
+        DayAggregate::with_limit(limit),
+    )
+    .await?;
+    // Reading back what spilled is file work: off the async threads.
+    let top_k = options.meta_top_k;
+    let rollup = tokio::task::spawn_blocking(move || aggregate.finish(top_k))
+        .await
+        .map_err(|_| StoreError::Aborted(format!("aggregating {date} was cancelled")))??;
+    if rollup.spilled_bytes > 0 {
+        tracing::info!(
+            date = %date,
+            spilled_bytes = rollup.spilled_bytes,
+            memory_limit = options.memory_limit,
+            "the day's aggregation outgrew the memory limit and spilled to disk"
+        );
+    }
     let stored = store.load_day(date).await?;
     let changes = diff(&rollup.rows, &stored);
 
@@ -50,6 +92,7 @@ where
         unchanged: changes.unchanged,
         duration_ms: 0,
         error: None,
+        spilled_bytes: rollup.spilled_bytes,
     };
     if purged && !options.force {
         day.status = DayStatus::Kept;
@@ -68,27 +111,30 @@ where
     Ok(day)
 }
 
-/// Streams a day's events into an aggregate: in one stream, or in `slices` time
-/// slices read concurrently on tasks of their own (so that their parsing can use
-/// several cores) and merged. The aggregate is mergeable, so the result is the same.
-async fn read<S>(store: &S, window: &DayWindow, slices: u32) -> Result<DayAggregate, StoreError>
+/// Streams a day's events into `day`: in one stream, or in `slices` time slices read
+/// concurrently on tasks of their own (so that their parsing can use several cores)
+/// and merged. The aggregate is mergeable, so the result is the same.
+async fn read<S>(
+    store: &S,
+    window: &DayWindow,
+    slices: u32,
+    mut day: DayAggregate,
+) -> Result<DayAggregate, StoreError>
 where
     S: EventSource + Clone + Send + Sync + 'static,
 {
-    let mut day = DayAggregate::new();
     if slices <= 1 {
         store.scan_window(window, &mut day).await?;
         return Ok(day);
     }
-    let tasks: Vec<_> = window
-        .slices(slices)
+    let slices = window.slices(slices);
+    let of = slices.len();
+    let tasks: Vec<_> = slices
         .into_iter()
         .map(|slice| {
             let store = store.clone();
-            tokio::spawn(async move {
-                let mut part = DayAggregate::new();
-                store.scan_window(&slice, &mut part).await.map(|()| part)
-            })
+            let mut part = day.part(of);
+            tokio::spawn(async move { store.scan_window(&slice, &mut part).await.map(|()| part) })
         })
         .collect();
     for task in tasks {
@@ -121,6 +167,7 @@ pub(super) fn failed(date: Date, error: String, duration_ms: u64) -> DayReport {
         unchanged: 0,
         duration_ms,
         error: Some(error),
+        spilled_bytes: 0,
     }
 }
 

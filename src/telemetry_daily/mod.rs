@@ -59,7 +59,9 @@
 mod changed;
 mod day;
 mod history;
+mod spill;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -100,7 +102,14 @@ pub struct RunOptions {
     /// Also redo every day before the range that received source rows since the last
     /// successful `changed` run, found by the source's `id` watermark.
     pub changed: bool,
+    /// Bytes a day's aggregation may hold; past them it spills to disk.
+    pub memory_limit: usize,
+    /// Where it spills; `None`: the system's temporary directory (`TMPDIR`).
+    pub spill_dir: Option<PathBuf>,
 }
+
+/// The default [`RunOptions::memory_limit`]: 256 MiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -115,6 +124,8 @@ impl Default for RunOptions {
             read_slices: 1,
             trigger: Trigger::Cli,
             changed: false,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            spill_dir: None,
         }
     }
 }

@@ -534,6 +534,7 @@ async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) 
     }
     let expected: Vec<(String, i64, i64, String)> = reference
         .finish(20)
+        .unwrap()
         .rows
         .into_iter()
         .map(|r| (r.event, r.count, r.unique_users, r.meta))

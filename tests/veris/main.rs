@@ -7,6 +7,7 @@ mod common;
 mod history;
 mod http;
 mod job;
+mod memory;
 mod operations;
 mod reliability;
 mod store;

@@ -1,0 +1,668 @@
+//! What an aggregate does when its tables outgrow its memory limit: it writes them
+//! out as records, split by a hash into partitions, and at the end reads one
+//! partition at a time, as databases do for large GROUP BYs.
+//!
+//! Three kinds of record go out: a user seen in a group (`UserRecord`), a metadata
+//! key's counts in a group (`KeyRecord`), and a value's count under a key
+//! (`ValueRecord`). Every record of one user, one key or one value lands in the same
+//! partition, so each partition can be counted on its own and the counts added up:
+//! distinct users per group are the sum over partitions, and a value among the top
+//! K of its key is among the top K of its own partition. A partition still too big
+//! for the limit is split again with another hash.
+//!
+//! The files come from a [`SpillSpace`]; this module only reads and writes through
+//! `std::io`. Where the space puts them (scratch files, unlinked when created) is
+//! up to it.
+
+use std::fmt;
+use std::hash::BuildHasher as _;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+use super::CompactString;
+use super::memory::{entries_bytes, heap_bytes};
+use super::summary::{ExactSum, KeyStats, NumberStats};
+
+/// Where an aggregate puts what does not fit in its memory.
+pub trait SpillSpace: fmt::Debug + Send + Sync {
+    /// A new, empty scratch file that no one else can see, removed when dropped.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error that prevented it.
+    fn scratch(&self) -> io::Result<Box<dyn Scratch>>;
+
+    /// Where the files go, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A scratch file: written, then read back from the start.
+pub trait Scratch: Read + Write + Seek + Send {}
+
+impl<T: Read + Write + Seek + Send> Scratch for T {}
+
+/// How much memory an aggregate may hold, and where it spills the rest.
+#[derive(Debug, Clone)]
+pub struct MemoryLimit {
+    /// The limit in bytes, for the whole of a day's aggregation.
+    pub bytes: usize,
+    /// Where state past the limit goes.
+    pub space: Arc<dyn SpillSpace>,
+}
+
+/// A spill that failed (a full disk, say): the day cannot be finished.
+#[derive(Debug, thiserror::Error)]
+#[error("spilling the aggregation to {place} failed: {source}")]
+pub struct SpillError {
+    pub place: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Partitions each spill splits records into.
+const FANOUT: usize = 32;
+
+/// Times a partition too big for memory is split again before it is read anyway
+/// (its records then share a few keys, which collapse when read).
+const MAX_SPLITS: u32 = 3;
+
+/// What is done with the records of one partition.
+pub(super) type EachPartition<'a, R> =
+    dyn FnMut(&mut dyn Iterator<Item = io::Result<R>>) -> io::Result<()> + 'a;
+
+/// A partition's file opened for reading, with the group numbers it needs mapped.
+type OpenFile = (BufReader<Box<dyn Scratch>>, Option<Arc<Vec<u32>>>);
+
+/// A record an aggregate writes to disk.
+pub(super) trait Record: Sized {
+    /// Bytes a table entry of this record takes when read back, beyond its strings.
+    const ENTRY_BYTES: usize;
+    /// Group numbers are rewritten when files move between aggregates.
+    fn group_mut(&mut self) -> &mut u32;
+    /// The hash that picks the partition: the same for records that must meet.
+    fn hash(&self, seed: u64) -> u64;
+    /// Bytes its strings take on the heap when read back.
+    fn heap(&self) -> usize;
+    fn write(&self, out: &mut impl Write) -> io::Result<()>;
+    fn read(input: &mut impl Read) -> io::Result<Option<Self>>;
+}
+
+/// One of a group's users.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct UserRecord {
+    pub(super) group: u32,
+    pub(super) user: CompactString,
+}
+
+/// A metadata key's counts (all but its values) in a group.
+#[derive(Debug, Clone)]
+pub(super) struct KeyRecord {
+    pub(super) group: u32,
+    pub(super) key: CompactString,
+    pub(super) stats: KeyStats,
+}
+
+/// How often a value occurred under a key in a group.
+#[derive(Debug, Clone)]
+pub(super) struct ValueRecord {
+    pub(super) group: u32,
+    pub(super) key: CompactString,
+    pub(super) value: CompactString,
+    pub(super) count: u64,
+}
+
+fn hasher(seed: u64) -> foldhash::fast::FixedState {
+    foldhash::fast::FixedState::with_seed(seed)
+}
+
+impl Record for UserRecord {
+    const ENTRY_BYTES: usize = std::mem::size_of::<(u32, CompactString)>();
+    fn group_mut(&mut self) -> &mut u32 {
+        &mut self.group
+    }
+    // By user alone: each user's groups are counted in one partition.
+    fn hash(&self, seed: u64) -> u64 {
+        hasher(seed).hash_one(self.user.as_bytes())
+    }
+    fn heap(&self) -> usize {
+        heap_bytes(&self.user)
+    }
+    fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        write_u32(out, self.group)?;
+        write_text(out, &self.user)
+    }
+    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+        let Some(group) = read_u32_or_end(input)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            group,
+            user: read_text(input)?,
+        }))
+    }
+}
+
+impl Record for KeyRecord {
+    const ENTRY_BYTES: usize = std::mem::size_of::<((u32, CompactString), KeyStats)>();
+    fn group_mut(&mut self) -> &mut u32 {
+        &mut self.group
+    }
+    // By key alone, not group: group numbers change when files move between
+    // aggregates, and all records of one (group, key) must meet in one partition.
+    fn hash(&self, seed: u64) -> u64 {
+        hasher(seed).hash_one(self.key.as_bytes())
+    }
+    fn heap(&self) -> usize {
+        heap_bytes(&self.key)
+            + self
+                .stats
+                .numbers
+                .as_ref()
+                .map_or(0, |n| n.sum.parts().0.len() * 8)
+    }
+    fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        write_u32(out, self.group)?;
+        write_text(out, &self.key)?;
+        write_u64(out, self.stats.n)?;
+        write_u64(out, self.stats.value_total)?;
+        match &self.stats.numbers {
+            None => out.write_all(&[0]),
+            Some(numbers) => {
+                let (partials, overflowed) = numbers.sum.parts();
+                out.write_all(&[1 + u8::from(overflowed)])?;
+                write_f64(out, numbers.min)?;
+                write_f64(out, numbers.max)?;
+                write_u32(out, len_u32(partials.len())?)?;
+                partials.iter().try_for_each(|p| write_f64(out, *p))
+            }
+        }
+    }
+    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+        let Some(group) = read_u32_or_end(input)? else {
+            return Ok(None);
+        };
+        let key = read_text(input)?;
+        let mut stats = KeyStats {
+            n: read_u64(input)?,
+            value_total: read_u64(input)?,
+            ..KeyStats::default()
+        };
+        let mut flag = [0u8];
+        input.read_exact(&mut flag)?;
+        if flag[0] > 0 {
+            let (min, max) = (read_f64(input)?, read_f64(input)?);
+            let count = read_u32(input)? as usize;
+            let partials = (0..count)
+                .map(|_| read_f64(input))
+                .collect::<io::Result<Vec<_>>>()?;
+            stats.numbers = Some(NumberStats {
+                sum: ExactSum::from_parts(partials, flag[0] == 2),
+                min,
+                max,
+            });
+        }
+        Ok(Some(Self { group, key, stats }))
+    }
+}
+
+impl Record for ValueRecord {
+    const ENTRY_BYTES: usize = std::mem::size_of::<((u32, CompactString), u64)>();
+    fn group_mut(&mut self) -> &mut u32 {
+        &mut self.group
+    }
+    // By key and value, not group (see `KeyRecord::hash`).
+    fn hash(&self, seed: u64) -> u64 {
+        hasher(seed).hash_one((self.key.as_bytes(), self.value.as_bytes()))
+    }
+    fn heap(&self) -> usize {
+        heap_bytes(&self.value)
+    }
+    fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        write_u32(out, self.group)?;
+        write_text(out, &self.key)?;
+        write_text(out, &self.value)?;
+        write_u64(out, self.count)
+    }
+    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+        let Some(group) = read_u32_or_end(input)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            group,
+            key: read_text(input)?,
+            value: read_text(input)?,
+            count: read_u64(input)?,
+        }))
+    }
+}
+
+/// One scratch file of a partition, with what reading it back will cost.
+struct PartFile {
+    file: BufWriter<Box<dyn Scratch>>,
+    records: u64,
+    heap: u64,
+    /// The group numbers of the aggregate that owns the file now, indexed by those of
+    /// the aggregate that wrote it; `None` when they are the same.
+    groups: Option<Arc<Vec<u32>>>,
+}
+
+/// The records of one kind an aggregate has spilled, by partition.
+pub(super) struct Partitions<R> {
+    seed: u64,
+    /// For each partition, the files holding its records: one per aggregate that
+    /// wrote some, until merged.
+    files: Vec<Vec<PartFile>>,
+    /// Bytes written, for the report.
+    pub(super) written: u64,
+    record: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Partitions<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partitions")
+            .field("seed", &self.seed)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Record> Partitions<R> {
+    pub(super) fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            files: (0..FANOUT).map(|_| Vec::new()).collect(),
+            written: 0,
+            record: std::marker::PhantomData,
+        }
+    }
+
+    /// Appends `record` to its partition, opening the partition's file if need be.
+    pub(super) fn write(&mut self, space: &dyn SpillSpace, record: &R) -> io::Result<()> {
+        let files = &mut self.files[(record.hash(self.seed) % FANOUT as u64) as usize];
+        // Only the last file of a partition is this aggregate's own, still written to.
+        if files.last().is_none_or(|f| f.groups.is_some()) {
+            files.push(PartFile {
+                file: BufWriter::with_capacity(16 * 1024, space.scratch()?),
+                records: 0,
+                heap: 0,
+                groups: None,
+            });
+        }
+        let part = files
+            .last_mut()
+            .expect("a file was just pushed if there was none");
+        let mut counter = Counting {
+            inner: &mut part.file,
+            bytes: 0,
+        };
+        record.write(&mut counter)?;
+        self.written += counter.bytes;
+        part.records += 1;
+        part.heap += record.heap() as u64;
+        Ok(())
+    }
+
+    /// Takes in `other`'s files, whose group numbers `groups` maps to this
+    /// aggregate's.
+    pub(super) fn absorb(&mut self, other: Partitions<R>, groups: &Arc<Vec<u32>>) {
+        self.written += other.written;
+        for (mine, theirs) in self.files.iter_mut().zip(other.files) {
+            for mut file in theirs {
+                file.groups = Some(match &file.groups {
+                    None => Arc::clone(groups),
+                    Some(earlier) => {
+                        Arc::new(earlier.iter().map(|&g| groups[g as usize]).collect())
+                    }
+                });
+                // Kept before this aggregate's own file, which stays last.
+                let at = mine
+                    .len()
+                    .saturating_sub(usize::from(mine.last().is_some_and(|f| f.groups.is_none())));
+                mine.insert(at, file);
+            }
+        }
+    }
+
+    /// Reads back each partition in turn, calling `each` with an iterator over its
+    /// records. A partition whose records would take more than `budget` bytes of
+    /// tables is split again first.
+    pub(super) fn for_each_partition(
+        self,
+        budget: usize,
+        space: &dyn SpillSpace,
+        each: &mut EachPartition<'_, R>,
+    ) -> io::Result<()> {
+        self.for_each_at_depth(budget, space, each, 0)
+    }
+
+    fn for_each_at_depth(
+        self,
+        budget: usize,
+        space: &dyn SpillSpace,
+        each: &mut EachPartition<'_, R>,
+        depth: u32,
+    ) -> io::Result<()> {
+        let seed = self.seed;
+        for files in self.files {
+            if files.is_empty() {
+                continue;
+            }
+            let records: u64 = files.iter().map(|f| f.records).sum();
+            let heap: u64 = files.iter().map(|f| f.heap).sum();
+            let needs = entries_bytes(records as usize, R::ENTRY_BYTES) + heap as usize;
+            let mut reader = PartitionReader::open(files)?;
+            if needs > budget && depth < MAX_SPLITS {
+                let mut split = Partitions::new(
+                    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(depth + 1),
+                );
+                for record in &mut reader {
+                    split.write(space, &record?)?;
+                }
+                split.for_each_at_depth(budget, space, each, depth + 1)?;
+            } else {
+                each(&mut reader)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The records of one partition's files, read from the start, group numbers mapped.
+struct PartitionReader<R> {
+    files: std::vec::IntoIter<OpenFile>,
+    current: Option<OpenFile>,
+    record: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Record> PartitionReader<R> {
+    fn open(files: Vec<PartFile>) -> io::Result<Self> {
+        let files = files
+            .into_iter()
+            .map(|part| {
+                let mut file = part
+                    .file
+                    .into_inner()
+                    .map_err(io::IntoInnerError::into_error)?;
+                file.seek(SeekFrom::Start(0))?;
+                Ok((BufReader::with_capacity(64 * 1024, file), part.groups))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self {
+            files: files.into_iter(),
+            current: None,
+            record: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<R: Record> Iterator for PartitionReader<R> {
+    type Item = io::Result<R>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                self.current = Some(self.files.next()?);
+            }
+            let (file, groups) = self.current.as_mut()?;
+            match R::read(file) {
+                Ok(Some(mut record)) => {
+                    if let Some(groups) = groups {
+                        let group = record.group_mut();
+                        *group = groups[*group as usize];
+                    }
+                    return Some(Ok(record));
+                }
+                Ok(None) => self.current = None,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+}
+
+/// A writer that counts the bytes through it.
+struct Counting<'a, W> {
+    inner: &'a mut W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn len_u32(len: usize) -> io::Result<u32> {
+    u32::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a record field over 4 GiB"))
+}
+
+fn write_u32(out: &mut impl Write, n: u32) -> io::Result<()> {
+    out.write_all(&n.to_le_bytes())
+}
+
+fn write_u64(out: &mut impl Write, n: u64) -> io::Result<()> {
+    out.write_all(&n.to_le_bytes())
+}
+
+fn write_f64(out: &mut impl Write, x: f64) -> io::Result<()> {
+    out.write_all(&x.to_bits().to_le_bytes())
+}
+
+fn write_text(out: &mut impl Write, text: &str) -> io::Result<()> {
+    write_u32(out, len_u32(text.len())?)?;
+    out.write_all(text.as_bytes())
+}
+
+/// A `u32`, or `None` at a clean end of the file (between records).
+fn read_u32_or_end(input: &mut impl Read) -> io::Result<Option<u32>> {
+    let mut bytes = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match input.read(&mut bytes[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    Ok(Some(u32::from_le_bytes(bytes)))
+}
+
+fn read_u32(input: &mut impl Read) -> io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    input.read_exact(&mut bytes)?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
+fn read_u64(input: &mut impl Read) -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    input.read_exact(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn read_f64(input: &mut impl Read) -> io::Result<f64> {
+    read_u64(input).map(f64::from_bits)
+}
+
+fn read_text(input: &mut impl Read) -> io::Result<CompactString> {
+    let len = read_u32(input)? as usize;
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes)?;
+    // Written from a `str` by this module, so it is UTF-8 unless the file was damaged.
+    String::from_utf8(bytes)
+        .map(CompactString::from)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Everything an aggregate has spilled, by kind.
+#[derive(Debug)]
+pub(super) struct Spilled {
+    pub(super) users: Partitions<UserRecord>,
+    pub(super) keys: Partitions<KeyRecord>,
+    pub(super) values: Partitions<ValueRecord>,
+}
+
+impl Spilled {
+    pub(super) fn new() -> Self {
+        Self {
+            users: Partitions::new(0x7573_6572),
+            keys: Partitions::new(0x6b65_7973),
+            values: Partitions::new(0x7661_6c75),
+        }
+    }
+
+    /// Bytes written to disk so far.
+    pub(super) fn written(&self) -> u64 {
+        self.users.written + self.keys.written + self.values.written
+    }
+
+    /// Takes in `other`'s files, whose group numbers `groups` maps to this
+    /// aggregate's.
+    pub(super) fn absorb(&mut self, other: Spilled, groups: &Arc<Vec<u32>>) {
+        self.users.absorb(other.users, groups);
+        self.keys.absorb(other.keys, groups);
+        self.values.absorb(other.values, groups);
+    }
+
+    /// Reads every partition back and gives, for each of `groups` groups, its
+    /// distinct users and its metadata summary, keeping `top_k` values per key. No
+    /// table built on the way holds more than `budget` bytes (but for partitions that
+    /// cannot be split further).
+    pub(super) fn finish(
+        self,
+        groups: usize,
+        top_k: usize,
+        budget: usize,
+        space: &dyn SpillSpace,
+    ) -> io::Result<(Vec<u64>, Vec<String>)> {
+        let unique = count_users(self.users, groups, budget, space)?;
+        let keys = rank_keys(self.keys, groups, budget, space)?;
+        let metas = summarize(keys, self.values, top_k, budget, space)?;
+        Ok((unique, metas))
+    }
+}
+
+/// Distinct users per group: each partition holds all of its users' records.
+fn count_users(
+    users: Partitions<UserRecord>,
+    groups: usize,
+    budget: usize,
+    space: &dyn SpillSpace,
+) -> io::Result<Vec<u64>> {
+    let mut unique = vec![0u64; groups];
+    users.for_each_partition(budget, space, &mut |records| {
+        let mut seen = super::FastSet::default();
+        for record in records {
+            seen.insert(record?);
+        }
+        for record in &seen {
+            unique[record.group as usize] += 1;
+        }
+        Ok(())
+    })?;
+    Ok(unique)
+}
+
+/// A group's kept keys (at most [`MAX_KEYS`](super::summary::MAX_KEYS), in key
+/// order) and how many distinct keys it had.
+#[derive(Debug, Default)]
+struct GroupKeys {
+    distinct: u64,
+    kept: Vec<(CompactString, KeyStats)>,
+}
+
+/// Each group's most frequent keys: each partition holds all the records of its
+/// keys, so a partition's counts are final and its best keys compete with the others'.
+fn rank_keys(
+    keys: Partitions<KeyRecord>,
+    groups: usize,
+    budget: usize,
+    space: &dyn SpillSpace,
+) -> io::Result<Vec<GroupKeys>> {
+    use super::summary::{MAX_KEYS, key_order};
+    let mut ranked: Vec<GroupKeys> = (0..groups).map(|_| GroupKeys::default()).collect();
+    keys.for_each_partition(budget, space, &mut |records| {
+        let mut merged: super::FastMap<(u32, CompactString), KeyStats> = super::FastMap::default();
+        for record in records {
+            let record = record?;
+            merged
+                .entry((record.group, record.key))
+                .or_default()
+                .merge_counts(&record.stats);
+        }
+        for ((group, key), stats) in merged {
+            let entry = &mut ranked[group as usize];
+            entry.distinct += 1;
+            entry.kept.push((key, stats));
+        }
+        for entry in &mut ranked {
+            if entry.kept.len() > MAX_KEYS {
+                entry
+                    .kept
+                    .sort_unstable_by(|a, b| key_order(&(&a.0, a.1.n), &(&b.0, b.1.n)));
+                entry.kept.truncate(MAX_KEYS);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(ranked)
+}
+
+/// Each group's summary: the kept keys' counts, and their top values, found
+/// partition by partition (a value's records all land in one partition, so a value
+/// among its key's top `top_k` is among the top `top_k` of its own partition).
+fn summarize(
+    keys: Vec<GroupKeys>,
+    values: Partitions<ValueRecord>,
+    top_k: usize,
+    budget: usize,
+    space: &dyn SpillSpace,
+) -> io::Result<Vec<String>> {
+    use super::summary::{key_json, summary_json, value_order};
+    let mut index: super::FastMap<(u32, CompactString), usize> = super::FastMap::default();
+    for (group, entry) in keys.iter().enumerate() {
+        for (key, _) in &entry.kept {
+            index.insert((group as u32, key.clone()), index.len());
+        }
+    }
+    let mut top: Vec<Vec<(CompactString, u64)>> = vec![Vec::new(); index.len()];
+    values.for_each_partition(budget, space, &mut |records| {
+        let mut counts: super::FastMap<(usize, CompactString), u64> = super::FastMap::default();
+        for record in records {
+            let record = record?;
+            // Values of keys that were dropped are not needed.
+            if let Some(&at) = index.get(&(record.group, record.key)) {
+                *counts.entry((at, record.value)).or_default() += record.count;
+            }
+        }
+        for ((at, value), count) in counts {
+            top[at].push((value, count));
+        }
+        for candidates in &mut top {
+            if candidates.len() > top_k {
+                candidates.sort_unstable_by(|a, b| value_order(&(&a.0, a.1), &(&b.0, b.1)));
+                candidates.truncate(top_k);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(keys
+        .into_iter()
+        .enumerate()
+        .map(|(group, entry)| {
+            let dropped = entry.distinct - entry.kept.len() as u64;
+            let parts = entry.kept.iter().map(|(key, stats)| {
+                let at = index[&(group as u32, key.clone())];
+                let mut best: Vec<(&str, u64)> = top[at].iter().map(|(v, c)| (&**v, *c)).collect();
+                best.sort_unstable_by(value_order);
+                best.truncate(top_k);
+                (key.to_string(), key_json(stats, &best))
+            });
+            summary_json(parts, dropped)
+        })
+        .collect())
+}

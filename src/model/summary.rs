@@ -1,0 +1,480 @@
+//! The metadata summary of one (day, event) group, as the contract specifies it.
+//!
+//! [`MetaSummary`] folds events' metadata entries in, key by key (mergeable: two
+//! halves merged equal the whole), and writes the summary as canonical JSON. The
+//! ranking of keys and values and the JSON of one key are shared with the spilled
+//! path (`spill.rs`), which builds the same summary from partitions on disk, so the
+//! two give the same bytes.
+
+use std::cmp::Ordering;
+
+use serde_json::{Map, Value};
+
+use super::memory::{heap_bytes, table_bytes};
+use super::meta::{MetaValue, json_number};
+use super::{CompactString, FastMap};
+
+/// Most keys one rollup row's summary keeps; the rest are counted in `$dropped_keys`.
+pub const MAX_KEYS: usize = 100;
+
+/// The key that records how many keys were dropped beyond [`MAX_KEYS`].
+pub const DROPPED_KEYS: &str = "$dropped_keys";
+
+/// The summary of one metadata key across a group of events.
+#[derive(Debug, Clone, Default)]
+pub(super) struct KeyStats {
+    /// Events where the key has a non-null value.
+    pub(super) n: u64,
+    /// Occurrences of string, boolean and nested values, all of them: the map below
+    /// may have been spilled and emptied since.
+    pub(super) value_total: u64,
+    /// Occurrences of each string, boolean or nested value.
+    pub(super) values: FastMap<CompactString, u64>,
+    pub(super) numbers: Option<NumberStats>,
+}
+
+/// Sum, minimum and maximum of a key's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct NumberStats {
+    pub(super) sum: ExactSum,
+    pub(super) min: f64,
+    pub(super) max: f64,
+}
+
+impl NumberStats {
+    fn of(x: f64) -> Self {
+        let mut sum = ExactSum::default();
+        sum.add(x);
+        Self {
+            sum,
+            min: x,
+            max: x,
+        }
+    }
+
+    fn add(&mut self, x: f64) {
+        self.sum.add(x);
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+
+    pub(super) fn merge(&mut self, other: &NumberStats) {
+        self.sum.merge(&other.sum);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+}
+
+impl KeyStats {
+    /// Adds one value; returns the bytes the key's table grew by.
+    fn add(&mut self, value: &MetaValue<'_>) -> usize {
+        let text: &str = match value {
+            MetaValue::Null => return 0,
+            MetaValue::Bool(true) => "true",
+            MetaValue::Bool(false) => "false",
+            MetaValue::Text(s) => s,
+            MetaValue::Nested(s) => s,
+            MetaValue::Number(x) => {
+                self.n += 1;
+                match &mut self.numbers {
+                    Some(stats) => stats.add(*x),
+                    None => self.numbers = Some(NumberStats::of(*x)),
+                }
+                return 0;
+            }
+        };
+        self.n += 1;
+        self.value_total += 1;
+        count_value(&mut self.values, text, 1)
+    }
+
+    /// Folds in `other`'s counts of everything but the values map.
+    pub(super) fn merge_counts(&mut self, other: &KeyStats) {
+        self.n += other.n;
+        self.value_total += other.value_total;
+        match (&mut self.numbers, &other.numbers) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => mine.clone_from(theirs),
+            (Some(_), None) => {}
+        }
+    }
+
+    fn merge(&mut self, other: KeyStats) {
+        self.merge_counts(&other);
+        for (value, count) in other.values {
+            *self.values.entry(value).or_insert(0) += count;
+        }
+    }
+
+    /// The bytes this key holds beyond its entry in the key table.
+    fn bytes(&self) -> usize {
+        table_bytes::<CompactString, u64>(self.values.capacity())
+            + self.values.keys().map(heap_bytes).sum::<usize>()
+    }
+
+    /// The key's part of the summary from its own values map.
+    fn to_json(&self, top_k: usize) -> Value {
+        let mut ranked: Vec<(&str, u64)> = self.values.iter().map(|(v, c)| (&**v, *c)).collect();
+        ranked.sort_unstable_by(value_order);
+        ranked.truncate(top_k);
+        key_json(self, &ranked)
+    }
+}
+
+/// Values most frequent first; ties by value in ascending byte order.
+pub(super) fn value_order(a: &(&str, u64), b: &(&str, u64)) -> Ordering {
+    b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
+}
+
+/// Keys most frequent (by `n`) first; ties by key.
+pub(super) fn key_order(a: &(&str, u64), b: &(&str, u64)) -> Ordering {
+    value_order(a, b)
+}
+
+/// One key's part of the summary: its counts from `stats`, and `top`, its most
+/// frequent values (at most K of them, in [`value_order`]).
+pub(super) fn key_json(stats: &KeyStats, top: &[(&str, u64)]) -> Value {
+    let mut out = Map::new();
+    out.insert("n".into(), Value::from(stats.n));
+    if stats.value_total > 0 {
+        let kept: u64 = top.iter().map(|(_, c)| c).sum();
+        let values: Map<String, Value> = top
+            .iter()
+            .map(|(v, c)| ((*v).to_owned(), Value::from(*c)))
+            .collect();
+        out.insert("values".into(), Value::Object(values));
+        out.insert("other".into(), Value::from(stats.value_total - kept));
+    }
+    if let Some(numbers) = &stats.numbers {
+        out.insert("sum".into(), json_number(numbers.sum.total()));
+        out.insert("min".into(), json_number(numbers.min));
+        out.insert("max".into(), json_number(numbers.max));
+    }
+    Value::Object(out)
+}
+
+/// The summary's text from the kept keys' parts and the number of keys dropped.
+pub(super) fn summary_json(
+    kept: impl IntoIterator<Item = (String, Value)>,
+    dropped: u64,
+) -> String {
+    // `serde_json::Map` keeps keys sorted, so the text has sorted keys.
+    let mut out: Map<String, Value> = kept.into_iter().collect();
+    if dropped > 0 {
+        out.insert(DROPPED_KEYS.into(), Value::from(dropped));
+    }
+    Value::Object(out).to_string()
+}
+
+/// Counts `text` in `values`; returns the bytes the table grew by.
+fn count_value(values: &mut FastMap<CompactString, u64>, text: &str, by: u64) -> usize {
+    if let Some(count) = values.get_mut(text) {
+        *count += by;
+        return 0;
+    }
+    let before = values.capacity();
+    let key = CompactString::from(text);
+    let heap = heap_bytes(&key);
+    values.insert(key, by);
+    heap + table_bytes::<CompactString, u64>(values.capacity())
+        - table_bytes::<CompactString, u64>(before)
+}
+
+/// The metadata summary of one (day, event) group, built event by event.
+#[derive(Debug, Clone, Default)]
+pub struct MetaSummary {
+    keys: FastMap<CompactString, KeyStats>,
+}
+
+impl MetaSummary {
+    /// Adds one event's metadata entries; returns the bytes the summary grew by.
+    pub(super) fn add(&mut self, entries: &[(std::borrow::Cow<'_, str>, MetaValue<'_>)]) -> usize {
+        let mut grew = 0;
+        for (key, value) in entries {
+            if matches!(value, MetaValue::Null) {
+                continue;
+            }
+            match self.keys.get_mut(&**key) {
+                Some(stats) => grew += stats.add(value),
+                None => {
+                    let mut stats = KeyStats::default();
+                    grew += stats.add(value);
+                    let before = self.keys.capacity();
+                    let key = CompactString::from(&**key);
+                    grew += heap_bytes(&key);
+                    self.keys.insert(key, stats);
+                    grew += table_bytes::<CompactString, KeyStats>(self.keys.capacity())
+                        - table_bytes::<CompactString, KeyStats>(before);
+                }
+            }
+        }
+        grew
+    }
+
+    /// Folds `other`, a summary of other events of the same group, into this one.
+    pub(super) fn merge(&mut self, other: MetaSummary) {
+        for (key, stats) in other.keys {
+            match self.keys.get_mut(&key) {
+                Some(mine) => mine.merge(stats),
+                None => {
+                    self.keys.insert(key, stats);
+                }
+            }
+        }
+    }
+
+    /// The bytes the summary holds.
+    pub(super) fn bytes(&self) -> usize {
+        table_bytes::<CompactString, KeyStats>(self.keys.capacity())
+            + self
+                .keys
+                .iter()
+                .map(|(key, stats)| heap_bytes(key) + stats.bytes())
+                .sum::<usize>()
+    }
+
+    /// Takes every key's statistics out, leaving the summary empty (and its memory
+    /// freed): for writing them to disk.
+    pub(super) fn take_keys(&mut self) -> FastMap<CompactString, KeyStats> {
+        std::mem::take(&mut self.keys)
+    }
+
+    /// The summary as canonical JSON text, keeping `top_k` values per key.
+    pub(super) fn to_json(&self, top_k: usize) -> String {
+        let mut ranked: Vec<(&str, &KeyStats)> = self.keys.iter().map(|(k, s)| (&**k, s)).collect();
+        ranked.sort_unstable_by(|a, b| key_order(&(a.0, a.1.n), &(b.0, b.1.n)));
+        let dropped = ranked.len().saturating_sub(MAX_KEYS) as u64;
+        ranked.truncate(MAX_KEYS);
+        summary_json(
+            ranked
+                .into_iter()
+                .map(|(key, stats)| (key.to_owned(), stats.to_json(top_k))),
+            dropped,
+        )
+    }
+}
+
+/// An exact sum of `f64`s (Shewchuk's algorithm, as in Python's `math.fsum`).
+///
+/// The partials hold the sum without any rounding, so [`ExactSum::total`] is the
+/// correctly rounded exact sum whatever order the numbers came in; merging two sums
+/// is exact too. If an intermediate overflows, the total is infinite and the summary
+/// writes `null`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct ExactSum {
+    partials: Vec<f64>,
+    overflowed: bool,
+}
+
+impl ExactSum {
+    /// Adds `x` exactly.
+    pub fn add(&mut self, mut x: f64) {
+        if self.overflowed {
+            return;
+        }
+        let mut kept = 0;
+        for j in 0..self.partials.len() {
+            let mut y = self.partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            if !hi.is_finite() {
+                self.overflowed = true;
+                return;
+            }
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                self.partials[kept] = lo;
+                kept += 1;
+            }
+            x = hi;
+        }
+        self.partials.truncate(kept);
+        self.partials.push(x);
+    }
+
+    /// Adds every number of `other` exactly.
+    pub fn merge(&mut self, other: &ExactSum) {
+        self.overflowed |= other.overflowed;
+        for &p in &other.partials {
+            self.add(p);
+        }
+    }
+
+    /// The partials and whether an intermediate overflowed: the whole state, for
+    /// writing to disk.
+    pub(super) fn parts(&self) -> (&[f64], bool) {
+        (&self.partials, self.overflowed)
+    }
+
+    /// A sum from [`ExactSum::parts`].
+    pub(super) fn from_parts(partials: Vec<f64>, overflowed: bool) -> Self {
+        Self {
+            partials,
+            overflowed,
+        }
+    }
+
+    /// The sum, correctly rounded; infinite if an intermediate overflowed.
+    pub fn total(&self) -> f64 {
+        if self.overflowed {
+            return f64::INFINITY;
+        }
+        let p = &self.partials;
+        let Some(mut n) = p.len().checked_sub(1) else {
+            return 0.0;
+        };
+        let mut hi = p[n];
+        let mut lo = 0.0;
+        while n > 0 {
+            let x = hi;
+            let y = p[n - 1];
+            n -= 1;
+            hi = x + y;
+            lo = y - (hi - x);
+            if lo != 0.0 {
+                break;
+            }
+        }
+        // Round half to even across the partial below, as fsum does.
+        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
+            let y = lo * 2.0;
+            let x = hi + y;
+            if y == x - hi {
+                hi = x;
+            }
+        }
+        hi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::meta::{ParsedMeta, parse_meta};
+
+    fn summary_of(metas: &[&str], top_k: usize) -> String {
+        let mut summary = MetaSummary::default();
+        for meta in metas {
+            match parse_meta(Some(meta)) {
+                ParsedMeta::Object(entries) => {
+                    summary.add(&entries);
+                }
+                other => panic!("{meta} parsed as {other:?}"),
+            }
+        }
+        summary.to_json(top_k)
+    }
+
+    #[test]
+    fn strings_and_booleans_go_to_values_with_other() {
+        let json = summary_of(
+            &[
+                r#"{"plan":"pro"}"#,
+                r#"{"plan":"free"}"#,
+                r#"{"plan":"pro","ok":true}"#,
+                r#"{"plan":null}"#,
+            ],
+            1,
+        );
+        assert_eq!(
+            json,
+            r#"{"ok":{"n":1,"other":0,"values":{"true":1}},"plan":{"n":3,"other":1,"values":{"pro":2}}}"#
+        );
+    }
+
+    #[test]
+    fn ties_in_top_k_break_by_value_bytes() {
+        let json = summary_of(
+            &[
+                r#"{"k":"b"}"#,
+                r#"{"k":"a"}"#,
+                r#"{"k":"c"}"#,
+                r#"{"k":"B"}"#,
+            ],
+            2,
+        );
+        assert_eq!(json, r#"{"k":{"n":4,"other":2,"values":{"B":1,"a":1}}}"#);
+    }
+
+    #[test]
+    fn numbers_give_sum_min_max() {
+        let json = summary_of(
+            &[
+                r#"{"amount":9}"#,
+                r#"{"amount":99.5}"#,
+                r#"{"amount":-0.5}"#,
+            ],
+            20,
+        );
+        assert_eq!(
+            json,
+            r#"{"amount":{"max":99.5,"min":-0.5,"n":3,"sum":108}}"#
+        );
+    }
+
+    #[test]
+    fn a_key_with_several_types_gets_each_part() {
+        let json = summary_of(
+            &[r#"{"x":1}"#, r#"{"x":"one"}"#, r#"{"x":{"b":1,"a":[2]}}"#],
+            20,
+        );
+        assert_eq!(
+            json,
+            r#"{"x":{"max":1,"min":1,"n":3,"other":0,"sum":1,"values":{"one":1,"{\"a\":[2],\"b\":1}":1}}}"#
+        );
+    }
+
+    #[test]
+    fn over_100_keys_the_most_frequent_are_kept() {
+        let mut metas = Vec::new();
+        for i in 0..105 {
+            metas.push(format!(r#"{{"k{i:03}":1}}"#));
+        }
+        metas.push(r#"{"k104":2}"#.to_owned()); // k104 is the most frequent
+        let refs: Vec<&str> = metas.iter().map(String::as_str).collect();
+        let value: Value = serde_json::from_str(&summary_of(&refs, 20)).unwrap();
+        let map = value.as_object().unwrap();
+        assert_eq!(map.len(), MAX_KEYS + 1);
+        assert_eq!(map[DROPPED_KEYS], 5);
+        assert!(map.contains_key("k104"));
+        assert!(map.contains_key("k000") && map.contains_key("k098"));
+        assert!(
+            !map.contains_key("k099"),
+            "ties are broken by key: k099..k103 go"
+        );
+    }
+
+    #[test]
+    fn numbers_read_the_same_from_either_database_s_text() {
+        // SQLite hands over the text as written; PostgreSQL's jsonb normalises it.
+        assert_eq!(
+            summary_of(&[r#"{"n":1.2345e29}"#], 20),
+            summary_of(&[r#"{"n":123450000000000000000000000000}"#], 20)
+        );
+        assert_eq!(
+            summary_of(&[r#"{"n":1.2345e29}"#], 20),
+            r#"{"n":{"max":1.2345e+29,"min":1.2345e+29,"n":1,"sum":1.2345e+29}}"#
+        );
+        assert_eq!(
+            summary_of(&[r#"{"x":[1e1,10.0,10,{"b":2.50}]}"#], 20),
+            r#"{"x":{"n":1,"other":0,"values":{"[10,10,10,{\"b\":2.5}]":1}}}"#
+        );
+    }
+
+    #[test]
+    fn exact_sum_does_not_depend_on_order() {
+        let xs = [1e16, 1.0, -1e16, 0.1, 0.2, 3.3e-5, -0.3];
+        let forward = xs.iter().fold(ExactSum::default(), |mut s, &x| {
+            s.add(x);
+            s
+        });
+        let backward = xs.iter().rev().fold(ExactSum::default(), |mut s, &x| {
+            s.add(x);
+            s
+        });
+        assert_eq!(forward.total().to_bits(), backward.total().to_bits());
+        assert_eq!(forward.total(), 1.000033);
+    }
+}
