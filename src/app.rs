@@ -29,6 +29,8 @@ pub struct ServeSettings {
     pub job: RunOptions,
     pub bind: SocketAddr,
     pub max_range_days: u32,
+    /// Runs that requests may have going at once.
+    pub max_http_runs: usize,
     /// A cron expression, evaluated in the job's zone.
     pub schedule: Option<String>,
     pub secret: CronSecret,
@@ -69,7 +71,7 @@ impl Application {
             ))
         })?;
         let address = listener.local_addr().unwrap_or(settings.bind);
-        let runner = Runner::new(store, settings.job);
+        let runner = Runner::with_requested_runs(store, settings.job, settings.max_http_runs);
         let state = AppState::with_runner(runner.clone(), settings.max_range_days, settings.secret);
         Ok(Self {
             listener,

@@ -15,7 +15,7 @@ use crate::config::{
     CronSecret, GlobalArgs, JobArgs, LogFormat, MIN_SECRET_LEN, RangeArgs, ServeArgs,
 };
 use crate::error::Error;
-use crate::model::{RunRecord, RunReport};
+use crate::model::{MAX_RUNS_LISTED, RunRecord, RunReport};
 use crate::progress::TerminalProgress;
 use crate::runner::Runner;
 use crate::store::{RollupStore as _, RunHistory as _, Store};
@@ -76,9 +76,13 @@ pub struct TelemetryDailyArgs {
 /// Flags of `runs`.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
-    /// How many runs, newest first.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// How many runs, newest first (at most 100).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=MAX_RUNS_LISTED as i64))]
     pub limit: u32,
+
+    /// Show this one run, with its whole report.
+    #[arg(long, conflicts_with = "limit")]
+    pub id: Option<i64>,
 
     /// Print the runs as JSON.
     #[arg(long)]
@@ -186,15 +190,37 @@ async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Resul
 }
 
 async fn runs(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode, Error> {
-    let runs = connect(global).await?.recent_runs(args.limit).await?;
+    let store = connect(global).await?;
+    if let Some(id) = args.id {
+        let run = store
+            .run(id)
+            .await?
+            .ok_or_else(|| Error::Usage(format!("--id {id}: no such run in job_runs")))?;
+        match (&run.report, args.json) {
+            (_, true) => write_stdout(&format!("{}\n", to_json(&run))),
+            (Some(report), false) => {
+                write_stdout(&runs_table(std::slice::from_ref(&run)));
+                match serde_json::from_value::<RunReport>(report.clone()) {
+                    Ok(report) => write_stdout(&format!("\n{}", report.to_table())),
+                    Err(_) => write_stdout(&format!("\n{}\n", to_json(report))),
+                }
+            }
+            (None, false) => write_stdout(&runs_table(std::slice::from_ref(&run))),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runs = store.recent_runs(args.limit).await?;
     if args.json {
-        let text = serde_json::to_string_pretty(&runs)
-            .expect("run records hold only strings, numbers and JSON values");
-        write_stdout(&format!("{text}\n"));
+        write_stdout(&format!("{}\n", to_json(&runs)));
     } else {
         write_stdout(&runs_table(&runs));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value)
+        .expect("run records and reports hold only strings, numbers and JSON values")
 }
 
 async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> {
@@ -204,6 +230,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
         job: args.job.run_options(),
         bind: args.bind,
         max_range_days: args.max_range_days,
+        max_http_runs: args.max_http_runs as usize,
         schedule: args.schedule,
         secret: cron_secret()?,
     };
@@ -259,7 +286,7 @@ async fn shutdown_signal() {
 fn runs_table(runs: &[RunRecord]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:>5}  {:<8}  {:<9}  {:<24}  {:<23}  {:>9}\n",
+        "{:>5}  {:<8}  {:<9}  {:<24}  {:<24}  {:>9}\n",
         "id", "trigger", "status", "started (UTC)", "range", "days"
     );
     for run in runs {
@@ -271,7 +298,7 @@ fn runs_table(runs: &[RunRecord]) -> String {
         let days = format!("{}/{}", run.days_done, run.days_total);
         let _ = writeln!(
             out,
-            "{:>5}  {:<8}  {:<9}  {:<24}  {:<23}  {:>9}",
+            "{:>5}  {:<8}  {:<9}  {:<24}  {:<24}  {:>9}",
             run.id, run.trigger, run.status, run.started_at, range, days
         );
     }
@@ -284,9 +311,7 @@ fn runs_table(runs: &[RunRecord]) -> String {
 /// Prints the report as a table, or as JSON with `json`.
 fn print_report(report: &RunReport, json: bool) {
     if json {
-        let text = serde_json::to_string_pretty(report)
-            .expect("a run report holds only strings, numbers and maps with string keys");
-        write_stdout(&format!("{text}\n"));
+        write_stdout(&format!("{}\n", to_json(report)));
     } else {
         write_stdout(&report.to_table());
     }

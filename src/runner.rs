@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -28,18 +29,37 @@ struct Inner {
     job: RunOptions,
     tasks: TaskTracker,
     metrics: Metrics,
+    /// Permits for runs started by requests.
+    requested: Arc<Semaphore>,
+    requested_limit: usize,
 }
 
+/// Runs that requests may have going at once, by default.
+pub const DEFAULT_REQUESTED_RUNS: usize = 4;
+
+/// A run could not start: as many as allowed are going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} runs started by requests are going already; try again when one has finished")]
+pub struct TooManyRuns(pub usize);
+
 impl Runner {
-    /// A runner over `store`. `job` gives the zone, top-K, lookback, read slices and
-    /// lock timeout of every run; each run sets its own range, dry run and trigger.
+    /// A runner over `store`. `job` gives the zone, top-K, lookback, read slices,
+    /// memory limit and lock timeout of every run; each run sets its own range, dry
+    /// run and trigger. At most [`DEFAULT_REQUESTED_RUNS`] requested runs at once.
     pub fn new(store: Store, job: RunOptions) -> Self {
+        Self::with_requested_runs(store, job, DEFAULT_REQUESTED_RUNS)
+    }
+
+    /// [`Runner::new`] allowing `requested_runs` runs started by requests at once.
+    pub fn with_requested_runs(store: Store, job: RunOptions, requested_runs: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 job,
                 tasks: TaskTracker::new(),
                 metrics: Metrics::new(),
+                requested: Arc::new(Semaphore::new(requested_runs.max(1))),
+                requested_limit: requested_runs.max(1),
             }),
         }
     }
@@ -80,8 +100,18 @@ impl Runner {
     /// logs and counts its own outcome, so it is on record even if no one awaits it
     /// (a caller that hung up, say).
     pub fn spawn(&self, options: RunOptions) -> JoinHandle<Result<RunReport, RunError>> {
+        self.spawn_holding(options, None)
+    }
+
+    /// [`Runner::spawn`], the run holding `permit` until it ends.
+    fn spawn_holding(
+        &self,
+        options: RunOptions,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> JoinHandle<Result<RunReport, RunError>> {
         let runner = self.clone();
         self.inner.tasks.spawn(async move {
+            let _permit = permit;
             let outcome = telemetry_daily::run(&runner.inner.store, &options).await;
             if let Err(error) = &outcome {
                 tracing::warn!(%error, trigger = options.trigger.as_str(), "run did not start");
@@ -89,6 +119,22 @@ impl Runner {
             runner.observe(options.trigger, &outcome);
             outcome
         })
+    }
+
+    /// Starts a run asked for by a request, unless as many as allowed are going
+    /// already. The run keeps its place until it ends, even if its caller hangs up.
+    ///
+    /// # Errors
+    ///
+    /// [`TooManyRuns`] when none can start now.
+    pub fn spawn_requested(
+        &self,
+        options: RunOptions,
+    ) -> Result<JoinHandle<Result<RunReport, RunError>>, TooManyRuns> {
+        let permit = Arc::clone(&self.inner.requested)
+            .try_acquire_owned()
+            .map_err(|_| TooManyRuns(self.inner.requested_limit))?;
+        Ok(self.spawn_holding(options, Some(permit)))
     }
 
     /// Starts a run of the built-in schedule: the default range, with the earlier

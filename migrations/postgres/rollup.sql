@@ -32,7 +32,10 @@ CREATE TABLE IF NOT EXISTS job_runs (
     days_total  integer     NOT NULL,
     report      jsonb,
     -- The source's highest id when a --changed run started.
-    source_watermark bigint
+    source_watermark bigint,
+    -- The report in brief (totals, the first failed days), for listings.
+    summary     jsonb
 );
--- Tables made before source_watermark existed.
+-- Tables made before these columns existed.
 ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS source_watermark bigint;
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS summary jsonb;

@@ -32,5 +32,7 @@ CREATE TABLE IF NOT EXISTS job_runs (
     days_total  integer NOT NULL,
     report      text,
     -- The source's highest id when a --changed run started.
-    source_watermark integer
+    source_watermark integer,
+    -- The report in brief (totals, the first failed days), for listings.
+    summary     text
 );

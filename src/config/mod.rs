@@ -27,7 +27,9 @@ pub struct GlobalArgs {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://veris.db",
-        global = true
+        global = true,
+        // `--help` would print the environment's value, password included.
+        hide_env_values = true
     )]
     pub database_url: String,
 
@@ -88,6 +90,15 @@ pub struct JobArgs {
     #[arg(long)]
     pub spill_dir: Option<std::path::PathBuf>,
 
+    /// Runs the history keeps in job_runs; older ones are deleted as runs end.
+    #[arg(
+        long,
+        env = "TELEMETRY_KEEP_RUNS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub keep_runs: u32,
+
     /// Time slices each day is read in, concurrently over as many connections.
     #[arg(
         long,
@@ -110,6 +121,7 @@ impl JobArgs {
             read_slices: self.read_slices,
             memory_limit: self.memory_limit,
             spill_dir: self.spill_dir.clone(),
+            keep_runs: self.keep_runs,
             ..RunOptions::default()
         }
     }
@@ -130,6 +142,15 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_range_days: u32,
+
+    /// Runs that requests may have going at once; one more is answered 429.
+    #[arg(
+        long,
+        env = "TELEMETRY_MAX_HTTP_RUNS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub max_http_runs: u32,
 
     /// Run the job on this cron schedule, in --timezone: five fields ("0 2 * * *"),
     /// or six with seconds first. Each run covers the default range, plus earlier

@@ -16,12 +16,21 @@ pub struct CronSecret {
 }
 
 impl CronSecret {
-    /// Accepts `secret` if it has at least [`MIN_SECRET_LEN`] characters.
+    /// Accepts `secret` if it has at least [`MIN_SECRET_LEN`] characters and no
+    /// whitespace at either end (a secret read from a file with its newline could
+    /// never be sent back in a header, so every request would be refused).
     ///
     /// # Errors
     ///
     /// A message saying what is wrong, without the secret.
     pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.trim() != secret {
+            return Err(
+                "CRON_SECRET starts or ends with whitespace (a newline from a secret file?); \
+                 no request could present it: remove it"
+                    .to_owned(),
+            );
+        }
         if secret.chars().count() < MIN_SECRET_LEN {
             return Err(format!(
                 "CRON_SECRET must have at least {MIN_SECRET_LEN} characters (it has {})",
@@ -56,6 +65,17 @@ mod tests {
     fn short_secrets_are_refused_without_echoing_them() {
         let error = CronSecret::new("tooshort").unwrap_err();
         assert!(!error.contains("tooshort"));
+        for padded in [
+            "0123456789abcdef\n",
+            " 0123456789abcdef",
+            "0123456789abcdef\t",
+        ] {
+            let error = CronSecret::new(padded).unwrap_err();
+            assert!(
+                error.contains("whitespace") && !error.contains("0123"),
+                "{error}"
+            );
+        }
         assert!(CronSecret::new("0123456789abcdef").is_ok());
     }
 

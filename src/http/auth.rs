@@ -14,15 +14,22 @@ fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Lets a request through only with the right bearer token; otherwise 401.
+/// Lets a request through only with the right bearer token; otherwise 401. More
+/// than one `Authorization` header is refused (400) rather than one of them picked.
 pub async fn require_bearer(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let authorized = request
-        .headers()
-        .get(AUTHORIZATION)
+    let mut headers = request.headers().get_all(AUTHORIZATION).iter();
+    let (first, second) = (headers.next(), headers.next());
+    if second.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_authorization",
+            "more than one Authorization header; send exactly one",
+        ));
+    }
+    let authorized = first
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token)
         .is_some_and(|token| state.secret().verify(token));

@@ -5,6 +5,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// When a caller refused for too many runs may try again: most runs over a few
+/// days end within that.
+const RETRY_AFTER_SECONDS: &str = "10";
+
 /// Every way a request can fail before it yields a run report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -23,6 +27,15 @@ pub enum ApiError {
     /// Another run holds one of the requested days.
     #[error("{0}")]
     Conflict(String),
+    /// As many runs as allowed are going; answered with `Retry-After`.
+    #[error("{0}")]
+    TooManyRuns(String),
+    /// No run has that id.
+    #[error("no run with that id is recorded in job_runs")]
+    RunNotFound,
+    /// The day locks cannot be taken (the SQLite lock file, say); the log says why.
+    #[error("the day locks cannot be taken; the server's log says why")]
+    LocksUnavailable,
     /// The body did not arrive in time.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -57,6 +70,9 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRuns(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RunNotFound => StatusCode::NOT_FOUND,
+            ApiError::LocksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -73,6 +89,9 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "day_busy",
+            ApiError::TooManyRuns(_) => "too_many_runs",
+            ApiError::RunNotFound => "run_not_found",
+            ApiError::LocksUnavailable => "locks_unavailable",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -96,6 +115,12 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TooManyRuns(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
             }
             _ => {}
         }

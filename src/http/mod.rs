@@ -1,46 +1,53 @@
 //! The HTTP endpoint: `veris-jobs serve`.
 //!
 //! [`router`] answers `/api/jobs/telemetry-daily` (GET and POST: a run),
-//! `/api/jobs/runs` (the run history) and `/metrics`, all bearer-protected, and
-//! `/healthz`; it is a plain axum `Router`, so an existing axum application can mount
-//! it. [`serve`] runs it on a listener until a shutdown signal, then waits for the
-//! runs under way to finish; it cuts off clients that take too long to send a
-//! request's headers or body. Handlers parse, call the [`Runner`] or the store's
-//! readers, and answer; the SQL stays in [`crate::store`].
+//! `/api/jobs/runs` and `/api/jobs/runs/{id}` (the run history) and `/metrics`, all
+//! bearer-protected, and `/healthz`; it is a plain axum `Router`, so an existing axum
+//! application can mount it. [`serve`] runs it on a listener until a shutdown
+//! signal, then waits for the runs under way to finish. Handlers parse, call the
+//! [`Runner`] or the store's readers, and answer; the SQL stays in [`crate::store`].
+//!
+//! What a request cannot take from the server: more than [`MAX_CONNECTIONS`] open
+//! connections (the rest wait in the kernel's queue), more than the runner's limit of
+//! runs at once (429), a head or body that never finishes (cut off), a listing that
+//! grows with the history (at most 100 runs, without their reports). Ambiguous
+//! requests are refused rather than guessed at.
 //!
 //! A run started by a request goes on to its end even if the caller hangs up: it
-//! runs on a task of its own, whose outcome is logged.
+//! runs on a task of its own, whose outcome is logged. A dry run whose caller hangs
+//! up is stopped: it would write nothing, and no one is left to read its report.
 
 mod auth;
 mod error;
+mod job;
+mod log;
 mod request;
+mod runs;
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::header;
+use axum::middleware;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub(crate) use self::error::ApiError;
-pub(crate) use self::request::RunRequest;
 
 use crate::config::CronSecret;
-use crate::model::{RunReport, Trigger};
 use crate::runner::Runner;
-use crate::store::{RollupStore as _, RunHistory as _, Store, StoreError};
-use crate::telemetry_daily::{RunError, RunOptions};
+use crate::store::{RollupStore as _, Store};
+use crate::telemetry_daily::RunOptions;
 
 /// The largest request body accepted.
 pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -51,6 +58,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's line and headers; a connection
 /// that takes longer is closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections [`serve`] holds open at once by default; further clients wait in the
+/// kernel's accept queue until one closes.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// The job's path.
 pub(crate) const JOB_PATH: &str = "/api/jobs/telemetry-daily";
@@ -67,6 +78,7 @@ pub struct AppState {
     secret: Arc<CronSecret>,
     body_timeout: Duration,
     header_timeout: Duration,
+    max_connections: usize,
 }
 
 impl AppState {
@@ -85,6 +97,7 @@ impl AppState {
             secret: Arc::new(secret),
             body_timeout: BODY_TIMEOUT,
             header_timeout: HEADER_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 
@@ -102,62 +115,51 @@ impl AppState {
         self
     }
 
+    /// The same state with another cap on the connections [`serve`] holds open
+    /// (default [`MAX_CONNECTIONS`]).
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
     fn secret(&self) -> &CronSecret {
         &self.secret
     }
+}
 
-    /// Runs a request's job and waits for it. If the caller goes away, the run
-    /// still finishes.
-    async fn run(&self, request: RunRequest) -> Result<RunReport, ApiError> {
-        let options = RunOptions {
-            range: request.range,
-            dry_run: request.dry_run,
-            force: false,
-            changed: false,
-            // A day held by another run is answered 409 at once, never waited for.
-            lock_timeout: Duration::ZERO,
-            trigger: Trigger::Http,
-            ..self.runner.job().clone()
-        };
-        match self.runner.spawn(options).await {
-            Ok(outcome) => outcome.map_err(run_error),
-            Err(join_error) => Err(ApiError::Internal(format!(
-                "the run ended abnormally: {join_error}"
-            ))),
-        }
-    }
+/// A route that answers `allow`ed methods and 405 to any other, HEAD included (a
+/// probe must not start a run, and a HEAD of a listing would read it for nothing).
+fn only(route: MethodRouter<AppState>, allow: &'static str) -> MethodRouter<AppState> {
+    let not_allowed = move || async move { ApiError::MethodNotAllowed { allow } };
+    route.head(not_allowed).fallback(not_allowed)
 }
 
 /// The endpoint's routes, ready to serve or to mount in another axum application.
 pub fn router(state: AppState) -> Router {
-    let not_allowed = || async { ApiError::MethodNotAllowed { allow: "GET, POST" } };
-    // HEAD is answered 405 rather than served as a GET: a probe must not start a run.
-    let job = get(run_from_query)
-        .post(run_from_body)
-        .head(not_allowed)
-        .fallback(not_allowed);
-    let protected = Router::new()
-        .route(JOB_PATH, job.clone())
-        // Served as it is, never redirected: cron callers do not follow redirects.
-        .route(&format!("{JOB_PATH}/"), job)
-        .route(
-            "/metrics",
-            get(metrics).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+    let run = || {
+        only(
+            get(job::run_from_query).post(job::run_from_body),
+            "GET, POST",
         )
-        .route(RUNS_PATH, runs_route())
-        .route(&format!("{RUNS_PATH}/"), runs_route())
+    };
+    let runs = || only(get(runs::recent), "GET");
+    let protected = Router::new()
+        .route(JOB_PATH, run())
+        // Served as they are, never redirected: cron callers do not follow redirects.
+        .route(&format!("{JOB_PATH}/"), run())
+        .route(RUNS_PATH, runs())
+        .route(&format!("{RUNS_PATH}/"), runs())
+        .route(&format!("{RUNS_PATH}/{{id}}"), only(get(runs::one), "GET"))
+        .route("/metrics", only(get(metrics), "GET"))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,
         ));
     Router::new()
         .merge(protected)
-        .route(
-            "/healthz",
-            get(healthz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
-        )
-        .fallback(not_found)
-        .layer(middleware::from_fn(log_request))
+        .route("/healthz", only(get(healthz), "GET"))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn(log::log_request))
         .with_state(state)
 }
 
@@ -167,7 +169,8 @@ pub fn router(state: AppState) -> Router {
 ///
 /// HTTP/1.1 only. A connection whose request line and headers take longer than the
 /// state's header timeout is closed, so slow clients can neither pile up open
-/// connections nor hold up a shutdown.
+/// connections nor hold up a shutdown; past the state's connection cap, further
+/// clients wait to be accepted.
 ///
 /// An error accepting a connection (out of file descriptors, say) is logged, and
 /// serving goes on.
@@ -177,6 +180,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let runner = state.runner.clone();
+    let open = Arc::new(Semaphore::new(state.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper times out a request's head only when it has a timer.
     http.timer(TokioTimer::new())
@@ -185,13 +189,20 @@ pub async fn serve(
     let connections = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
+        let (stream, place) = tokio::select! {
+            // A place is taken before accepting, so that past the cap clients wait in
+            // the kernel's queue rather than in this process's memory.
+            accepted = async {
+                let place = Arc::clone(&open).acquire_owned().await;
+                (listener.accept().await, place)
+            } => match accepted {
+                (Ok((stream, _)), Ok(place)) => (stream, place),
+                (Err(error), _) => {
                     accept_failed(&error).await;
                     continue;
                 }
+                // The semaphore is never closed.
+                (Ok(_), Err(_)) => continue,
             },
             () = &mut shutdown => break,
         };
@@ -201,6 +212,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection closed with an error");
             }
+            drop(place);
         });
     }
     drop(listener);
@@ -224,78 +236,6 @@ async fn accept_failed(error: &std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// The requested range, passed from the handler to the request log line.
-#[derive(Debug, Clone, Copy)]
-struct Requested(RunRequest);
-
-async fn run_from_query(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    match RunRequest::from_query(query.as_deref().unwrap_or(""), state.max_range_days) {
-        Ok(request) => run_and_answer(&state, request).await,
-        Err(error) => error.into_response(),
-    }
-}
-
-async fn run_from_body(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    // A client that sends its body slowly, or never finishes it, is cut off.
-    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
-    let body = match tokio::time::timeout(state.body_timeout, read).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                ApiError::PayloadTooLarge.into_response()
-            } else {
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("the request body could not be read: {error}"),
-                )
-                .into_response()
-            };
-        }
-        Err(_) => return ApiError::RequestTimeout.into_response(),
-    };
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if !body.iter().all(u8::is_ascii_whitespace) && !is_json {
-        return ApiError::UnsupportedMediaType.into_response();
-    }
-    match RunRequest::from_json(&body, state.max_range_days) {
-        Ok(request) => run_and_answer(&state, request).await,
-        Err(error) => error.into_response(),
-    }
-}
-
-async fn run_and_answer(state: &AppState, request: RunRequest) -> Response {
-    let mut response = match state.run(request).await {
-        Ok(report) => {
-            let status = if report.ok {
-                StatusCode::OK
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            (status, Json(report)).into_response()
-        }
-        Err(error) => error.into_response(),
-    };
-    response.extensions_mut().insert(Requested(request));
-    response
-}
-
-fn run_error(error: RunError) -> ApiError {
-    match error {
-        RunError::Store(busy @ StoreError::DayBusy { .. }) => ApiError::Conflict(busy.to_string()),
-        RunError::Store(store) if store.is_unreachable() => {
-            ApiError::Unavailable(store.to_string())
-        }
-        RunError::Date(date) => ApiError::bad_request("invalid_range", date.to_string()),
-        other => ApiError::Internal(other.to_string()),
-    }
-}
-
 /// `GET /metrics`: the runs of this process, in Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> Response {
     let content_type = [(
@@ -305,72 +245,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
     (content_type, state.runner.metrics().render()).into_response()
 }
 
-fn runs_route() -> axum::routing::MethodRouter<AppState> {
-    get(recent_runs).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } })
-}
-
-/// `GET /api/jobs/runs?limit=N`: the most recent runs, newest first (20 by default).
-async fn recent_runs(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let mut limit = 20u32;
-    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        if key != "limit" {
-            return ApiError::bad_request(
-                "unknown_field",
-                format!("unknown parameter '{}'; expected limit", key.escape_debug()),
-            )
-            .into_response();
-        }
-        match value.parse::<u32>() {
-            Ok(n) if (1..=10_000).contains(&n) => limit = n,
-            _ => {
-                return ApiError::bad_request(
-                    "invalid_limit",
-                    "limit must be a whole number from 1 to 10000",
-                )
-                .into_response();
-            }
-        }
-    }
-    match state.runner.store().recent_runs(limit).await {
-        Ok(runs) => Json(json!({ "runs": runs })).into_response(),
-        Err(error) if error.is_unreachable() => {
-            ApiError::Unavailable(error.to_string()).into_response()
-        }
-        Err(error) => ApiError::Internal(error.to_string()).into_response(),
-    }
-}
-
+/// `GET /healthz`: 200 when the database answers, else 503.
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.runner.store().ping().await {
         Json(json!({"status": "ok"})).into_response()
     } else {
         ApiError::Unavailable("the database does not answer".into()).into_response()
     }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound
-}
-
-/// One log line per request: method, path, status, duration and, for runs, the
-/// requested range. Headers are never logged, so the secret cannot leak here.
-async fn log_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    let requested = response.extensions().get::<Requested>().map(|r| r.0);
-    let range = requested
-        .and_then(|r| r.range)
-        .map_or_else(|| "default".to_owned(), |range| range.to_string());
-    tracing::info!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        range = requested.map(|_| range),
-        dry_run = requested.map(|r| r.dry_run),
-        "request"
-    );
-    response
 }

@@ -68,15 +68,12 @@ impl RunRequest {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-        })?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::bad_request(
+        let Fields(fields) = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
                 "invalid_json",
-                "the body must be a JSON object",
-            ));
-        };
+                format!("the body is not a JSON object: {e}"),
+            )
+        })?;
         if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(unknown_field(unknown));
         }
@@ -127,6 +124,40 @@ impl RunRequest {
             ));
         }
         Ok(Self { range, dry_run })
+    }
+}
+
+/// A JSON object's fields, refusing a key given twice (which `serde_json::Value`
+/// would silently resolve to the last).
+struct Fields(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
+                let mut fields = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<Value>()?;
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "'{}' is given more than once",
+                            key.escape_debug()
+                        )));
+                    }
+                    fields.insert(key, value);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
     }
 }
 
@@ -213,6 +244,14 @@ mod tests {
         assert_eq!(request.range, Some(DayRange::single(date(2024, 1, 1))));
         assert_eq!(code(RunRequest::from_json(b"{", 366)), "invalid_json");
         assert_eq!(code(RunRequest::from_json(b"[]", 366)), "invalid_json");
+        let repeated = RunRequest::from_json(br#"{"dryRun":true,"dryRun":false}"#, 366);
+        assert_eq!(code(repeated.clone()), "invalid_json");
+        assert!(
+            repeated
+                .unwrap_err()
+                .to_string()
+                .contains("'dryRun' is given more than once")
+        );
         assert_eq!(
             code(RunRequest::from_json(br#"{"start":"2024-01-01"}"#, 366)),
             "unknown_field"

@@ -29,7 +29,10 @@ pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};
 pub use self::meta::{MAX_DEPTH, canonical_json};
 pub use self::report::{ChangedDays, DayReport, DayStatus, RunReport, Totals};
-pub use self::runs::{JOB_NAME, NewRun, RunRecord, RunStatus, Trigger};
+pub use self::runs::{
+    FailedDay, JOB_NAME, MAX_RUNS_LISTED, NewRun, RunRecord, RunStatus, RunSummary,
+    SUMMARY_ERROR_CHARS, SUMMARY_FAILED_DAYS, Trigger,
+};
 pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};
 pub use self::summary::{DROPPED_KEYS, MAX_KEYS};
 

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::days::DayRange;
+use super::report::{DayStatus, RunReport, Totals};
 
 /// The job's name, as reports, logs and `job_runs.job` give it.
 pub const JOB_NAME: &str = "telemetry-daily";
@@ -66,6 +67,10 @@ impl RunStatus {
 }
 
 /// One row of `job_runs`, as `runs` and `GET /api/jobs/runs` show it.
+///
+/// A listing carries each run's [`RunSummary`], never its report, so that its size
+/// does not depend on how long the runs were; one run asked for by id carries its
+/// full report too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
@@ -81,8 +86,79 @@ pub struct RunRecord {
     pub status: String,
     pub days_done: i64,
     pub days_total: i64,
-    /// The run report, once the run has finished.
-    pub report: Option<serde_json::Value>,
     /// The source's highest id when a `--changed` run started.
     pub source_watermark: Option<i64>,
+    /// What the run came to, once it has finished (`null` for runs recorded by a
+    /// version that kept no summaries).
+    pub summary: Option<RunSummary>,
+    /// The whole run report: only when one run is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+}
+
+/// Runs one listing shows at most.
+pub const MAX_RUNS_LISTED: u32 = 100;
+
+/// Failed days a [`RunSummary`] names at most.
+pub const SUMMARY_FAILED_DAYS: usize = 10;
+
+/// Characters of a failed day's error a [`RunSummary`] keeps at most.
+pub const SUMMARY_ERROR_CHARS: usize = 300;
+
+/// A finished run in brief: a few hundred bytes whatever its range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// False when any day failed.
+    pub ok: bool,
+    /// Whether the run wrote nothing (only in reports; dry runs are not recorded).
+    pub dry_run: bool,
+    /// The report's sums over all days.
+    pub totals: Totals,
+    /// Wall time of the whole run.
+    pub duration_ms: u64,
+    /// How many days failed.
+    pub failed_days_total: u64,
+    /// The first failed days, with their errors (cut short).
+    pub failed_days: Vec<FailedDay>,
+}
+
+/// A day that failed, as a [`RunSummary`] names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedDay {
+    pub date: String,
+    pub error: String,
+}
+
+impl RunSummary {
+    /// The summary of `report`.
+    pub fn of(report: &RunReport) -> Self {
+        let failed: Vec<_> = report
+            .days
+            .iter()
+            .filter(|day| day.status == DayStatus::Failed)
+            .collect();
+        Self {
+            ok: report.ok,
+            dry_run: report.dry_run,
+            totals: report.totals.clone(),
+            duration_ms: report.duration_ms,
+            failed_days_total: failed.len() as u64,
+            failed_days: failed
+                .into_iter()
+                .take(SUMMARY_FAILED_DAYS)
+                .map(|day| FailedDay {
+                    date: day.date.clone(),
+                    error: day
+                        .error
+                        .as_deref()
+                        .unwrap_or("")
+                        .chars()
+                        .take(SUMMARY_ERROR_CHARS)
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }

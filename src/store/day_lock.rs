@@ -1,10 +1,17 @@
 //! Holding days for one run.
 //!
 //! On PostgreSQL a run holds session advisory locks on a connection of its own; on
-//! SQLite it holds byte-range locks on a lock file beside the database, one byte per
-//! day. Both vanish with the process, so a crashed run never leaves a day stuck.
+//! SQLite it holds byte-range locks on a lock file beside the database (beside the
+//! file itself, symbolic links resolved), one byte per day. Both vanish with the
+//! process, so a crashed run never leaves a day stuck.
+//!
+//! A run checks its locks before each day's write ([`Held::verify`]): the session
+//! holding PostgreSQL's locks can be closed under it (an idle timeout, a pooler,
+//! `pg_terminate_backend`), and the SQLite lock file can be moved or replaced; either
+//! way another run could take the days, so the run stops writing.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
@@ -19,20 +26,71 @@ use crate::model::day_number;
 #[derive(Debug)]
 pub(super) enum Held {
     /// A connection holding one advisory lock per day.
-    Postgres(PgConnection),
-    /// An open lock file holding one byte-range lock per day.
-    File(#[allow(dead_code)] File),
+    Postgres { conn: PgConnection, days: usize },
+    /// An open lock file holding one byte-range lock per day, and where it lies.
+    File { file: File, path: PathBuf },
 }
 
 impl Held {
     pub(super) async fn release(self) {
         match self {
             // Closing the session releases its advisory locks.
-            Held::Postgres(conn) => {
+            Held::Postgres { conn, .. } => {
                 let _ = conn.close().await;
             }
-            Held::File(file) => drop(file),
+            Held::File { file, .. } => drop(file),
         }
+    }
+
+    /// Whether the days are still held.
+    pub(super) async fn verify(&mut self) -> Result<(), StoreError> {
+        match self {
+            Held::Postgres { conn, days } => {
+                let held: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks \
+                     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted",
+                )
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|error| {
+                    StoreError::LockLost(format!(
+                        "the connection holding the day locks was lost ({error})"
+                    ))
+                })?;
+                if usize::try_from(held) != Ok(*days) {
+                    return Err(StoreError::LockLost(format!(
+                        "the session holds {held} of its {days} day locks"
+                    )));
+                }
+                Ok(())
+            }
+            Held::File { file, path } => {
+                if same_file(file, path) {
+                    Ok(())
+                } else {
+                    Err(StoreError::LockLost(
+                        "the lock file beside the database was moved or replaced".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
     }
 }
 
@@ -49,13 +107,39 @@ pub(super) async fn lock_file_days(
         path: path.display().to_string(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(lock_error)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        // Readable by its owner only: anyone who can open it can lock bytes of it.
+        options.mode(0o600);
+        let file = options.open(path).map_err(lock_error)?;
+        // A file made by an earlier version with the umask's mode is narrowed too.
+        if let Ok(metadata) = file.metadata()
+            && metadata.permissions().mode() & 0o077 != 0
+        {
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
+        return lock_in(file, path, days, wait).await;
+    }
+    #[cfg(not(unix))]
+    {
+        let file = options.open(path).map_err(lock_error)?;
+        lock_in(file, path, days, wait).await
+    }
+}
+
+async fn lock_in(
+    file: File,
+    path: &Path,
+    days: &[Date],
+    wait: Duration,
+) -> Result<Held, StoreError> {
+    let lock_error = |source| StoreError::LockFile {
+        path: path.display().to_string(),
+        source,
+    };
     let started = Instant::now();
     for &date in days {
         loop {
@@ -69,7 +153,10 @@ pub(super) async fn lock_file_days(
             tokio::time::sleep(POLL.min(wait.saturating_sub(started.elapsed()))).await;
         }
     }
-    Ok(Held::File(file))
+    Ok(Held::File {
+        file,
+        path: path.to_owned(),
+    })
 }
 
 /// Days before 1970 have negative numbers; the offset keeps every date's byte positive.
@@ -101,9 +188,20 @@ mod byte_lock {
         }
         let error = io::Error::last_os_error();
         match error.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-            _ => Err(error),
+            Some(libc::EAGAIN) | Some(libc::EACCES) => {}
+            _ => return Err(error),
         }
+        // Runs take only exclusive locks: a shared one is some other program's, and
+        // waiting for it would not end. Say so rather than call the day busy.
+        // SAFETY: as above; `F_OFD_GETLK` writes the conflicting lock into `lock`.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
+        if rc == 0 && lock.l_type == libc::F_RDLCK as libc::c_short {
+            return Err(io::Error::other(
+                "another program holds a shared lock on it (veris-jobs runs take only \
+                 exclusive locks); cannot lock",
+            ));
+        }
+        Ok(false)
     }
 }
 
@@ -151,5 +249,8 @@ pub(super) async fn lock_pg_days(
             tokio::time::sleep(POLL.min(wait.saturating_sub(started.elapsed()))).await;
         }
     }
-    Ok(Held::Postgres(conn))
+    Ok(Held::Postgres {
+        conn,
+        days: days.len(),
+    })
 }

@@ -46,6 +46,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The run's day locks were lost while it held them.
+    #[error("{0}; another run could take the days, so this run writes no more")]
+    LockLost(String),
 }
 
 impl StoreError {

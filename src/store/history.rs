@@ -3,7 +3,7 @@
 //! same values in the same order.
 
 use super::{PgStore, RunHistory, SqliteStore, StoreError, history_read_error, rows};
-use crate::model::{NewRun, RunRecord, RunStatus};
+use crate::model::{NewRun, RunRecord, RunReport, RunStatus, RunSummary};
 
 use super::error::query_error;
 
@@ -16,12 +16,47 @@ struct HistorySql {
     insert: &'static str,
     /// Sets run $1's days done to $2.
     progress: &'static str,
-    /// Ends run $1 with status $2, days done $3 and report $4.
+    /// Ends run $1 with status $2, days done $3, report $4 and summary $5.
     finish: &'static str,
+    /// Deletes finished runs older than the newest $1, but for the run holding the
+    /// latest successful `--changed` watermark.
+    prune: &'static str,
     /// The watermark of job $1's latest successful run that recorded one.
     watermark: &'static str,
-    /// The $1 newest runs, selected as [`rows::run_record`] reads them.
+    /// The $1 newest runs, selected as [`rows::run_record`] reads them (no report).
     recent: &'static str,
+    /// Run $1, with its report.
+    one: &'static str,
+}
+
+/// The columns of `job_runs` as [`rows::run_record`] reads them, on PostgreSQL, with
+/// `$report` for the report and `$tail` after the table.
+macro_rules! pg_runs {
+    ($report:literal, $tail:literal) => {
+        concat!(
+            "SELECT id, job, trigger, ",
+            "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
+            "to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
+            "start_date::text, end_date::text, timezone, status, days_done::int8, days_total::int8, ",
+            "source_watermark, summary::text, ",
+            $report,
+            " FROM job_runs ",
+            $tail
+        )
+    };
+}
+
+/// [`pg_runs!`] on SQLite, which keeps times and dates as text already.
+macro_rules! sqlite_runs {
+    ($report:literal, $tail:literal) => {
+        concat!(
+            "SELECT id, job, trigger, started_at, finished_at, start_date, end_date, timezone, ",
+            "status, days_done, days_total, source_watermark, summary, ",
+            $report,
+            " FROM job_runs ",
+            $tail
+        )
+    };
 }
 
 /// Implements [`RunHistory`] for a backend with a `pool`, given the statement that
@@ -74,20 +109,41 @@ macro_rules! impl_run_history {
             async fn finish_run(
                 &self,
                 id: i64,
-                status: RunStatus,
                 days_done: u32,
-                report_json: &str,
+                report: &RunReport,
             ) -> Result<(), StoreError> {
                 const SQL: HistorySql = $sql;
+                let action = "recording the end of the run";
+                let status = if report.ok {
+                    RunStatus::Ok
+                } else {
+                    RunStatus::Failed
+                };
+                let encode =
+                    |e: serde_json::Error| query_error(action)(sqlx::Error::Encode(Box::new(e)));
+                let report_json = serde_json::to_string(report).map_err(encode)?;
+                let summary_json =
+                    serde_json::to_string(&RunSummary::of(report)).map_err(encode)?;
                 sqlx::query(SQL.finish)
                     .bind(id)
                     .bind(status.as_str())
                     .bind(i64::from(days_done))
                     .bind(report_json)
+                    .bind(summary_json)
                     .execute(&self.pool)
                     .await
-                    .map_err(query_error("recording the end of the run"))?;
+                    .map_err(query_error(action))?;
                 Ok(())
+            }
+
+            async fn prune_runs(&self, keep: u32) -> Result<u64, StoreError> {
+                const SQL: HistorySql = $sql;
+                sqlx::query(SQL.prune)
+                    .bind(i64::from(keep))
+                    .execute(&self.pool)
+                    .await
+                    .map(|done| done.rows_affected())
+                    .map_err(query_error("pruning job_runs"))
             }
 
             async fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError> {
@@ -109,6 +165,16 @@ macro_rules! impl_run_history {
                     .and_then(|found| found.iter().map(rows::run_record).collect())
                     .map_err(history_read_error)
             }
+
+            async fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
+                const SQL: HistorySql = $sql;
+                sqlx::query(SQL.one)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .and_then(|found| found.as_ref().map(rows::run_record).transpose())
+                    .map_err(history_read_error)
+            }
         }
     };
 }
@@ -122,15 +188,16 @@ impl_run_history!(
         insert: "INSERT INTO job_runs (job, trigger, start_date, end_date, timezone, status, days_total, \
                  source_watermark) VALUES ($1, $2, $3::date, $4::date, $5, 'running', $6, $7) RETURNING id",
         progress: "UPDATE job_runs SET days_done = $2 WHERE id = $1",
-        finish: "UPDATE job_runs SET status = $2, days_done = $3, report = $4::jsonb, finished_at = now() \
-                 WHERE id = $1",
+        finish: "UPDATE job_runs SET status = $2, days_done = $3, report = $4::jsonb, \
+                 summary = $5::jsonb, finished_at = now() WHERE id = $1",
+        prune: "DELETE FROM job_runs WHERE status <> 'running' \
+                AND id < (SELECT min(id) FROM (SELECT id FROM job_runs ORDER BY id DESC LIMIT $1) AS newest) \
+                AND id IS DISTINCT FROM (SELECT max(id) FROM job_runs \
+                    WHERE status = 'ok' AND source_watermark IS NOT NULL)",
         watermark: "SELECT source_watermark FROM job_runs WHERE job = $1 AND status = 'ok' \
                     AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
-        recent: "SELECT id, job, trigger, \
-                 to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-                 to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-                 start_date::text, end_date::text, timezone, status, days_done::int8, days_total::int8, \
-                 report::text, source_watermark FROM job_runs ORDER BY id DESC LIMIT $1",
+        recent: pg_runs!("NULL::text", "ORDER BY id DESC LIMIT $1"),
+        one: pg_runs!("report::text", "WHERE id = $1"),
     }
 );
 
@@ -144,11 +211,15 @@ impl_run_history!(
                  days_total, source_watermark) \
                  VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?3, ?4, ?5, 'running', ?6, ?7) RETURNING id",
         progress: "UPDATE job_runs SET days_done = ?2 WHERE id = ?1",
-        finish: "UPDATE job_runs SET status = ?2, days_done = ?3, report = ?4, \
+        finish: "UPDATE job_runs SET status = ?2, days_done = ?3, report = ?4, summary = ?5, \
                  finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        prune: "DELETE FROM job_runs WHERE status <> 'running' \
+                AND id < (SELECT min(id) FROM (SELECT id FROM job_runs ORDER BY id DESC LIMIT ?1)) \
+                AND id IS NOT (SELECT max(id) FROM job_runs \
+                    WHERE status = 'ok' AND source_watermark IS NOT NULL)",
         watermark: "SELECT source_watermark FROM job_runs WHERE job = ?1 AND status = 'ok' \
                     AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
-        recent: "SELECT id, job, trigger, started_at, finished_at, start_date, end_date, timezone, status, \
-                 days_done, days_total, report, source_watermark FROM job_runs ORDER BY id DESC LIMIT ?1",
+        recent: sqlite_runs!("NULL", "ORDER BY id DESC LIMIT ?1"),
+        one: sqlite_runs!("report", "WHERE id = ?1"),
     }
 );

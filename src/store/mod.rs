@@ -51,7 +51,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::model::{
-    DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupRow, RunRecord, RunStatus,
+    DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupRow, RunRecord, RunReport,
 };
 
 pub use self::demo::{DemoData, DemoSample, NewEvent};
@@ -170,7 +170,8 @@ pub trait RunHistory {
         days_done: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Records the end of run `id`: `ok` or `failed`, and its report as JSON.
+    /// Records the end of run `id`: `ok` or `failed` as its report says, the report
+    /// and its summary.
     ///
     /// # Errors
     ///
@@ -178,10 +179,17 @@ pub trait RunHistory {
     fn finish_run(
         &self,
         id: i64,
-        status: RunStatus,
         days_done: u32,
-        report_json: &str,
+        report: &RunReport,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the oldest finished runs beyond the newest `keep`, but never the run
+    /// whose watermark the next `--changed` run starts from. Returns how many went.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be written.
+    fn prune_runs(&self, keep: u32) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// The source watermark of the latest successful run of `job` that recorded one.
     ///
@@ -193,7 +201,8 @@ pub trait RunHistory {
         job: &str,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
-    /// The `limit` most recent runs, newest first.
+    /// The `limit` most recent runs, newest first, with their summaries (not their
+    /// reports).
     ///
     /// # Errors
     ///
@@ -202,6 +211,13 @@ pub trait RunHistory {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<RunRecord>, StoreError>> + Send;
+
+    /// Run `id` with its report, if it is recorded.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be read.
+    fn run(&self, id: i64) -> impl Future<Output = Result<Option<RunRecord>, StoreError>> + Send;
 }
 
 /// Days held by one run; dropping it (or the process ending) lets them go.
@@ -211,6 +227,16 @@ pub struct DayLocks {
 }
 
 impl DayLocks {
+    /// Checks that the days are still held: the PostgreSQL session holding them is
+    /// alive and holds them all, the SQLite lock file is still the one locked.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::LockLost`] when they are not.
+    pub async fn verify(&mut self) -> Result<(), StoreError> {
+        self.inner.verify().await
+    }
+
     /// Lets the days go now.
     pub async fn release(self) {
         self.inner.release().await;
@@ -327,9 +353,11 @@ impl RunHistory for Store {
     forward! {
         fn start_run(&self, run: &NewRun) -> Result<i64, StoreError>;
         fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError>;
-        fn finish_run(&self, id: i64, status: RunStatus, days_done: u32, report_json: &str) -> Result<(), StoreError>;
+        fn finish_run(&self, id: i64, days_done: u32, report: &RunReport) -> Result<(), StoreError>;
+        fn prune_runs(&self, keep: u32) -> Result<u64, StoreError>;
         fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError>;
         fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
+        fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError>;
     }
 }
 

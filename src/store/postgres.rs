@@ -4,7 +4,7 @@
 //! are written with one batched statement per kind (arrays bound to `unnest`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 use jiff::Timestamp;
@@ -42,6 +42,8 @@ pub struct PgStore {
     sql: Arc<Statements>,
     /// Looked up on the first scan: the source table may not exist before `migrate`.
     meta_is_jsonb: Arc<OnceCell<bool>>,
+    /// When the latest health check ended and what it found; held while one runs.
+    last_ping: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
 
 /// Statements that name the configured source table, built once.
@@ -105,6 +107,7 @@ impl PgStore {
             source: source.clone(),
             sql: Arc::new(Statements::new(source)),
             meta_is_jsonb: Arc::new(OnceCell::new()),
+            last_ping: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -126,6 +129,23 @@ impl PgStore {
         .await
         .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
         .map_err(unreachable)
+    }
+
+    /// One health check: the pool within [`PING_TIMEOUT`], then a fresh connection
+    /// within as long again.
+    async fn ping_now(&self) -> bool {
+        let pooled =
+            tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        if matches!(pooled, Ok(Ok(_))) {
+            return true;
+        }
+        let Ok(Ok(mut conn)) = tokio::time::timeout(PING_TIMEOUT, self.fresh_connection()).await
+        else {
+            return false;
+        };
+        let answered = sqlx::query("SELECT 1").execute(&mut conn).await.is_ok();
+        let _ = conn.close().await;
+        answered
     }
 
     /// Whether the source's `meta` column is `jsonb` (sent with a version byte) rather
@@ -311,19 +331,19 @@ impl RollupStore for PgStore {
     }
 
     /// Asks through the pool, and if that fails on a fresh connection: a pooled
-    /// connection may be one the server has just closed.
+    /// connection may be one the server has just closed. One check at a time: checks
+    /// that arrive meanwhile take its answer, so that a flood of health checks against
+    /// a silent server opens no more connections than one does.
     async fn ping(&self) -> bool {
-        // A health check answers quickly, well within the pool's connect timeout.
-        let pooled =
-            tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
-        if matches!(pooled, Ok(Ok(_))) {
-            return true;
+        let asked = Instant::now();
+        let mut last = self.last_ping.lock().await;
+        if let Some((answered_at, answered)) = *last
+            && answered_at >= asked
+        {
+            return answered;
         }
-        let Ok(mut conn) = self.fresh_connection().await else {
-            return false;
-        };
-        let answered = sqlx::query("SELECT 1").execute(&mut conn).await.is_ok();
-        let _ = conn.close().await;
+        let answered = self.ping_now().await;
+        *last = Some((Instant::now(), answered));
         answered
     }
 }

@@ -25,8 +25,8 @@ where
 }
 
 /// Reads a `job_runs` row selected as (id, job, trigger, started_at, finished_at,
-/// start_date, end_date, timezone, status, days_done, days_total, report,
-/// source_watermark), all text but the numbers.
+/// start_date, end_date, timezone, status, days_done, days_total, source_watermark,
+/// summary, report), all text but the numbers; a listing selects NULL for the report.
 pub(super) fn run_record<'r, R>(row: &'r R) -> Result<RunRecord, sqlx::Error>
 where
     R: Row,
@@ -34,7 +34,10 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let report: Option<String> = row.try_get(11)?;
+    // Both written by this crate from serialized values; text that does not parse
+    // is left out rather than failing the listing.
+    let summary: Option<String> = row.try_get(12)?;
+    let report: Option<String> = row.try_get(13)?;
     Ok(RunRecord {
         id: row.try_get(0)?,
         job: row.try_get(1)?,
@@ -47,10 +50,9 @@ where
         status: row.try_get(8)?,
         days_done: row.try_get(9)?,
         days_total: row.try_get(10)?,
-        // Written by this crate from a serialized report; text that does not parse is
-        // kept out rather than failing the listing.
+        source_watermark: row.try_get(11)?,
+        summary: summary.and_then(|text| serde_json::from_str(&text).ok()),
         report: report.and_then(|text| serde_json::from_str(&text).ok()),
-        source_watermark: row.try_get(12)?,
     })
 }
 

@@ -20,6 +20,12 @@ use super::{
 };
 use crate::model::{DayChanges, DayWindow, MergeableSink, RollupRow};
 
+/// Columns added since the first version, as (table, column, type).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("job_runs", "source_watermark", "integer"),
+    ("job_runs", "summary", "text"),
+];
+
 /// How long a statement waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,6 +66,16 @@ impl Statements {
                  WHERE created_at >= ?1 AND created_at < ?2"
             ),
         }
+    }
+}
+
+/// A flag raised when dropped.
+#[derive(Debug, Default)]
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -108,8 +124,6 @@ impl SqliteStore {
             // Streaming a big day takes seconds by design: not worth a warning.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let db_path = options.get_filename().to_owned();
-        let mut lock_path = db_path.as_os_str().to_owned();
-        lock_path.push(".veris-lock");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(BUSY_TIMEOUT)
@@ -119,6 +133,12 @@ impl SqliteStore {
                 target: url.to_owned(),
                 source,
             })?;
+        // Beside the file itself, so that every path to it (a symbolic link, say)
+        // shares one lock file. The pool has created the file by now.
+        let mut lock_path = std::fs::canonicalize(&db_path)
+            .unwrap_or_else(|_| db_path.clone())
+            .into_os_string();
+        lock_path.push(".veris-lock");
         Ok(Self {
             pool,
             db_path,
@@ -145,13 +165,15 @@ impl EventSource for SqliteStore {
     ) -> Result<(), StoreError> {
         let action = || format!("reading the events of {} from {}", window.date, self.source);
         let cancelled = || StoreError::Aborted(format!("{} was cancelled", action()));
+        // If this future is dropped (its run stopped), the reader stops too.
+        let stop = StopOnDrop::default();
         let (parts, reader) = sqlite_scan::read_parts(
             &*sink,
             &self.db_path,
             &self.sql.scan,
-            sqlite_bound(window.start),
-            sqlite_bound(window.end),
+            (sqlite_bound(window.start), sqlite_bound(window.end)),
             BUSY_TIMEOUT,
+            &stop.0,
         );
         for part in parts {
             match part.await {
@@ -231,18 +253,24 @@ impl RollupStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(query_error("creating the rollup tables"))?;
-        // Tables made before source_watermark existed (SQLite has no ADD COLUMN IF NOT EXISTS).
-        let has_watermark: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pragma_table_info('job_runs') WHERE name = 'source_watermark'",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query_error("looking at job_runs"))?;
-        if has_watermark == 0 {
-            sqlx::query("ALTER TABLE job_runs ADD COLUMN source_watermark integer")
+        // Columns that tables made by earlier versions lack (SQLite has no ADD COLUMN
+        // IF NOT EXISTS).
+        for (table, column, kind) in ADDED_COLUMNS {
+            let has: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2")
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query_error(&format!("looking at {table}")))?;
+            if has == 0 {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {kind}"
+                )))
                 .execute(&mut *tx)
                 .await
-                .map_err(query_error("adding job_runs.source_watermark"))?;
+                .map_err(query_error(&format!("adding {table}.{column}")))?;
+            }
         }
         tx.commit()
             .await

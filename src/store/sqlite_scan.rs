@@ -12,6 +12,8 @@
 use std::hash::BuildHasher as _;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
@@ -76,9 +78,9 @@ pub(super) fn read_parts<K: MergeableSink>(
     sink: &K,
     path: &Path,
     sql: &str,
-    start: String,
-    end: String,
+    (start, end): (String, String),
     busy_timeout: Duration,
+    stop: &Arc<AtomicBool>,
 ) -> (
     Vec<tokio::task::JoinHandle<K>>,
     tokio::task::JoinHandle<rusqlite::Result<K>>,
@@ -100,8 +102,17 @@ pub(super) fn read_parts<K: MergeableSink>(
         .unzip();
     let (path, sql) = (path.to_owned(), sql.to_owned());
     let own = sink.part(aggregators + 1);
+    let stop = Arc::clone(stop);
     let reader = tokio::task::spawn_blocking(move || {
-        read(own, &path, &sql, &start, &end, busy_timeout, &senders)
+        read(
+            own,
+            &path,
+            &sql,
+            (&start, &end),
+            busy_timeout,
+            &senders,
+            &stop,
+        )
     });
     (parts, reader)
 }
@@ -110,10 +121,10 @@ fn read<K: MergeableSink>(
     mut own: K,
     path: &Path,
     sql: &str,
-    start: &str,
-    end: &str,
+    (start, end): (&str, &str),
     busy_timeout: Duration,
     senders: &[mpsc::Sender<RowBatch>],
+    stop: &AtomicBool,
 ) -> rusqlite::Result<K> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
@@ -140,6 +151,10 @@ fn read<K: MergeableSink>(
         let batch = &mut batches[shard];
         batch.push_row(fields);
         if batch.rows.len() == BATCH_ROWS {
+            // No one waits for the result any more (the run was stopped).
+            if stop.load(Ordering::Relaxed) {
+                return Ok(own);
+            }
             let next = RowBatch {
                 text: String::with_capacity(batch.text.capacity()),
                 rows: Vec::with_capacity(BATCH_ROWS),
@@ -233,10 +248,10 @@ mod tests {
             DayAggregate::new(),
             file.path(),
             SQL,
-            "a",
-            "c",
+            ("a", "c"),
             Duration::ZERO,
             &[],
+            &AtomicBool::new(false),
         )
         .expect("read");
         assert_eq!(read.events_read(), 3 * BATCH_ROWS as u64 + 17);
@@ -256,10 +271,10 @@ mod tests {
             DayAggregate::new(),
             file.path(),
             SQL,
-            "a",
-            "c",
+            ("a", "c"),
             Duration::ZERO,
             &[tx],
+            &AtomicBool::new(false),
         )
         .expect("read");
         let queued = rx.try_recv().expect("one batch was queued");

@@ -12,7 +12,7 @@ use crate::model::{
     DayAggregate, DayReport, DayStatus, DayWindow, MemoryLimit, MergeableSink as _, SpillError,
     diff,
 };
-use crate::store::{EventSource, RollupStore, StoreError};
+use crate::store::{DayLocks, EventSource, RollupStore, StoreError};
 
 /// Why a day failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,11 @@ impl DayError {
     pub(super) fn is_unreachable(&self) -> bool {
         matches!(self, DayError::Store(error) if error.is_unreachable())
     }
+
+    /// Whether the run's day locks are gone.
+    pub(super) fn is_lock_lost(&self) -> bool {
+        matches!(self, DayError::Store(StoreError::LockLost(_)))
+    }
 }
 
 /// Aggregates one day and, unless told otherwise, writes it.
@@ -35,6 +40,7 @@ pub(super) async fn run<S>(
     store: &S,
     window: &DayWindow,
     options: &RunOptions,
+    locks: Option<&mut DayLocks>,
 ) -> Result<DayReport, DayError>
 where
     S: EventSource + RollupStore + Clone + Send + Sync + 'static,
@@ -105,6 +111,10 @@ where
         (day.inserted, day.updated, day.deleted) = (0, 0, 0);
         day.unchanged = stored.len() as u64;
     } else if !options.dry_run && !changes.is_empty() {
+        // Another run may have taken the day if the locks were lost meanwhile.
+        if let Some(locks) = locks {
+            locks.verify().await?;
+        }
         store.write_day(date, &changes).await?;
     }
     day.duration_ms = elapsed_ms(started);

@@ -1,7 +1,7 @@
 //! The run's row in `job_runs`. The history is a record, not a precondition: if it
 //! cannot be written, the run goes on and says so in the log.
 
-use crate::model::{NewRun, RunReport, RunStatus};
+use crate::model::{NewRun, RunReport};
 use crate::store::RunHistory;
 
 pub(super) enum History {
@@ -28,22 +28,23 @@ impl History {
         }
     }
 
+    /// Records the end of the run, then lets the history go beyond its newest
+    /// `keep_runs` rows.
     pub(super) async fn finish<S: RunHistory>(
         &self,
         store: &S,
         report: &RunReport,
         days_done: u32,
+        keep_runs: u32,
     ) {
         let History::Recorded(id) = *self else { return };
-        let status = if report.ok {
-            RunStatus::Ok
-        } else {
-            RunStatus::Failed
-        };
-        let json = serde_json::to_string(report)
-            .expect("a run report holds only strings, numbers and maps with string keys");
-        if let Err(error) = store.finish_run(id, status, days_done, &json).await {
+        if let Err(error) = store.finish_run(id, days_done, report).await {
             tracing::warn!(%error, "the end of the run could not be recorded");
+        }
+        match store.prune_runs(keep_runs).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, keep_runs, "pruned the run history"),
+            Err(error) => tracing::warn!(%error, "the run history could not be pruned"),
         }
     }
 }

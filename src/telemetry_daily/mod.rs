@@ -106,6 +106,8 @@ pub struct RunOptions {
     pub memory_limit: usize,
     /// Where it spills; `None`: the system's temporary directory (`TMPDIR`).
     pub spill_dir: Option<PathBuf>,
+    /// Runs the history keeps (`job_runs` rows); older ones are deleted as runs end.
+    pub keep_runs: u32,
 }
 
 /// The default [`RunOptions::memory_limit`]: 256 MiB.
@@ -126,6 +128,7 @@ impl Default for RunOptions {
             changed: false,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             spill_dir: None,
+            keep_runs: 10_000,
         }
     }
 }
@@ -215,7 +218,7 @@ where
         .iter()
         .map(|&date| DayWindow::new(date, &options.timezone))
         .collect::<Result<Vec<_>, _>>()?;
-    let locks = if options.dry_run {
+    let mut locks = if options.dry_run {
         None
     } else {
         Some(store.lock_days(&dates, options.lock_timeout).await?)
@@ -250,18 +253,22 @@ where
     };
     progress.started(windows.len());
     let mut days_done = 0u32;
-    let mut unreachable: Option<String> = None;
+    // Set when trying further days is pointless: the database no longer answers, or
+    // the day locks are gone.
+    let mut stopped: Option<String> = None;
     for window in &windows {
         let day_started = Instant::now();
-        let day = match &unreachable {
+        let day = match &stopped {
             Some(reason) => day::failed(window.date, format!("not attempted: {reason}"), 0),
-            None => match day::run(store, window, options).await {
+            None => match day::run(store, window, options, locks.as_mut()).await {
                 Ok(day) => day,
                 Err(error) => {
                     // A lost connection is retried on the next day; a database that no
-                    // longer answers at all ends the run.
-                    if error.is_unreachable() && !store.ping().await {
-                        unreachable = Some(format!("the database became unreachable ({error})"));
+                    // longer answers at all ends the run, as do lost locks.
+                    if error.is_lock_lost() {
+                        stopped = Some(error.to_string());
+                    } else if error.is_unreachable() && !store.ping().await {
+                        stopped = Some(format!("the database became unreachable ({error})"));
                     }
                     day::failed(window.date, error.to_string(), elapsed_ms(day_started))
                 }
@@ -277,7 +284,9 @@ where
     }
     report.summarize();
     report.duration_ms = elapsed_ms(started);
-    history.finish(store, &report, days_done).await;
+    history
+        .finish(store, &report, days_done, options.keep_runs)
+        .await;
     if let Some(locks) = locks {
         locks.release().await;
     }

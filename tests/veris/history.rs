@@ -48,8 +48,14 @@ async fn runs_are_recorded_with_trigger_status_progress_and_report(db: TestDb) {
     assert_eq!((first.days_done, first.days_total), (3, 3));
     assert_eq!(first.timezone, "UTC");
     assert!(first.finished_at.is_some() && first.started_at.ends_with('Z'));
+    assert!(first.report.is_none(), "a listing carries summaries");
     assert_eq!(
-        first.report.as_ref().unwrap(),
+        first.summary.as_ref().unwrap(),
+        &veris_jobs::model::RunSummary::of(&report)
+    );
+    let whole = db.store.run(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        whole.report.as_ref().unwrap(),
         &serde_json::to_value(&report).unwrap()
     );
     assert_eq!(
@@ -60,7 +66,9 @@ async fn runs_are_recorded_with_trigger_status_progress_and_report(db: TestDb) {
         (last.status.as_str(), last.days_done, last.days_total),
         ("failed", 0, 1)
     );
-    assert_eq!(last.report.as_ref().unwrap()["days"][0]["status"], "failed");
+    let summary = last.summary.as_ref().unwrap();
+    assert_eq!((summary.ok, summary.failed_days_total), (false, 1));
+    assert_eq!(summary.failed_days[0].date, "2024-01-05");
     server.stop().await;
 }
 

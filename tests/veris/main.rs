@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod hardening;
 mod history;
 mod http;
 mod job;

@@ -300,9 +300,10 @@ async fn a_concurrency_soak_ends_with_every_day_right(db: TestDb) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(120), "no deadlock");
-    // Command-line runs wait and succeed (0); HTTP runs succeed or are turned away (409).
+    // Command-line runs wait and succeed (0); HTTP runs succeed or are turned away
+    // (409 for a held day, 429 past the four runs requests may have going).
     assert!(
-        outcomes.iter().all(|c| [0, 200, 409].contains(c)),
+        outcomes.iter().all(|c| [0, 200, 409, 429].contains(c)),
         "{outcomes:?}"
     );
 
