@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CronSecret;
+use crate::config::{CronSecret, Secret};
 use crate::error::Error;
 use crate::http::{self, AppState, JOB_PATH};
 use crate::runner::Runner;
@@ -34,6 +34,8 @@ pub struct ServeSettings {
     /// A cron expression, evaluated in the job's zone.
     pub schedule: Option<String>,
     pub secret: CronSecret,
+    /// `READ_SECRET`: reads only (the report, the run history, the metrics).
+    pub read_secret: Option<Secret>,
 }
 
 /// A server, built and bound, not yet serving.
@@ -72,7 +74,11 @@ impl Application {
         })?;
         let address = listener.local_addr().unwrap_or(settings.bind);
         let runner = Runner::with_requested_runs(store, settings.job, settings.max_http_runs);
-        let state = AppState::with_runner(runner.clone(), settings.max_range_days, settings.secret);
+        let mut state =
+            AppState::with_runner(runner.clone(), settings.max_range_days, settings.secret);
+        if let Some(read) = settings.read_secret {
+            state = state.with_read_secret(read);
+        }
         Ok(Self {
             listener,
             address,

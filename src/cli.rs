@@ -12,11 +12,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app::{Application, ServeSettings};
 use crate::config::{
-    CronSecret, GlobalArgs, JobArgs, LogFormat, MIN_SECRET_LEN, RangeArgs, ServeArgs,
+    CronSecret, GlobalArgs, JobArgs, LogFormat, MIN_SECRET_LEN, RangeArgs, Secret, ServeArgs,
 };
 use crate::error::Error;
-use crate::model::{MAX_RUNS_LISTED, RunRecord, RunReport};
+use crate::model::{DayRange, Grouping, MAX_RUNS_LISTED, RunRecord, RunReport};
 use crate::progress::TerminalProgress;
+use crate::rollup_report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
 use crate::runner::Runner;
 use crate::store::{RollupStore as _, RunHistory as _, Store};
 
@@ -44,6 +45,40 @@ pub enum Command {
     Serve(ServeArgs),
     /// Fill the database with a few days of sample events and run the job over them.
     Demo(DemoArgs),
+    /// Read the rollups back: counts, unique users and metadata by day, week or month.
+    Report(ReportArgs),
+}
+
+/// Flags of `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+
+    /// How the days are grouped: day, week (ISO, Monday to Sunday), month, or range (the
+    /// whole range as one period).
+    #[arg(long, default_value = "day")]
+    pub by: Grouping,
+
+    /// Report this event (repeat for more); all events when not given.
+    #[arg(long = "event", value_name = "NAME")]
+    pub events: Vec<String>,
+
+    /// Print the report as JSON.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+
+    /// Print the report as CSV.
+    #[arg(long)]
+    pub csv: bool,
+
+    /// IANA time zone of the default range (the 30 days ending yesterday).
+    #[arg(long, env = "TELEMETRY_TIMEZONE", default_value = "UTC", value_parser = crate::config::parse_timezone)]
+    pub timezone: jiff::tz::TimeZone,
+
+    /// Top values kept per metadata key.
+    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20)]
+    pub meta_top_k: usize,
 }
 
 /// Flags of `telemetry-daily`.
@@ -155,7 +190,32 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Runs(args) => runs(&global, args).await,
         Command::Serve(args) => serve(&global, args).await,
         Command::Demo(args) => demo(&global, args).await,
+        Command::Report(args) => report(&global, args).await,
     }
+}
+
+async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error> {
+    let range = match args.range.range()? {
+        Some(range) => range,
+        None => {
+            DayRange::ending_yesterday(jiff::Timestamp::now(), &args.timezone, DEFAULT_REPORT_DAYS)?
+        }
+    };
+    let request = ReportRequest {
+        range,
+        by: args.by,
+        events: args.events,
+        top_k: args.meta_top_k,
+    };
+    let report = telemetry_report(&connect(global).await?, &request).await?;
+    if args.json {
+        write_stdout(&format!("{}\n", to_json(&report)));
+    } else if args.csv {
+        write_stdout(&report.to_csv());
+    } else {
+        write_stdout(&report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn connect(global: &GlobalArgs) -> Result<Store, Error> {
@@ -233,6 +293,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
         max_http_runs: args.max_http_runs as usize,
         schedule: args.schedule,
         secret: cron_secret()?,
+        read_secret: read_secret()?,
     };
     Application::build(settings)
         .await?
@@ -250,6 +311,17 @@ async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
 
 /// The endpoint's secret from `CRON_SECRET` (never from a flag, so it stays out of
 /// process listings and shell history).
+/// The read-only secret from `READ_SECRET`, if set.
+fn read_secret() -> Result<Option<Secret>, Error> {
+    match std::env::var("READ_SECRET") {
+        Ok(value) => Secret::read(&value).map(Some).map_err(Error::Usage),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Usage("READ_SECRET is not valid UTF-8".into()))
+        }
+    }
+}
+
 fn cron_secret() -> Result<CronSecret, Error> {
     let value = std::env::var("CRON_SECRET").map_err(|_| {
         Error::Usage(format!(

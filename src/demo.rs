@@ -59,10 +59,17 @@ impl DemoOutcome {
         }
         let _ = writeln!(
             out,
-            "\nNext, a dry run over the same days (from a checkout, `cargo run --release --` in place of `veris-jobs`):\n  \
-             veris-jobs telemetry-daily --start-date {} --end-date {} --dry-run",
-            self.range.start(),
-            self.range.end()
+            "\nNext (from a checkout, `cargo run --release --` in place of `veris-jobs`):\n\
+             - a dry run over the same days:\n    \
+             veris-jobs telemetry-daily --start-date {start} --end-date {end} --dry-run\n\
+             - the rollups read back, by day:\n    \
+             veris-jobs report --start-date {start} --end-date {end}\n\
+             - the dashboard, served with a secret of 16 characters or more:\n    \
+             export CRON_SECRET=$(openssl rand -hex 16); echo $CRON_SECRET\n    \
+             veris-jobs serve\n  \
+             then open http://127.0.0.1:3000/ and enter the secret.",
+            start = self.range.start(),
+            end = self.range.end()
         );
         out
     }

@@ -18,6 +18,7 @@
 //!    implemented by the PostgreSQL and the SQLite backend; [`store::Store`] is either.
 //! 3. [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
 //!    and writes each day, records the run ([`telemetry_daily::run`]).
+//!    [`rollup_report`]: the rollups read back, grouped by day, week or month.
 //! 4. [`metrics`]: counters of the runs a process made, in Prometheus text format.
 //! 5. [`runner`]: starts runs for every face; owns the runs under way and the metrics.
 //! 6. [`config`] (settings from flags and environment, and the bearer secret,
@@ -51,6 +52,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod rollup_report;
 pub mod runner;
 pub mod schedule;
 pub mod store;

@@ -6,8 +6,12 @@ CREATE TABLE IF NOT EXISTS {rollup} (
     unique_users bigint      NOT NULL,
     meta         jsonb       NOT NULL,
     updated_at   timestamptz NOT NULL DEFAULT now(),
+    -- The distinct users as a sketch in the hll extension's storage format.
+    users_hll    bytea,
     PRIMARY KEY (date, event)
 );
+-- Tables made before sketches were kept; their rows hold NULL until re-run.
+ALTER TABLE {rollup} ADD COLUMN IF NOT EXISTS users_hll bytea;
 
 -- Which source events `veris-jobs demo` wrote, so that it can start afresh.
 CREATE TABLE IF NOT EXISTS veris_demo_sample (

@@ -6,6 +6,8 @@ CREATE TABLE IF NOT EXISTS {rollup} (
     unique_users integer NOT NULL,
     meta         text    NOT NULL,
     updated_at   text    NOT NULL,
+    -- The distinct users as a sketch in the hll extension's storage format.
+    users_hll    blob,
     PRIMARY KEY (date, event)
 );
 

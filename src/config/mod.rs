@@ -17,7 +17,7 @@ use crate::model::{DateError, DayRange, parse_date};
 use crate::store::TableName;
 use crate::telemetry_daily::RunOptions;
 
-pub use self::secret::{CronSecret, MIN_SECRET_LEN};
+pub use self::secret::{CronSecret, MIN_SECRET_LEN, Secret};
 
 /// Settings every command shares.
 #[derive(Debug, Clone, Args)]

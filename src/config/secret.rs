@@ -1,21 +1,26 @@
-//! The bearer secret of `serve`, taken from the environment and kept only as a digest.
+//! The bearer secrets of `serve`, taken from the environment and kept only as digests:
+//! `CRON_SECRET`, which may start runs, and `READ_SECRET`, which may only read.
 
 use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-/// Fewest characters a `CRON_SECRET` may have.
+/// Fewest characters a secret may have.
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// The endpoint's bearer secret. Only its SHA-256 digest is kept, and it is never
-/// printed: `Debug` shows nothing of it.
+/// A bearer secret. Only its SHA-256 digest is kept, and it is never printed:
+/// `Debug` shows nothing of it.
 #[derive(Clone)]
-pub struct CronSecret {
+pub struct Secret {
+    name: &'static str,
     digest: [u8; 32],
 }
 
-impl CronSecret {
+/// The secret that may start runs (`CRON_SECRET`).
+pub type CronSecret = Secret;
+
+impl Secret {
     /// Accepts `secret` if it has at least [`MIN_SECRET_LEN`] characters and no
     /// whitespace at either end (a secret read from a file with its newline could
     /// never be sent back in a header, so every request would be refused).
@@ -24,20 +29,33 @@ impl CronSecret {
     ///
     /// A message saying what is wrong, without the secret.
     pub fn new(secret: &str) -> Result<Self, String> {
+        Self::named("CRON_SECRET", secret)
+    }
+
+    /// The read-only secret (`READ_SECRET`), checked as [`Secret::new`] checks.
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong, without the secret.
+    pub fn read(secret: &str) -> Result<Self, String> {
+        Self::named("READ_SECRET", secret)
+    }
+
+    fn named(name: &'static str, secret: &str) -> Result<Self, String> {
         if secret.trim() != secret {
-            return Err(
-                "CRON_SECRET starts or ends with whitespace (a newline from a secret file?); \
+            return Err(format!(
+                "{name} starts or ends with whitespace (a newline from a secret file?); \
                  no request could present it: remove it"
-                    .to_owned(),
-            );
+            ));
         }
         if secret.chars().count() < MIN_SECRET_LEN {
             return Err(format!(
-                "CRON_SECRET must have at least {MIN_SECRET_LEN} characters (it has {})",
+                "{name} must have at least {MIN_SECRET_LEN} characters (it has {})",
                 secret.chars().count()
             ));
         }
         Ok(Self {
+            name,
             digest: Sha256::digest(secret.as_bytes()).into(),
         })
     }
@@ -51,9 +69,9 @@ impl CronSecret {
     }
 }
 
-impl fmt::Debug for CronSecret {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CronSecret(..)")
+        write!(f, "Secret({}, ..)", self.name)
     }
 }
 
@@ -91,6 +109,6 @@ mod tests {
         ] {
             assert!(!secret.verify(wrong), "{wrong}");
         }
-        assert_eq!(format!("{secret:?}"), "CronSecret(..)");
+        assert_eq!(format!("{secret:?}"), "Secret(CRON_SECRET, ..)");
     }
 }

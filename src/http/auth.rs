@@ -14,13 +14,45 @@ fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Lets a request through only with the right bearer token; otherwise 401. More
-/// than one `Authorization` header is refused (400) rather than one of them picked.
-pub async fn require_bearer(
+/// Lets a request through only with `CRON_SECRET`; otherwise 401. For the routes
+/// that start runs.
+pub async fn require_cron(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let token = bearer(&request)?;
+    if token.is_some_and(|token| state.secret().verify(token)) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Lets a request through with `READ_SECRET` or `CRON_SECRET`; otherwise 401. For
+/// the routes that only read.
+pub async fn require_reader(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(&request)?;
+    let authorized = token.is_some_and(|token| {
+        // Both are checked, so the time taken does not tell which one matched.
+        let cron = state.secret().verify(token);
+        let read = state.read_secret().is_some_and(|read| read.verify(token));
+        cron | read
+    });
+    if authorized {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The request's bearer token, if it has one. More than one `Authorization` header
+/// is refused (400) rather than one of them picked.
+fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
     let mut headers = request.headers().get_all(AUTHORIZATION).iter();
     let (first, second) = (headers.next(), headers.next());
     if second.is_some() {
@@ -29,15 +61,9 @@ pub async fn require_bearer(
             "more than one Authorization header; send exactly one",
         ));
     }
-    let authorized = first
+    Ok(first
         .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token)
-        .is_some_and(|token| state.secret().verify(token));
-    if authorized {
-        Ok(next.run(request).await)
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+        .and_then(bearer_token))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The HTTP endpoint: `veris-jobs serve`.
 //!
-//! [`router`] answers `/api/jobs/telemetry-daily` (GET and POST: a run),
-//! `/api/jobs/runs` and `/api/jobs/runs/{id}` (the run history) and `/metrics`, all
-//! bearer-protected, and `/healthz`; it is a plain axum `Router`, so an existing axum
+//! [`router`] answers `/api/jobs/telemetry-daily` (GET and POST: a run, with
+//! `CRON_SECRET`), `/api/jobs/runs` and `/api/jobs/runs/{id}` (the run history),
+//! `/api/telemetry/report` (the rollups read back) and `/metrics` (with `READ_SECRET`
+//! or `CRON_SECRET`), `/healthz`, and `/` (the dashboard page and its `/assets/`); it is a plain axum `Router`, so an existing axum
 //! application can mount it. [`serve`] runs it on a listener until a shutdown
 //! signal, then waits for the runs under way to finish. Handlers parse, call the
 //! [`Runner`] or the store's readers, and answer; the SQL stays in [`crate::store`].
@@ -18,9 +19,11 @@
 //! up is stopped: it would write nothing, and no one is left to read its report.
 
 mod auth;
+mod dashboard;
 mod error;
 mod job;
 mod log;
+mod report;
 mod request;
 mod runs;
 
@@ -44,7 +47,7 @@ use tokio::sync::Semaphore;
 
 pub(crate) use self::error::ApiError;
 
-use crate::config::CronSecret;
+use crate::config::{CronSecret, Secret};
 use crate::runner::Runner;
 use crate::store::{RollupStore as _, Store};
 use crate::telemetry_daily::RunOptions;
@@ -69,6 +72,9 @@ pub(crate) const JOB_PATH: &str = "/api/jobs/telemetry-daily";
 /// The run history's path.
 pub(crate) const RUNS_PATH: &str = "/api/jobs/runs";
 
+/// The telemetry report's path.
+pub(crate) const REPORT_PATH: &str = "/api/telemetry/report";
+
 /// What the handlers share: the runner (and through it the store), the limits of a
 /// request, and the secret.
 #[derive(Debug, Clone)]
@@ -76,6 +82,7 @@ pub struct AppState {
     runner: Runner,
     max_range_days: u32,
     secret: Arc<CronSecret>,
+    read_secret: Option<Arc<Secret>>,
     body_timeout: Duration,
     header_timeout: Duration,
     max_connections: usize,
@@ -95,6 +102,7 @@ impl AppState {
             runner,
             max_range_days,
             secret: Arc::new(secret),
+            read_secret: None,
             body_timeout: BODY_TIMEOUT,
             header_timeout: HEADER_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
@@ -122,8 +130,19 @@ impl AppState {
         self
     }
 
+    /// The same state accepting `secret` (`READ_SECRET`) too on the routes that only
+    /// read: the report, the run history and the metrics.
+    pub fn with_read_secret(mut self, secret: Secret) -> Self {
+        self.read_secret = Some(Arc::new(secret));
+        self
+    }
+
     fn secret(&self) -> &CronSecret {
         &self.secret
+    }
+
+    fn read_secret(&self) -> Option<&Secret> {
+        self.read_secret.as_deref()
     }
 }
 
@@ -143,21 +162,30 @@ pub fn router(state: AppState) -> Router {
         )
     };
     let runs = || only(get(runs::recent), "GET");
-    let protected = Router::new()
+    let runs_jobs = Router::new()
         .route(JOB_PATH, run())
         // Served as they are, never redirected: cron callers do not follow redirects.
         .route(&format!("{JOB_PATH}/"), run())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_cron,
+        ));
+    let reads = Router::new()
         .route(RUNS_PATH, runs())
         .route(&format!("{RUNS_PATH}/"), runs())
         .route(&format!("{RUNS_PATH}/{{id}}"), only(get(runs::one), "GET"))
+        .route(REPORT_PATH, only(get(report::report), "GET"))
         .route("/metrics", only(get(metrics), "GET"))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_bearer,
+            auth::require_reader,
         ));
     Router::new()
-        .merge(protected)
+        .merge(runs_jobs)
+        .merge(reads)
         .route("/healthz", only(get(healthz), "GET"))
+        .route("/", only(get(dashboard::page), "GET"))
+        .route("/assets/{name}", only(get(dashboard::asset), "GET"))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(log::log_request))
         .with_state(state)

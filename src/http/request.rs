@@ -104,14 +104,7 @@ impl RunRequest {
         dry_run: bool,
         max_days: u32,
     ) -> Result<Self, ApiError> {
-        let parse = |field, value: Option<&str>| -> Result<Option<Date>, ApiError> {
-            value
-                .map(|v| parse_date(field, v))
-                .transpose()
-                .map_err(date_error)
-        };
-        let range = DayRange::from_bounds(parse("startDate", start)?, parse("endDate", end)?)
-            .map_err(date_error)?;
+        let range = parse_dates(start, end)?;
         if let Some(range) = range
             && range.len_days() > i64::from(max_days)
         {
@@ -171,7 +164,21 @@ fn unknown_field(name: &str) -> ApiError {
     )
 }
 
-fn date_error(error: DateError) -> ApiError {
+/// The range `startDate` and `endDate` name; `None` when neither is given.
+pub(super) fn parse_dates(
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<Option<DayRange>, ApiError> {
+    let parse = |field, value: Option<&str>| -> Result<Option<Date>, ApiError> {
+        value
+            .map(|v| parse_date(field, v))
+            .transpose()
+            .map_err(date_error)
+    };
+    DayRange::from_bounds(parse("startDate", start)?, parse("endDate", end)?).map_err(date_error)
+}
+
+pub(super) fn date_error(error: DateError) -> ApiError {
     let code = match error {
         DateError::Malformed { .. } | DateError::OutOfRange { .. } => "invalid_date",
         DateError::EndBeforeStart { .. } | DateError::EndWithoutStart => "invalid_range",

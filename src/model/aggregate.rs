@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
+use super::hll::{Sketch, hash_user};
 use super::memory::{heap_bytes, table_bytes};
 use super::meta::{ParsedMeta, parse_meta};
 use super::spill::{KeyRecord, MemoryLimit, SpillError, Spilled, UserRecord, ValueRecord};
@@ -105,6 +106,9 @@ pub struct RollupRow {
     pub unique_users: i64,
     /// The metadata summary as canonical JSON text.
     pub meta: String,
+    /// The distinct users as a sketch in the `hll` extension's format; `None` in a
+    /// stored row written before sketches were kept.
+    pub users_hll: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +120,9 @@ struct EventGroup {
     unique: u64,
     /// Distinct users of a later group, as numbers from the aggregate's [`UserIds`].
     users: FastSet<u32>,
+    /// The same users as a sketch: kept whole in memory (it is bounded), also after
+    /// the aggregate spills.
+    sketch: Sketch,
     meta: MetaSummary,
 }
 
@@ -189,7 +196,7 @@ pub struct DayAggregate {
     limit: Option<MemoryLimit>,
     /// The share of the limit this aggregate's tables may hold.
     budget: usize,
-    /// What its tables hold now, as counted by [`super::memory`].
+    /// What its tables that can spill hold now, as counted by [`super::memory`].
     bytes: usize,
     /// Once it has spilled: the files. The in-memory tables then hold only what came
     /// since the last spill, and the distinct-user counters are no longer used.
@@ -248,35 +255,35 @@ impl DayAggregate {
         let group = self.groups.len() as u32;
         self.index.insert(name.into(), group);
         self.groups.push((name.into(), EventGroup::default()));
-        self.bytes += 2 * (std::mem::size_of::<(CompactString, EventGroup)>() + name.len());
         group
     }
 
-    /// Counts `user` among the distinct users of `group`.
-    fn add_user(&mut self, group: u32, user: &str) {
+    /// Counts `user` among the distinct users of `group`; returns whether it is new
+    /// there (since the last spill).
+    fn add_user(&mut self, group: u32, user: &str) -> bool {
         let (id, first, grew) = self.users.see(user, group);
         self.bytes += grew;
         let target = &mut self.groups[group as usize].1;
         if group < BIT_GROUPS {
             target.unique += u64::from(first);
+            first
         } else {
             let before = target.users.capacity();
-            target.users.insert(id);
+            let new = target.users.insert(id);
             self.bytes +=
                 table_bytes::<u32, ()>(target.users.capacity()) - table_bytes::<u32, ()>(before);
+            new
         }
     }
 
-    /// What the tables hold, counted afresh.
+    /// What the tables that can spill hold, counted afresh. The groups themselves
+    /// and their sketches (at most 16 KiB each) stay in memory: they grow with the
+    /// day's event names, that is with its rows.
     fn measure(&self) -> usize {
         let groups: usize = self
             .groups
             .iter()
-            .map(|(name, group)| {
-                2 * (std::mem::size_of::<(CompactString, EventGroup)>() + name.len())
-                    + table_bytes::<u32, ()>(group.users.capacity())
-                    + group.meta.bytes()
-            })
+            .map(|(_, group)| table_bytes::<u32, ()>(group.users.capacity()) + group.meta.bytes())
             .sum();
         groups + self.users.bytes()
     }
@@ -397,6 +404,7 @@ impl DayAggregate {
                     Some(metas) => std::mem::take(&mut metas[at]),
                     None => group.meta.to_json(top_k),
                 },
+                users_hll: Some(group.sketch.to_bytes()),
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.event.cmp(&b.event));
@@ -450,7 +458,9 @@ impl MergeableSink for DayAggregate {
                 mine.absorb(*theirs, &Arc::new(groups.clone()));
             }
             for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
-                self.groups[groups[theirs] as usize].1.count += group.count;
+                let target = &mut self.groups[groups[theirs] as usize].1;
+                target.count += group.count;
+                target.sketch.union(&group.sketch);
             }
             if self.failure.is_none() {
                 self.failure = other.failure.take();
@@ -474,6 +484,7 @@ impl MergeableSink for DayAggregate {
             }
             let target = &mut self.groups[mine as usize].1;
             target.count += group.count;
+            target.sketch.union(&group.sketch);
             target.meta.merge(group.meta);
         }
         self.bytes = self.measure();
@@ -501,8 +512,11 @@ impl EventSink for DayAggregate {
         }
         let group = self.group(name);
         self.groups[group as usize].1.count += 1;
-        if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
-            self.add_user(group, user);
+        if let Some(user) = event.user_id.filter(|u| !u.is_empty())
+            && self.add_user(group, user)
+        {
+            let sketch = &mut self.groups[group as usize].1.sketch;
+            sketch.add_hash(hash_user(user));
         }
         let group = &mut self.groups[group as usize].1;
         match parse_meta(event.meta) {

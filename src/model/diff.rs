@@ -10,7 +10,8 @@ use super::meta::canonical_json;
 pub struct DayChanges {
     /// Rows for events that have no stored row yet.
     pub inserts: Vec<RollupRow>,
-    /// Rows whose count, unique users or metadata differ from the stored row.
+    /// Rows whose count, unique users, sketch or metadata differ from the stored row
+    /// (a stored row without a sketch is updated).
     pub updates: Vec<RollupRow>,
     /// Events that have a stored row but no source events left.
     pub deletes: Vec<String>,
@@ -39,6 +40,7 @@ pub fn diff(fresh: &[RollupRow], stored: &[RollupRow]) -> DayChanges {
             Some(old)
                 if old.count == row.count
                     && old.unique_users == row.unique_users
+                    && old.users_hll == row.users_hll
                     && (old.meta == row.meta || canonical_json(&old.meta) == row.meta) =>
             {
                 changes.unchanged += 1;
@@ -62,6 +64,7 @@ mod tests {
             count,
             unique_users: 1,
             meta: meta.into(),
+            users_hll: Some(vec![0x11, 0x8e, 0x7f]),
         }
     }
 

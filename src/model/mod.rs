@@ -14,12 +14,14 @@ mod aggregate;
 mod days;
 mod diff;
 mod flat_json;
+pub mod hll;
 mod memory;
 mod meta;
 mod report;
 mod runs;
 mod spill;
 mod summary;
+mod telemetry_report;
 
 pub use self::aggregate::{
     DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink, RollupRow, SkipCounts,
@@ -35,6 +37,9 @@ pub use self::runs::{
 };
 pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};
 pub use self::summary::{DROPPED_KEYS, MAX_KEYS};
+pub use self::telemetry_report::{
+    EventReport, Grouping, PeriodReport, StoredRollup, TelemetryReport, Total, periods,
+};
 
 /// Hash maps keyed by event data. foldhash is several times faster than the
 /// standard SipHash and, seeded per process, still resists crafted collisions.

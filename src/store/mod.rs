@@ -52,6 +52,7 @@ use jiff::civil::Date;
 
 use crate::model::{
     DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupRow, RunRecord, RunReport,
+    StoredRollup,
 };
 
 pub use self::demo::{DemoData, DemoSample, NewEvent};
@@ -118,6 +119,18 @@ pub trait RollupStore {
         &self,
         date: Date,
     ) -> impl Future<Output = Result<Vec<RollupRow>, StoreError>> + Send;
+
+    /// The stored rows of the days `range` covers, for the events named (all when
+    /// `events` is empty), ordered by date and event.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the rows cannot be read.
+    fn rollups(
+        &self,
+        range: &DayRange,
+        events: &[String],
+    ) -> impl Future<Output = Result<Vec<StoredRollup>, StoreError>> + Send;
 
     /// Applies `changes` to the rows of `date` in one transaction: readers see the
     /// old day or the new day, never a mix.
@@ -343,6 +356,7 @@ impl RollupStore for Store {
     forward! {
         fn migrate(&self) -> Result<(), StoreError>;
         fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError>;
+        fn rollups(&self, range: &DayRange, events: &[String]) -> Result<Vec<StoredRollup>, StoreError>;
         fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
         fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError>;
         fn ping(&self) -> bool;
@@ -400,6 +414,10 @@ fn hours_action(source: &TableName) -> String {
 
 fn load_day_action(date: Date) -> String {
     format!("reading the rollup rows of {date}")
+}
+
+fn rollups_action(range: &DayRange) -> String {
+    format!("reading the rollup rows of {range}")
 }
 
 fn write_day_action(date: Date) -> String {

@@ -18,7 +18,7 @@ use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
     DayLocks, EventSource, RollupStore, StoreError, TableName, day_lock, redact_url, rows,
 };
-use crate::model::{DayChanges, DayWindow, MergeableSink, RollupRow};
+use crate::model::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow, StoredRollup};
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -266,7 +266,7 @@ impl RollupStore for PgStore {
     async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
-            "SELECT event, count, unique_users, meta::text FROM ",
+            "SELECT event, count, unique_users, meta::text, users_hll FROM ",
             rollup_table!(),
             " WHERE date = $1::date"
         ))
@@ -275,6 +275,26 @@ impl RollupStore for PgStore {
         .await
         .and_then(|found| found.iter().map(rows::rollup_row).collect())
         .map_err(query_error(&action))
+    }
+
+    async fn rollups(
+        &self,
+        range: &DayRange,
+        events: &[String],
+    ) -> Result<Vec<StoredRollup>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT date::text, event, count, unique_users, meta::text, users_hll FROM ",
+            rollup_table!(),
+            " WHERE date BETWEEN $1::date AND $2::date \
+             AND (cardinality($3::text[]) = 0 OR event = ANY($3::text[])) ORDER BY date, event"
+        ))
+        .bind(range.start().to_string())
+        .bind(range.end().to_string())
+        .bind(events)
+        .fetch_all(&self.pool)
+        .await
+        .and_then(|found| found.iter().map(rows::stored_rollup).collect())
+        .map_err(query_error(&super::rollups_action(range)))
     }
 
     async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {
@@ -293,29 +313,33 @@ impl RollupStore for PgStore {
             .map_err(query_error(&action))?;
         }
         let upserts = changes.inserts.iter().chain(&changes.updates);
-        let (mut events, mut counts, mut users, mut metas) = (vec![], vec![], vec![], vec![]);
+        let (mut events, mut counts, mut users, mut metas, mut sketches) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for row in upserts {
             events.push(row.event.as_str());
             counts.push(row.count);
             users.push(row.unique_users);
             metas.push(row.meta.as_str());
+            sketches.push(row.users_hll.as_deref());
         }
         if !events.is_empty() {
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
-                " (date, event, count, unique_users, meta, updated_at) \
-                 SELECT $1::date, e, c, u, m::jsonb, now() \
-                 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[]) AS t(e, c, u, m) \
+                " (date, event, count, unique_users, meta, users_hll, updated_at) \
+                 SELECT $1::date, e, c, u, m::jsonb, h, now() \
+                 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[], $6::bytea[]) \
+                 AS t(e, c, u, m, h) \
                  ON CONFLICT (date, event) DO UPDATE SET count = EXCLUDED.count, \
                  unique_users = EXCLUDED.unique_users, meta = EXCLUDED.meta, \
-                 updated_at = EXCLUDED.updated_at"
+                 users_hll = EXCLUDED.users_hll, updated_at = EXCLUDED.updated_at"
             ))
             .bind(date.to_string())
             .bind(&events)
             .bind(&counts)
             .bind(&users)
             .bind(&metas)
+            .bind(&sketches)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;

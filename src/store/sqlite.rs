@@ -18,12 +18,13 @@ use super::error::query_error;
 use super::{
     DayLocks, EventSource, RollupStore, StoreError, TableName, day_lock, rows, sqlite_scan,
 };
-use crate::model::{DayChanges, DayWindow, MergeableSink, RollupRow};
+use crate::model::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow, StoredRollup};
 
 /// Columns added since the first version, as (table, column, type).
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("job_runs", "source_watermark", "integer"),
     ("job_runs", "summary", "text"),
+    (rollup_table!(), "users_hll", "blob"),
 ];
 
 /// How long a statement waits for another writer before giving up.
@@ -67,6 +68,17 @@ impl Statements {
             ),
         }
     }
+}
+
+/// Bytes as hexadecimal text, for a blob passed inside JSON.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// A flag raised when dropped.
@@ -280,7 +292,7 @@ impl RollupStore for SqliteStore {
     async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
-            "SELECT event, count, unique_users, meta FROM ",
+            "SELECT event, count, unique_users, meta, users_hll FROM ",
             rollup_table!(),
             " WHERE date = ?1"
         ))
@@ -289,6 +301,27 @@ impl RollupStore for SqliteStore {
         .await
         .and_then(|found| found.iter().map(rows::rollup_row).collect())
         .map_err(query_error(&action))
+    }
+
+    async fn rollups(
+        &self,
+        range: &DayRange,
+        events: &[String],
+    ) -> Result<Vec<StoredRollup>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT date, event, count, unique_users, meta, users_hll FROM ",
+            rollup_table!(),
+            " WHERE date BETWEEN ?1 AND ?2 \
+             AND (json_array_length(?3) = 0 OR event IN (SELECT value FROM json_each(?3))) \
+             ORDER BY date, event"
+        ))
+        .bind(range.start().to_string())
+        .bind(range.end().to_string())
+        .bind(json!(events).to_string())
+        .fetch_all(&self.pool)
+        .await
+        .and_then(|found| found.iter().map(rows::stored_rollup).collect())
+        .map_err(query_error(&super::rollups_action(range)))
     }
 
     async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {
@@ -314,19 +347,27 @@ impl RollupStore for SqliteStore {
             .inserts
             .iter()
             .chain(&changes.updates)
-            .map(|r| json!([r.event, r.count, r.unique_users, r.meta]))
+            .map(|r| {
+                json!([
+                    r.event,
+                    r.count,
+                    r.unique_users,
+                    r.meta,
+                    r.users_hll.as_deref().map(hex)
+                ])
+            })
             .collect();
         if !rows.is_empty() {
             // `WHERE true` keeps SQLite from reading ON CONFLICT as part of a join.
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
-                " (date, event, count, unique_users, meta, updated_at) \
-                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+                " (date, event, count, unique_users, meta, users_hll, updated_at) \
+                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
                  strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?2) WHERE true \
                  ON CONFLICT (date, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, meta = excluded.meta, \
-                 updated_at = excluded.updated_at"
+                 users_hll = excluded.users_hll, updated_at = excluded.updated_at"
             ))
             .bind(date.to_string())
             .bind(serde_json::Value::Array(rows).to_string())

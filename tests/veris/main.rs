@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod dashboard;
 mod hardening;
 mod history;
 mod http;
@@ -11,4 +12,7 @@ mod job;
 mod memory;
 mod operations;
 mod reliability;
+mod report;
+mod sketches;
 mod store;
+mod typescript;

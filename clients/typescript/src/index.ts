@@ -1,0 +1,220 @@
+// @veris/jobs-client: the calls of the Veris application to veris-jobs serve.
+//
+//   await runTelemetryDailyAggregation();                                        // yesterday
+//   await runTelemetryDailyAggregation({ startDate: '2024-01-01', endDate: '2024-01-31' });
+//   await runTelemetryDailyAggregation({ startDate: '2024-01-15', endDate: '2024-01-15', dryRun: true });
+//
+// The service's URL and secret come from VERIS_JOBS_URL and CRON_SECRET (READ_SECRET,
+// if set, for the calls that only read), or from the second argument. No runtime
+// dependency: `fetch` only (Node 18 or later, or any runtime with fetch).
+
+import type { ErrorBody, Grouping, RunList, RunRecord, RunReport, TelemetryReport } from './types.js';
+
+export type * from './types.js';
+
+/** How to reach the service. Every field falls back to the environment. */
+export interface ClientOptions {
+  /** The service's base URL, e.g. `http://127.0.0.1:3000`; default `VERIS_JOBS_URL`. */
+  baseUrl?: string;
+  /** The bearer secret; default `CRON_SECRET` (for reads, `READ_SECRET` first). */
+  secret?: string;
+  /** Cancels the call. */
+  signal?: AbortSignal;
+  /** Milliseconds before the call is given up (a `VerisJobsError` with code `timeout`);
+   * default 15 minutes for runs, 30 seconds for reads. */
+  timeoutMs?: number;
+  /** Allows a plain `http://` URL to a host other than loopback (the secret would
+   * cross the network in clear text). Default false. */
+  allowInsecureHttp?: boolean;
+  /** The `fetch` to use; default the global one. */
+  fetch?: typeof fetch;
+}
+
+/** What to run; every field optional: no range means yesterday in the service's zone. */
+export interface RunOptions {
+  /** The first day, `YYYY-MM-DD`. */
+  startDate?: string;
+  /** The last day (inclusive), `YYYY-MM-DD`; needs `startDate`. */
+  endDate?: string;
+  /** Read and aggregate, write nothing, report what would change. */
+  dryRun?: boolean;
+}
+
+/** What to read back. */
+export interface ReportOptions {
+  startDate?: string;
+  endDate?: string;
+  by?: Grouping;
+  /** Only these events. */
+  events?: string[];
+}
+
+/** An answer other than the one asked for. */
+export class VerisJobsError extends Error {
+  /** The HTTP status; 0 when there was no answer (network, timeout, abort). */
+  readonly status: number;
+  /** The service's error code (`day_busy`, `unauthorized`, ...), or `timeout`,
+   * `aborted`, `network`, `run_failed` (a 500 with a report), `invalid_answer`. */
+  readonly code: string;
+  /** For a 500: the run report, with the failed days and their errors. */
+  readonly report: RunReport | undefined;
+
+  constructor(status: number, code: string, message: string, report?: RunReport) {
+    super(message);
+    this.name = 'VerisJobsError';
+    this.status = status;
+    this.code = code;
+    this.report = report;
+  }
+}
+
+const RUN_TIMEOUT_MS = 15 * 60 * 1000;
+const READ_TIMEOUT_MS = 30 * 1000;
+
+/**
+ * Runs telemetry-daily: yesterday, or `startDate`..`endDate`, as a dry run if asked.
+ * Resolves to the run report when every day is ok; rejects with a `VerisJobsError`
+ * otherwise (a 500 carries the report).
+ */
+export async function runTelemetryDailyAggregation(
+  options: RunOptions = {},
+  client: ClientOptions = {},
+): Promise<RunReport> {
+  const body: Record<string, string | boolean> = {};
+  if (options.startDate !== undefined) body.startDate = options.startDate;
+  if (options.endDate !== undefined) body.endDate = options.endDate;
+  if (options.dryRun !== undefined) body.dryRun = options.dryRun;
+  return call<RunReport>('/api/jobs/telemetry-daily', client, 'CRON_SECRET', RUN_TIMEOUT_MS, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
+/** Reads the rollups back, grouped by day, week, month or the whole range. */
+export async function getTelemetryReport(
+  options: ReportOptions = {},
+  client: ClientOptions = {},
+): Promise<TelemetryReport> {
+  const query = new URLSearchParams();
+  if (options.startDate !== undefined) query.set('startDate', options.startDate);
+  if (options.endDate !== undefined) query.set('endDate', options.endDate);
+  if (options.by !== undefined) query.set('by', options.by);
+  for (const event of options.events ?? []) query.append('event', event);
+  const text = query.toString();
+  const suffix = text === '' ? '' : `?${text}`;
+  return call<TelemetryReport>(`/api/telemetry/report${suffix}`, client, 'READ_SECRET', READ_TIMEOUT_MS);
+}
+
+/** The most recent runs, newest first (at most 100), each with its summary. */
+export async function listRuns(
+  options: { limit?: number } = {},
+  client: ClientOptions = {},
+): Promise<RunRecord[]> {
+  const suffix = options.limit !== undefined ? `?limit=${encodeURIComponent(String(options.limit))}` : '';
+  const list = await call<RunList>(`/api/jobs/runs${suffix}`, client, 'READ_SECRET', READ_TIMEOUT_MS);
+  return list.runs;
+}
+
+/** One run with its whole report. */
+export async function getRun(id: number, client: ClientOptions = {}): Promise<RunRecord> {
+  return call<RunRecord>(`/api/jobs/runs/${encodeURIComponent(String(id))}`, client, 'READ_SECRET', READ_TIMEOUT_MS);
+}
+
+function environment(name: string): string | undefined {
+  const process = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+  const value = process?.env?.[name];
+  return value === '' ? undefined : value;
+}
+
+/** The service's URL, checked: https, or http only to loopback unless allowed. */
+function baseUrl(client: ClientOptions): URL {
+  const text = client.baseUrl ?? environment('VERIS_JOBS_URL');
+  if (text === undefined) {
+    throw new VerisJobsError(0, 'configuration', 'no service URL: set VERIS_JOBS_URL or pass { baseUrl }');
+  }
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new VerisJobsError(0, 'configuration', 'the service URL (VERIS_JOBS_URL or baseUrl) is not a URL');
+  }
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname) || url.hostname.endsWith('.localhost');
+  if (url.protocol === 'http:' && !loopback && client.allowInsecureHttp !== true) {
+    throw new VerisJobsError(
+      0,
+      'configuration',
+      `refusing to send the secret over plain http to ${url.hostname}: use https, or pass { allowInsecureHttp: true }`,
+    );
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new VerisJobsError(0, 'configuration', `the service URL must be http or https, not ${url.protocol}`);
+  }
+  return url;
+}
+
+function secret(client: ClientOptions, preferred: 'CRON_SECRET' | 'READ_SECRET'): string {
+  const value = client.secret ?? environment(preferred) ?? environment('CRON_SECRET');
+  if (value === undefined) {
+    throw new VerisJobsError(0, 'configuration', `no secret: set ${preferred} or pass { secret }`);
+  }
+  return value;
+}
+
+async function call<T>(
+  path: string,
+  client: ClientOptions,
+  secretName: 'CRON_SECRET' | 'READ_SECRET',
+  defaultTimeout: number,
+  init: RequestInit = {},
+): Promise<T> {
+  const base = baseUrl(client);
+  const url = new URL(path.replace(/^\//, ''), base.href.endsWith('/') ? base : `${base.href}/`);
+  const timeout = AbortSignal.timeout(client.timeoutMs ?? defaultTimeout);
+  const signal = client.signal ? either(client.signal, timeout) : timeout;
+  const fetcher = client.fetch ?? globalThis.fetch;
+  let response: Response;
+  try {
+    response = await fetcher(url, {
+      ...init,
+      headers: { ...(init.headers as Record<string, string> | undefined), Authorization: `Bearer ${secret(client, secretName)}` },
+      signal,
+      redirect: 'error',
+      cache: 'no-store',
+    });
+  } catch (error) {
+    if (error instanceof VerisJobsError) throw error;
+    if (timeout.aborted) throw new VerisJobsError(0, 'timeout', `no answer from ${url.origin} within ${client.timeoutMs ?? defaultTimeout} ms`);
+    if (client.signal?.aborted) throw new VerisJobsError(0, 'aborted', 'the call was aborted');
+    // The message says what failed (a refused connection, say); never the secret.
+    throw new VerisJobsError(0, 'network', `${url.origin} could not be reached: ${(error as Error).message}`);
+  }
+  const text = await response.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new VerisJobsError(response.status, 'invalid_answer', `the service answered ${response.status} with a body that is not JSON`);
+  }
+  if (response.status === 200) return body as T;
+  if (response.status === 500 && isReport(body)) {
+    const failed = body.days.filter((day) => day.status === 'failed').map((day) => `${day.date}: ${day.error ?? ''}`);
+    throw new VerisJobsError(500, 'run_failed', `the run finished and some days failed (${failed.join('; ')})`, body);
+  }
+  const error = (body as Partial<ErrorBody>).error;
+  throw new VerisJobsError(response.status, error?.code ?? 'http_error', error?.message ?? `the service answered ${response.status}`);
+}
+
+/** A signal that aborts when either does (`AbortSignal.any` needs Node 20). */
+function either(a: AbortSignal, b: AbortSignal): AbortSignal {
+  const controller = new AbortController();
+  for (const signal of [a, b]) {
+    if (signal.aborted) controller.abort(signal.reason);
+    else signal.addEventListener('abort', () => controller.abort(signal.reason), { once: true });
+  }
+  return controller.signal;
+}
+
+function isReport(body: unknown): body is RunReport {
+  return typeof body === 'object' && body !== null && 'days' in body && Array.isArray((body as RunReport).days);
+}

@@ -1,0 +1,150 @@
+// What veris-jobs serve answers, as TypeScript types. They mirror the Rust structs of
+// veris_jobs::model (RunReport, TelemetryReport, RunRecord, ...); the tests check them
+// against the real server's answers, so a change on either side fails there.
+
+/** What happened to one day of a run. */
+export type DayStatus = 'written' | 'dry_run' | 'kept' | 'failed';
+
+/** The figures of one day of a run. */
+export interface DayReport {
+  /** The day, `YYYY-MM-DD`. */
+  date: string;
+  status: DayStatus;
+  /** Every source event of the day, bad ones included. */
+  eventsRead: number;
+  /** The sum of `skipped`. */
+  eventsSkipped: number;
+  /** Events skipped whole or stripped of metadata, by reason (non-zero only). */
+  skipped: Record<string, number>;
+  /** Rollup rows the day has after the run (or would have, in a dry run). */
+  rows: number;
+  inserted: number;
+  updated: number;
+  deleted: number;
+  unchanged: number;
+  durationMs: number;
+  /** Why the day failed, or why it was kept; `null` otherwise. */
+  error: string | null;
+  /** Bytes spilled to disk past the memory limit; absent when the day fitted. */
+  spilledBytes?: number;
+}
+
+/** The sums over all days of a run. */
+export interface Totals {
+  eventsRead: number;
+  eventsSkipped: number;
+  rows: number;
+  inserted: number;
+  updated: number;
+  deleted: number;
+  unchanged: number;
+}
+
+/** The earlier days a `--changed` run added to its range. */
+export interface ChangedDays {
+  sinceId: number | null;
+  throughId: number;
+  earlierDays: string[];
+}
+
+/** The report of one run of telemetry-daily. */
+export interface RunReport {
+  job: string;
+  dryRun: boolean;
+  /** False when any day failed. */
+  ok: boolean;
+  startDate: string;
+  endDate: string;
+  timezone: string;
+  days: DayReport[];
+  totals: Totals;
+  durationMs: number;
+  changed?: ChangedDays;
+}
+
+/** How a telemetry report's periods are cut. */
+export type Grouping = 'day' | 'week' | 'month' | 'range';
+
+/** One event in a period of a telemetry report. */
+export interface EventReport {
+  event: string;
+  count: number;
+  /** Exact for one event on one day, else an estimate; `null` when unknown. */
+  uniqueUsers: number | null;
+  uniqueUsersExact: boolean;
+  /** The rows' metadata summaries merged. */
+  meta: Record<string, unknown>;
+}
+
+/** All the period's events together, a user counted once. */
+export interface Total {
+  count: number;
+  uniqueUsers: number | null;
+  uniqueUsersExact: boolean;
+}
+
+/** One period of a telemetry report. */
+export interface PeriodReport {
+  start: string;
+  end: string;
+  events: EventReport[];
+  total: Total;
+  /** Days whose rows have no sketch. */
+  missingSketches?: string[];
+}
+
+/** The rollups of a range, read back. */
+export interface TelemetryReport {
+  startDate: string;
+  endDate: string;
+  by: Grouping;
+  periods: PeriodReport[];
+}
+
+/** A failed day, as a run's summary names it. */
+export interface FailedDay {
+  date: string;
+  error: string;
+}
+
+/** A finished run in brief. */
+export interface RunSummary {
+  ok: boolean;
+  dryRun: boolean;
+  totals: Totals;
+  durationMs: number;
+  failedDaysTotal: number;
+  failedDays: FailedDay[];
+}
+
+/** The state of a recorded run. */
+export type RunStatus = 'running' | 'ok' | 'failed' | 'abandoned';
+
+/** One row of the run history. */
+export interface RunRecord {
+  id: number;
+  job: string;
+  trigger: 'cli' | 'http' | 'schedule';
+  startedAt: string;
+  finishedAt: string | null;
+  startDate: string;
+  endDate: string;
+  timezone: string;
+  status: RunStatus;
+  daysDone: number;
+  daysTotal: number;
+  sourceWatermark: number | null;
+  summary: RunSummary | null;
+  /** The whole report: only when one run is asked for. */
+  report?: RunReport;
+}
+
+/** What `GET /api/jobs/runs` answers. */
+export interface RunList {
+  runs: RunRecord[];
+}
+
+/** The body of an answer other than 200 and 500. */
+export interface ErrorBody {
+  error: { code: string; message: string };
+}
