@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::http::{self, AppState, JOB_PATH};
 use crate::runner::Runner;
 use crate::schedule::{self, Schedule};
-use crate::store::{Store, TableName};
+use crate::store::{ClickHouseSource, Store, TableName};
 use crate::telemetry_daily::RunOptions;
 
 /// What `serve` needs, taken from the command line and the environment.
@@ -25,6 +25,8 @@ use crate::telemetry_daily::RunOptions;
 pub struct ServeSettings {
     pub database_url: String,
     pub source_table: TableName,
+    /// Where events are read when not from the database (ClickHouse).
+    pub source_url: Option<String>,
     /// Every run's zone, top-K, lookback, read slices and lock timeout.
     pub job: RunOptions,
     pub bind: SocketAddr,
@@ -65,7 +67,10 @@ impl Application {
                     .map_err(|e| Error::Usage(format!("--schedule: {e}")))
             })
             .transpose()?;
-        let store = Store::connect_lazy(&settings.database_url, &settings.source_table).await?;
+        let mut store = Store::connect_lazy(&settings.database_url, &settings.source_table).await?;
+        if let Some(url) = &settings.source_url {
+            store = store.with_source(ClickHouseSource::new(url, &settings.source_table)?);
+        }
         let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
             Error::Usage(format!(
                 "--bind {}: cannot listen there: {e}",

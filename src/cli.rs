@@ -19,7 +19,7 @@ use crate::model::{DayRange, Grouping, MAX_RUNS_LISTED, RunRecord, RunReport};
 use crate::progress::TerminalProgress;
 use crate::rollup_report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
 use crate::runner::Runner;
-use crate::store::{RollupStore as _, RunHistory as _, Store};
+use crate::store::{ClickHouseSource, RollupStore as _, RunHistory as _, Store};
 
 /// Background jobs of the Veris application.
 #[derive(Debug, Parser)]
@@ -219,16 +219,29 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
 }
 
 async fn connect(global: &GlobalArgs) -> Result<Store, Error> {
-    Ok(Store::connect(&global.database_url, &global.source_table).await?)
+    let store = Store::connect(&global.database_url, &global.source_table).await?;
+    Ok(match &global.source_url {
+        Some(url) => store.with_source(ClickHouseSource::new(url, &global.source_table)?),
+        None => store,
+    })
 }
 
 async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
-    connect(global).await?.migrate().await?;
-    write_stdout(&format!(
-        "migrated: source table {} and rollup table {} are ready\n",
-        global.source_table,
-        crate::store::ROLLUP_TABLE
-    ));
+    let store = connect(global).await?;
+    store.migrate().await?;
+    if store.has_external_source() {
+        write_stdout(&format!(
+            "migrated: rollup table {} and run history are ready (events are read from {} at the source URL)\n",
+            crate::store::ROLLUP_TABLE,
+            global.source_table
+        ));
+    } else {
+        write_stdout(&format!(
+            "migrated: source table {} and rollup table {} are ready\n",
+            global.source_table,
+            crate::store::ROLLUP_TABLE
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,6 +300,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
     let settings = ServeSettings {
         database_url: global.database_url.clone(),
         source_table: global.source_table.clone(),
+        source_url: global.source_url.clone(),
         job: args.job.run_options(),
         bind: args.bind,
         max_range_days: args.max_range_days,
@@ -303,14 +317,19 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
 }
 
 async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
+    if global.source_url.is_some() {
+        return Err(Error::Usage(
+            "demo writes its sample events into the database and reads them from there; \
+             run it without --source-url (TELEMETRY_SOURCE_URL)"
+                .into(),
+        ));
+    }
     let runner = Runner::new(connect(global).await?, args.job.run_options());
     let outcome = crate::demo::run(&runner, &global.source_table).await?;
     write_stdout(&outcome.to_text());
     Ok(exit_code(&outcome.report))
 }
 
-/// The endpoint's secret from `CRON_SECRET` (never from a flag, so it stays out of
-/// process listings and shell history).
 /// The read-only secret from `READ_SECRET`, if set.
 fn read_secret() -> Result<Option<Secret>, Error> {
     match std::env::var("READ_SECRET") {
@@ -322,6 +341,8 @@ fn read_secret() -> Result<Option<Secret>, Error> {
     }
 }
 
+/// The endpoint's secret from `CRON_SECRET` (never from a flag, so it stays out of
+/// process listings and shell history).
 fn cron_secret() -> Result<CronSecret, Error> {
     let value = std::env::var("CRON_SECRET").map_err(|_| {
         Error::Usage(format!(

@@ -26,8 +26,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::Date(_) => 2,
-            Error::Store(StoreError::InvalidUrl(_))
-            | Error::Run(RunError::Store(StoreError::InvalidUrl(_))) => 2,
+            Error::Store(StoreError::InvalidUrl(_) | StoreError::InvalidSourceUrl(_))
+            | Error::Run(RunError::Store(
+                StoreError::InvalidUrl(_) | StoreError::InvalidSourceUrl(_),
+            )) => 2,
             Error::Run(RunError::Date(_)) => 2,
             Error::Run(_) | Error::Store(_) => 1,
         }

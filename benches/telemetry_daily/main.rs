@@ -30,7 +30,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _};
 use veris_jobs::model::DayWindow;
 use veris_jobs::store::sqlite::{sqlite_bound, sqlite_timestamp};
-use veris_jobs::store::{RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, RollupStore as _, Store, TableName};
 
 use generator::{Generator, Shape};
 
@@ -62,6 +62,10 @@ struct Args {
     /// The job's --memory-limit (its own default when not given).
     #[arg(long)]
     memory_limit: Option<String>,
+    /// Instead of the timings: the accuracy of weekly and monthly unique users, over
+    /// 35 days (2024-01-01 to 2024-02-04) of `--events` events each, on PostgreSQL.
+    #[arg(long)]
+    accuracy: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -100,6 +104,10 @@ fn main() {
     );
     println!("# machine: {}", machine());
     runtime.block_on(async {
+        if args.accuracy {
+            accuracy(&args).await;
+            return;
+        }
         if args.databases == "both" || args.databases == "postgres" {
             postgres(&args).await;
         }
@@ -173,7 +181,7 @@ async fn postgres(args: &Args) {
     let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
         .await
         .unwrap();
-    let Store::Postgres(pg) = &store else {
+    let Database::Postgres(pg) = store.database() else {
         unreachable!()
     };
     let pool = pg.pool().clone();
@@ -185,11 +193,34 @@ async fn postgres(args: &Args) {
     println!("\n## PostgreSQL {version}");
 
     let target = Target::Postgres {
-        pool,
+        pool: pool.clone(),
         url: url.clone(),
     };
     compare(args, &target).await;
     empty_year(&url).await;
+    let sizes: (i64, f64, i32) = sqlx::query_as(
+        "SELECT count(*), avg(octet_length(users_hll))::float8, max(octet_length(users_hll)) \
+         FROM telemetry_daily WHERE date = $1::date",
+    )
+    .bind(DAY)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    print_sketch_sizes(sizes.0, sizes.1, i64::from(sizes.2));
+    year_report(&url, args.runs, |sql| {
+        let pool = pool.clone();
+        async move {
+            sqlx::raw_sql(AssertSqlSafe(
+                sql.replace("{day}", &format!("'{DAY}'::date"))
+                    .replace("{plus}", "+ n")
+                    .replace("{series}", "generate_series(-365, -1) AS n"),
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    })
+    .await;
 }
 
 async fn load_postgres(store: &Store, pool: &PgPool, events: u64, shape: Shape) {
@@ -283,7 +314,7 @@ async fn sqlite(args: &Args) {
     let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
         .await
         .unwrap();
-    let Store::Sqlite(lite) = &store else {
+    let Database::Sqlite(lite) = store.database() else {
         unreachable!()
     };
     load_sqlite(&store, lite.pool(), args.events, args.shape).await;
@@ -300,12 +331,32 @@ async fn sqlite(args: &Args) {
         .unwrap();
     println!("\n## SQLite {version}");
     let target = Target::Sqlite {
-        pool,
+        pool: pool.clone(),
         url: url.clone(),
         path,
     };
     compare(args, &target).await;
     empty_year(&url).await;
+    let sizes: (i64, f64, i64) = sqlx::query_as(
+        "SELECT count(*), avg(length(users_hll)), max(length(users_hll)) \
+         FROM telemetry_daily WHERE date = ?1",
+    )
+    .bind(DAY)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    print_sketch_sizes(sizes.0, sizes.1, sizes.2);
+    year_report(&url, args.runs, |sql| {
+        let pool = pool.clone();
+        async move {
+            let sql = sql
+                .replace("{day}", &format!("'{DAY}'"))
+                .replace("date {plus}", "date(date, n || ' days')")
+                .replace("{series}", "(WITH RECURSIVE s(n) AS (SELECT -365 UNION ALL SELECT n + 1 FROM s WHERE n < -1) SELECT n FROM s)");
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+        }
+    })
+    .await;
 }
 
 async fn load_sqlite(store: &Store, pool: &SqlitePool, events: u64, shape: Shape) {
@@ -578,6 +629,63 @@ fn median(times: &mut [Duration]) -> Duration {
     }
 }
 
+fn print_sketch_sizes(rows: i64, average: f64, largest: i64) {
+    println!(
+        "users_hll on {DAY}: {rows} rows, {average:.0} bytes a row on average, {largest} at most"
+    );
+}
+
+/// The 365 days before the day under test filled with copies of its rollup rows
+/// (sketches and all), then `veris-jobs report` over that year by week, timed; the
+/// copies are removed afterwards. `execute` runs SQL with `{day}`, `{plus}` and
+/// `{series}` filled in for the database.
+async fn year_report<F, Fut>(url: &str, runs: usize, execute: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let copies = "INSERT INTO telemetry_daily (date, event, count, unique_users, meta, updated_at, users_hll) \
+         SELECT date {plus}, event, count, unique_users, meta, updated_at, users_hll \
+         FROM telemetry_daily, {series} WHERE date = {day}";
+    execute(copies.to_owned()).await;
+    let url = url.to_owned();
+    let mut times = tokio::task::spawn_blocking(move || {
+        (0..=runs)
+            .map(|_| {
+                let started = Instant::now();
+                let output = Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+                    .env("DATABASE_URL", &url)
+                    .args([
+                        "report",
+                        "--start-date",
+                        "2023-03-13",
+                        "--end-date",
+                        "2024-03-11",
+                        "--by",
+                        "week",
+                        "--json",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    output.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                started.elapsed()
+            })
+            .skip(1)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    execute("DELETE FROM telemetry_daily WHERE date < {day}".to_owned()).await;
+    println!(
+        "a 365-day report by week over 50 events a day (the command, process start included): {:.0} ms (median of {runs})",
+        median(&mut times).as_secs_f64() * 1000.0
+    );
+}
+
 /// A 365-day run over days with no events: the per-day overhead.
 async fn empty_year(url: &str) {
     let url = url.to_owned();
@@ -601,4 +709,175 @@ async fn empty_year(url: &str) {
     .await
     .unwrap();
     println!("365 empty days: {:.2} s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------- accuracy of the sketches
+
+/// Weekly and monthly unique users from the report (unions of the rows' sketches)
+/// against `count(DISTINCT user_id)` over the raw events.
+async fn accuracy(args: &Args) {
+    const START: &str = "2024-01-01";
+    const END: &str = "2024-02-04";
+    let name = format!("veris_bench_accuracy_{}", args.events);
+    let (address, options) = args
+        .postgres_url
+        .split_once('?')
+        .unwrap_or((&args.postgres_url, ""));
+    let (base, _) = address.rsplit_once('/').expect("URL ends in /DATABASE");
+    let url = if options.is_empty() {
+        format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{options}")
+    };
+    let mut admin = sqlx::PgConnection::connect(&args.postgres_url)
+        .await
+        .expect("reach PostgreSQL");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    let store = if exists {
+        Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
+            .await
+            .unwrap()
+    } else {
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let Database::Postgres(pg) = store.database() else {
+            unreachable!()
+        };
+        eprintln!("loading 35 days of {} events (once)…", args.events);
+        let mut copy = pg
+            .pool()
+            .copy_in_raw("COPY telemetry_events (event, user_id, created_at, meta) FROM STDIN")
+            .await
+            .unwrap();
+        let mut generator = Generator::with_shape(Shape::Usual);
+        let mut date: Date = START.parse().unwrap();
+        while date <= END.parse().unwrap() {
+            let mut buffer = Vec::new();
+            generator.day(date, args.events, |row| {
+                buffer.extend_from_slice(copy_text_line(&row).as_bytes())
+            });
+            copy.send(buffer).await.unwrap();
+            date = date.tomorrow().unwrap();
+        }
+        copy.finish().await.unwrap();
+        sqlx::raw_sql("ANALYZE telemetry_events")
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        let written = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || {
+                run_binary(
+                    &url,
+                    &[
+                        "telemetry-daily",
+                        "--start-date",
+                        START,
+                        "--end-date",
+                        END,
+                        "--json",
+                    ],
+                )
+            }
+        })
+        .await
+        .unwrap();
+        eprintln!("rolled up {} events", written.0);
+        store
+    };
+    let Database::Postgres(pg) = store.database() else {
+        unreachable!()
+    };
+    println!(
+        "# accuracy of users_hll: 35 days of {} events, 300,000 users",
+        args.events
+    );
+    for (by, bucket) in [
+        (
+            "week",
+            "date_trunc('week', created_at AT TIME ZONE 'UTC')::date",
+        ),
+        (
+            "month",
+            "date_trunc('month', created_at AT TIME ZONE 'UTC')::date",
+        ),
+    ] {
+        let exact: Vec<(String, Option<String>, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {bucket}::text, event, count(DISTINCT user_id) FROM telemetry_events \
+             GROUP BY GROUPING SETS (({bucket}, event), ({bucket}))"
+        )))
+        .fetch_all(pg.pool())
+        .await
+        .unwrap();
+        let url = url.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+                .env("DATABASE_URL", &url)
+                .args([
+                    "report",
+                    "--start-date",
+                    START,
+                    "--end-date",
+                    END,
+                    "--by",
+                    by,
+                    "--json",
+                ])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&report.stdout).expect("a JSON report");
+        let mut errors = Vec::new();
+        for period in report["periods"].as_array().unwrap() {
+            // A period's bucket is the week's Monday or the month's first day.
+            let start: Date = period["start"].as_str().unwrap().parse().unwrap();
+            let key = match by {
+                "week" => start
+                    .checked_sub(
+                        jiff::Span::new().days(i64::from(start.weekday().to_monday_zero_offset())),
+                    )
+                    .unwrap(),
+                _ => start.first_of_month(),
+            }
+            .to_string();
+            let lookup = |event: Option<&str>| {
+                exact
+                    .iter()
+                    .find(|(b, e, _)| b == &key && e.as_deref() == event)
+                    .map(|r| r.2)
+                    .unwrap()
+            };
+            let mut measure = |estimate: &serde_json::Value, exact: i64| {
+                let estimate = estimate.as_f64().unwrap();
+                errors.push((estimate - exact as f64).abs() / exact as f64);
+            };
+            for event in period["events"].as_array().unwrap() {
+                measure(&event["uniqueUsers"], lookup(event["event"].as_str()));
+            }
+            measure(&period["total"]["uniqueUsers"], lookup(None));
+        }
+        errors.sort_by(f64::total_cmp);
+        let over = errors.iter().filter(|e| **e > 0.02).count();
+        println!(
+            "by {by}: {} unions (each event and all events, each period); relative error median {:.2}%, 95th percentile {:.2}%, largest {:.2}%; over 2%: {over}",
+            errors.len(),
+            errors[errors.len() / 2] * 100.0,
+            errors[errors.len() * 95 / 100] * 100.0,
+            errors[errors.len() - 1] * 100.0,
+        );
+    }
 }

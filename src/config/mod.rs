@@ -43,6 +43,17 @@ pub struct GlobalArgs {
     )]
     pub source_table: TableName,
 
+    /// Where raw events are read, when not from the database:
+    /// clickhouse://[user[:password]@]host[:port]/database (clickhouses:// for HTTPS).
+    /// Rollups, locks and run history stay in the database.
+    #[arg(
+        long,
+        env = "TELEMETRY_SOURCE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub source_url: Option<String>,
+
     /// Log format; filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

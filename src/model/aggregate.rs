@@ -27,10 +27,34 @@ pub struct SourceEvent<'a> {
     pub meta: Option<&'a str>,
 }
 
-/// Whatever receives a day's events from a source, one at a time.
+/// Events of one name that a source counted itself (a database that aggregates on
+/// its own side): how many, their distinct users exactly, and those users' sketch.
+/// Their metadata follows through [`EventSink::push_meta`].
+#[derive(Debug, Clone, Copy)]
+pub struct CountedEvents<'a> {
+    /// The event name; null or empty events are skipped.
+    pub event: Option<&'a str>,
+    /// How many events.
+    pub events: u64,
+    /// Their distinct non-empty user ids.
+    pub unique_users: u64,
+    /// Those users, as a sketch.
+    pub sketch: &'a Sketch,
+}
+
+/// Whatever receives a day's events from a source: one at a time, or counted by the
+/// source ([`EventSink::push_counted`] then [`EventSink::push_meta`]).
 pub trait EventSink {
     /// Takes one event.
     fn push(&mut self, event: SourceEvent<'_>);
+
+    /// Takes events the source counted itself.
+    fn push_counted(&mut self, counted: CountedEvents<'_>);
+
+    /// Takes the metadata `meta` of `times` events named `event`, already taken by
+    /// [`EventSink::push_counted`]: it is summarised `times` times. Metadata of a
+    /// name that was not taken, or is skipped, is ignored.
+    fn push_meta(&mut self, event: &str, meta: Option<&str>, times: u64);
 }
 
 /// A sink that can be split: parts filled with different events (on other threads,
@@ -120,6 +144,8 @@ struct EventGroup {
     unique: u64,
     /// Distinct users of a later group, as numbers from the aggregate's [`UserIds`].
     users: FastSet<u32>,
+    /// Distinct users counted by the source ([`EventSink::push_counted`]).
+    counted_users: u64,
     /// The same users as a sketch: kept whole in memory (it is bounded), also after
     /// the aggregate spills.
     sketch: Sketch,
@@ -396,10 +422,13 @@ impl DayAggregate {
             .map(|(at, (event, group))| RollupRow {
                 event: event.into(),
                 count: saturating_i64(group.count),
-                unique_users: saturating_i64(match &uniques {
-                    Some(uniques) => uniques[at],
-                    None => group.unique + group.users.len() as u64,
-                }),
+                unique_users: saturating_i64(
+                    group.counted_users
+                        + match &uniques {
+                            Some(uniques) => uniques[at],
+                            None => group.unique + group.users.len() as u64,
+                        },
+                ),
                 meta: match &mut metas {
                     Some(metas) => std::mem::take(&mut metas[at]),
                     None => group.meta.to_json(top_k),
@@ -460,6 +489,7 @@ impl MergeableSink for DayAggregate {
             for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
                 let target = &mut self.groups[groups[theirs] as usize].1;
                 target.count += group.count;
+                target.counted_users += group.counted_users;
                 target.sketch.union(&group.sketch);
             }
             if self.failure.is_none() {
@@ -484,6 +514,7 @@ impl MergeableSink for DayAggregate {
             }
             let target = &mut self.groups[mine as usize].1;
             target.count += group.count;
+            target.counted_users += group.counted_users;
             target.sketch.union(&group.sketch);
             target.meta.merge(group.meta);
         }
@@ -492,19 +523,41 @@ impl MergeableSink for DayAggregate {
     }
 }
 
+impl DayAggregate {
+    /// Counts `times` events named `event` as read; returns the name, or `None` when
+    /// they are skipped whole (counted by reason).
+    fn take_events<'n>(&mut self, event: Option<&'n str>, times: u64) -> Option<&'n str> {
+        self.events_read += times;
+        match event {
+            Some(name) if name.len() > MAX_EVENT_NAME_BYTES => {
+                self.skipped.invalid_event += times;
+                None
+            }
+            Some(name) if !name.is_empty() => Some(name),
+            _ => {
+                self.skipped.missing_event += times;
+                None
+            }
+        }
+    }
+
+    /// Summarises the metadata of `times` events of `group`.
+    fn add_meta(&mut self, group: u32, meta: Option<&str>, times: u64) {
+        let group = &mut self.groups[group as usize].1;
+        match parse_meta(meta) {
+            ParsedMeta::Absent => {}
+            ParsedMeta::Object(entries) => self.bytes += group.meta.add(&entries, times),
+            ParsedMeta::NonObject => self.skipped.non_object_meta += times,
+            ParsedMeta::Invalid => self.skipped.invalid_meta += times,
+        }
+        self.keep_within_limit();
+    }
+}
+
 impl EventSink for DayAggregate {
     fn push(&mut self, event: SourceEvent<'_>) {
-        self.events_read += 1;
-        let name = match event.event {
-            Some(name) if name.len() > MAX_EVENT_NAME_BYTES => {
-                self.skipped.invalid_event += 1;
-                return;
-            }
-            Some(name) if !name.is_empty() => name,
-            _ => {
-                self.skipped.missing_event += 1;
-                return;
-            }
+        let Some(name) = self.take_events(event.event, 1) else {
+            return;
         };
         // A spill failed: the day will fail, and nothing more is worth holding.
         if self.failure.is_some() {
@@ -518,14 +571,27 @@ impl EventSink for DayAggregate {
             let sketch = &mut self.groups[group as usize].1.sketch;
             sketch.add_hash(hash_user(user));
         }
+        self.add_meta(group, event.meta, 1);
+    }
+
+    fn push_counted(&mut self, counted: CountedEvents<'_>) {
+        let Some(name) = self.take_events(counted.event, counted.events) else {
+            return;
+        };
+        let group = self.group(name);
         let group = &mut self.groups[group as usize].1;
-        match parse_meta(event.meta) {
-            ParsedMeta::Absent => {}
-            ParsedMeta::Object(entries) => self.bytes += group.meta.add(&entries),
-            ParsedMeta::NonObject => self.skipped.non_object_meta += 1,
-            ParsedMeta::Invalid => self.skipped.invalid_meta += 1,
+        group.count += counted.events;
+        group.counted_users += counted.unique_users;
+        group.sketch.union(counted.sketch);
+    }
+
+    fn push_meta(&mut self, event: &str, meta: Option<&str>, times: u64) {
+        if self.failure.is_some() {
+            return;
         }
-        self.keep_within_limit();
+        if let Some(&group) = self.index.get(event) {
+            self.add_meta(group, meta, times);
+        }
     }
 }
 

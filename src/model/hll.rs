@@ -135,6 +135,34 @@ impl Sketch {
         }
     }
 
+    /// The sketch of a set of more than [`EXPLICIT_MAX`] users whose registers a
+    /// source computed itself: `(index, value)` pairs, the highest value of an index
+    /// kept. (A smaller set is explicit: give its hashes to [`Sketch::add_hash`].)
+    ///
+    /// # Errors
+    ///
+    /// [`SketchError`] for an index or value out of range.
+    pub fn from_registers(
+        values: impl IntoIterator<Item = (u64, u8)>,
+    ) -> Result<Self, SketchError> {
+        let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
+        for (index, value) in values {
+            let register = usize::try_from(index)
+                .ok()
+                .and_then(|index| registers.get_mut(index))
+                .ok_or_else(|| SketchError(format!("register {index} of {REGISTERS}")))?;
+            if value >= 1 << REGWIDTH {
+                return Err(SketchError(format!(
+                    "register value {value} wider than {REGWIDTH} bits"
+                )));
+            }
+            *register = (*register).max(value);
+        }
+        Ok(Self {
+            repr: Repr::Registers(registers),
+        })
+    }
+
     /// Bytes the sketch holds in memory.
     pub fn bytes(&self) -> usize {
         match &self.repr {
@@ -277,10 +305,17 @@ fn set_register(registers: &mut [u8], hash: i64) {
     if rest == 0 {
         return;
     }
-    let rank = (rest.trailing_zeros() + 1).min((1 << REGWIDTH) - 1) as u8;
+    let rank = register_value(rest);
     if registers[index] < rank {
         registers[index] = rank;
     }
+}
+
+/// The value a hash whose bits above the register index are `rest` (non-zero) gives
+/// its register: the position of the lowest set bit, counted from 1, capped by the
+/// width. Only that lowest bit matters, so `rest & rest.wrapping_neg()` gives the same.
+pub fn register_value(rest: u64) -> u8 {
+    (rest.trailing_zeros() + 1).min((1 << REGWIDTH) - 1) as u8
 }
 
 /// `hll_cardinality` of registers, operation for operation, so that the floats match.
@@ -421,6 +456,31 @@ mod tests {
         assert_eq!(kinds, [EXPLICIT, SPARSE, FULL]);
         let estimate = sketch.cardinality();
         assert!((estimate - 40_000.0).abs() / 40_000.0 < 0.03, "{estimate}");
+    }
+
+    #[test]
+    fn registers_computed_elsewhere_give_the_same_sketch() {
+        // What a source computes per (index): the highest lowest set bit of the
+        // hash bits above the index, as `register_value` reads it.
+        let users: Vec<String> = (0..5_000).map(|n| format!("u{n}")).collect();
+        let mut added = Sketch::new();
+        let mut highest = std::collections::BTreeMap::<u64, u64>::new();
+        for user in &users {
+            added.add_user(user);
+            let hash = hash_user(user) as u64;
+            let rest = hash >> LOG2M;
+            if rest != 0 {
+                let low = rest & rest.wrapping_neg();
+                let entry = highest.entry(hash & (REGISTERS as u64 - 1)).or_default();
+                *entry = (*entry).max(low);
+            }
+        }
+        let built =
+            Sketch::from_registers(highest.into_iter().map(|(i, low)| (i, register_value(low))))
+                .unwrap();
+        assert_eq!(built.to_bytes(), added.to_bytes());
+        assert!(Sketch::from_registers([(REGISTERS as u64, 1)]).is_err());
+        assert!(Sketch::from_registers([(0, 32)]).is_err());
     }
 
     #[test]

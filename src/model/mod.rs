@@ -24,8 +24,8 @@ mod summary;
 mod telemetry_report;
 
 pub use self::aggregate::{
-    DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink, RollupRow, SkipCounts,
-    SourceEvent,
+    CountedEvents, DayAggregate, DayRollup, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink,
+    RollupRow, SkipCounts, SourceEvent,
 };
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, diff};

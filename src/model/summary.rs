@@ -42,9 +42,9 @@ pub(super) struct NumberStats {
 }
 
 impl NumberStats {
-    fn of(x: f64) -> Self {
+    fn of(x: f64, times: u64) -> Self {
         let mut sum = ExactSum::default();
-        sum.add(x);
+        sum.add_times(x, times);
         Self {
             sum,
             min: x,
@@ -52,8 +52,8 @@ impl NumberStats {
         }
     }
 
-    fn add(&mut self, x: f64) {
-        self.sum.add(x);
+    fn add(&mut self, x: f64, times: u64) {
+        self.sum.add_times(x, times);
         self.min = self.min.min(x);
         self.max = self.max.max(x);
     }
@@ -66,8 +66,8 @@ impl NumberStats {
 }
 
 impl KeyStats {
-    /// Adds one value; returns the bytes the key's table grew by.
-    fn add(&mut self, value: &MetaValue<'_>) -> usize {
+    /// Adds one value, seen `times` times; returns the bytes the key's table grew by.
+    fn add(&mut self, value: &MetaValue<'_>, times: u64) -> usize {
         let text: &str = match value {
             MetaValue::Null => return 0,
             MetaValue::Bool(true) => "true",
@@ -75,17 +75,17 @@ impl KeyStats {
             MetaValue::Text(s) => s,
             MetaValue::Nested(s) => s,
             MetaValue::Number(x) => {
-                self.n += 1;
+                self.n += times;
                 match &mut self.numbers {
-                    Some(stats) => stats.add(*x),
-                    None => self.numbers = Some(NumberStats::of(*x)),
+                    Some(stats) => stats.add(*x, times),
+                    None => self.numbers = Some(NumberStats::of(*x, times)),
                 }
                 return 0;
             }
         };
-        self.n += 1;
-        self.value_total += 1;
-        count_value(&mut self.values, text, 1)
+        self.n += times;
+        self.value_total += times;
+        count_value(&mut self.values, text, times)
     }
 
     /// Folds in `other`'s counts of everything but the values map.
@@ -187,18 +187,23 @@ pub struct MetaSummary {
 }
 
 impl MetaSummary {
-    /// Adds one event's metadata entries; returns the bytes the summary grew by.
-    pub(super) fn add(&mut self, entries: &[(std::borrow::Cow<'_, str>, MetaValue<'_>)]) -> usize {
+    /// Adds the metadata entries of `times` events that all had them; returns the
+    /// bytes the summary grew by.
+    pub(super) fn add(
+        &mut self,
+        entries: &[(std::borrow::Cow<'_, str>, MetaValue<'_>)],
+        times: u64,
+    ) -> usize {
         let mut grew = 0;
         for (key, value) in entries {
             if matches!(value, MetaValue::Null) {
                 continue;
             }
             match self.keys.get_mut(&**key) {
-                Some(stats) => grew += stats.add(value),
+                Some(stats) => grew += stats.add(value, times),
                 None => {
                     let mut stats = KeyStats::default();
-                    grew += stats.add(value);
+                    grew += stats.add(value, times);
                     let before = self.keys.capacity();
                     let key = CompactString::from(&**key);
                     grew += heap_bytes(&key);
@@ -294,6 +299,18 @@ impl ExactSum {
         self.partials.push(x);
     }
 
+    /// Adds `x`, `times` times, exactly: `x` doubled is exact, so the sum of `x`
+    /// times each power of two of `times` is.
+    pub fn add_times(&mut self, mut x: f64, mut times: u64) {
+        while times != 0 {
+            if times & 1 == 1 {
+                self.add(x);
+            }
+            times >>= 1;
+            x *= 2.0;
+        }
+    }
+
     /// Adds every number of `other` exactly.
     pub fn merge(&mut self, other: &ExactSum) {
         self.overflowed |= other.overflowed;
@@ -359,7 +376,7 @@ mod tests {
         for meta in metas {
             match parse_meta(Some(meta)) {
                 ParsedMeta::Object(entries) => {
-                    summary.add(&entries);
+                    summary.add(&entries, 1);
                 }
                 other => panic!("{meta} parsed as {other:?}"),
             }
@@ -476,5 +493,32 @@ mod tests {
         });
         assert_eq!(forward.total().to_bits(), backward.total().to_bits());
         assert_eq!(forward.total(), 1.000033);
+    }
+
+    #[test]
+    fn metadata_seen_n_times_sums_as_n_single_events() {
+        let metas = [
+            (r#"{"amount":0.1,"plan":"pro"}"#, 7u64),
+            (r#"{"amount":1e16,"ok":true}"#, 3),
+            (r#"{"amount":-0.3,"plan":"free"}"#, 1_000_003),
+            (r#"{"amount":3.3e-5}"#, 12),
+        ];
+        let mut weighted = MetaSummary::default();
+        let mut single = MetaSummary::default();
+        for (meta, times) in metas {
+            let ParsedMeta::Object(entries) = parse_meta(Some(meta)) else {
+                panic!("{meta} is an object");
+            };
+            weighted.add(&entries, times);
+            for _ in 0..times {
+                single.add(&entries, 1);
+            }
+        }
+        assert_eq!(weighted.to_json(5), single.to_json(5));
+        assert!(
+            weighted.to_json(5).contains(r#""n":1000025"#),
+            "{}",
+            weighted.to_json(5)
+        );
     }
 }

@@ -10,6 +10,15 @@ pub enum StoreError {
     /// The database URL cannot be used.
     #[error("DATABASE_URL: {0}")]
     InvalidUrl(String),
+    /// The events' source URL cannot be used.
+    #[error("TELEMETRY_SOURCE_URL: {0}")]
+    InvalidSourceUrl(String),
+    /// The events' source (ClickHouse) could not be reached, or stopped answering.
+    #[error("cannot reach the source of events {target}: {message}")]
+    SourceUnreachable { target: String, message: String },
+    /// The events' source refused a query or answered something unreadable.
+    #[error("{action}: {message}")]
+    Source { action: String, message: String },
     /// The database could not be reached, or the connection was lost.
     #[error("cannot reach the database {target}: {source}")]
     Unreachable {
@@ -56,7 +65,7 @@ impl StoreError {
     /// further days is pointless.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            StoreError::Unreachable { .. } => true,
+            StoreError::Unreachable { .. } | StoreError::SourceUnreachable { .. } => true,
             StoreError::Query { source, .. } => is_connection_error(source),
             _ => false,
         }

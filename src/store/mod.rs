@@ -23,22 +23,24 @@ macro_rules! rollup_table {
     };
 }
 
-/// Forwards a call to whichever backend a [`Store`] is.
+/// Forwards a call to whichever backend a [`Store`]'s database is.
 macro_rules! dispatch {
     ($store:expr, $backend:ident => $call:expr) => {
-        match $store {
-            Store::Postgres($backend) => $call,
-            Store::Sqlite($backend) => $call,
+        match &$store.database {
+            Database::Postgres($backend) => $call,
+            Database::Sqlite($backend) => $call,
         }
     };
 }
 
+mod clickhouse;
 mod day_lock;
 mod demo;
 mod error;
 mod history;
 mod pg_copy;
 pub mod postgres;
+mod row_binary;
 mod rows;
 pub mod sqlite;
 mod sqlite_scan;
@@ -55,6 +57,7 @@ use crate::model::{
     StoredRollup,
 };
 
+pub use self::clickhouse::ClickHouseSource;
 pub use self::demo::{DemoData, DemoSample, NewEvent};
 pub use self::error::StoreError;
 pub use self::postgres::PgStore;
@@ -98,6 +101,13 @@ pub trait EventSource {
         after: i64,
         through: i64,
     ) -> impl Future<Output = Result<Vec<Timestamp>, StoreError>> + Send;
+
+    /// Whether the source hands over counted aggregates (distinct users and all)
+    /// rather than single events: a day must then be read whole, since distinct
+    /// users of time slices do not add up.
+    fn counts_itself(&self) -> bool {
+        false
+    }
 }
 
 /// Where the rollup rows live.
@@ -256,11 +266,29 @@ impl DayLocks {
     }
 }
 
-/// A connection pool to either database, behind every storage interface.
+/// A connection pool to either database, behind every storage interface, and the
+/// source of events when they live elsewhere (ClickHouse).
 #[derive(Debug, Clone)]
-pub enum Store {
+pub struct Store {
+    database: Database,
+    /// Where events are read from instead of the database's own source table.
+    source: Option<ClickHouseSource>,
+}
+
+/// The database of rollups, run history and locks (and, by default, of events).
+#[derive(Debug, Clone)]
+pub enum Database {
     Postgres(PgStore),
     Sqlite(SqliteStore),
+}
+
+impl From<Database> for Store {
+    fn from(database: Database) -> Self {
+        Self {
+            database,
+            source: None,
+        }
+    }
 }
 
 impl Store {
@@ -275,10 +303,10 @@ impl Store {
         match Backend::of(database_url)? {
             Backend::Postgres => PgStore::connect(database_url, source_table)
                 .await
-                .map(Store::Postgres),
+                .map(|pg| Database::Postgres(pg).into()),
             Backend::Sqlite => SqliteStore::connect(database_url, source_table)
                 .await
-                .map(Store::Sqlite),
+                .map(|sqlite| Database::Sqlite(sqlite).into()),
         }
     }
 
@@ -294,16 +322,36 @@ impl Store {
         source_table: &TableName,
     ) -> Result<Self, StoreError> {
         match Backend::of(database_url)? {
-            Backend::Postgres => {
-                PgStore::connect_lazy(database_url, source_table).map(Store::Postgres)
-            }
+            Backend::Postgres => PgStore::connect_lazy(database_url, source_table)
+                .map(|pg| Database::Postgres(pg).into()),
             Backend::Sqlite => Self::connect(database_url, source_table).await,
         }
     }
 
+    /// Reads events from `source` rather than from the database's source table,
+    /// which `migrate` then leaves alone.
+    pub fn with_source(mut self, source: ClickHouseSource) -> Self {
+        match &mut self.database {
+            Database::Postgres(pg) => pg.creates_source = false,
+            Database::Sqlite(sqlite) => sqlite.creates_source = false,
+        }
+        self.source = Some(source);
+        self
+    }
+
+    /// The database of rollups, run history and locks.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Whether events come from another database than the rollups'.
+    pub fn has_external_source(&self) -> bool {
+        self.source.is_some()
+    }
+
     /// Whether this database can hold `meta` text that is not valid JSON.
     pub fn keeps_invalid_json(&self) -> bool {
-        matches!(self, Store::Sqlite(_))
+        matches!(self.database, Database::Sqlite(_))
     }
 }
 
@@ -343,12 +391,28 @@ impl EventSource for Store {
         window: &DayWindow,
         sink: &mut K,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.scan_window(window, sink).await)
+        match &self.source {
+            Some(source) => source.scan_window(window, sink).await,
+            None => dispatch!(self, s => s.scan_window(window, sink).await),
+        }
     }
 
-    forward! {
-        fn id_watermark(&self) -> Result<Option<i64>, StoreError>;
-        fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError>;
+    fn counts_itself(&self) -> bool {
+        self.source.is_some()
+    }
+
+    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+        match &self.source {
+            Some(source) => source.id_watermark().await,
+            None => dispatch!(self, s => s.id_watermark().await),
+        }
+    }
+
+    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
+        match &self.source {
+            Some(source) => source.hours_with_ids(after, through).await,
+            None => dispatch!(self, s => s.hours_with_ids(after, through).await),
+        }
     }
 }
 
@@ -359,7 +423,15 @@ impl RollupStore for Store {
         fn rollups(&self, range: &DayRange, events: &[String]) -> Result<Vec<StoredRollup>, StoreError>;
         fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
         fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError>;
-        fn ping(&self) -> bool;
+    }
+
+    /// Both the database and, when there is one, the events' source.
+    async fn ping(&self) -> bool {
+        let database = dispatch!(self, s => s.ping().await);
+        match &self.source {
+            Some(source) => database && source.ping().await,
+            None => database,
+        }
     }
 }
 

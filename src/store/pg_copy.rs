@@ -170,6 +170,14 @@ mod tests {
                 e.meta.map(str::to_owned),
             ));
         }
+
+        fn push_counted(&mut self, _: crate::model::CountedEvents<'_>) {
+            unreachable!("COPY hands over single events")
+        }
+
+        fn push_meta(&mut self, _: &str, _: Option<&str>, _: u64) {
+            unreachable!("COPY hands over single events")
+        }
     }
 
     fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {

@@ -39,6 +39,9 @@ pub struct PgStore {
     options: Arc<PgConnectOptions>,
     target: String,
     pub(super) source: TableName,
+    /// Whether `migrate` creates the source table: not when events come from
+    /// another database.
+    pub(super) creates_source: bool,
     sql: Arc<Statements>,
     /// Looked up on the first scan: the source table may not exist before `migrate`.
     meta_is_jsonb: Arc<OnceCell<bool>>,
@@ -105,6 +108,7 @@ impl PgStore {
             options: Arc::new(options),
             target,
             source: source.clone(),
+            creates_source: true,
             sql: Arc::new(Statements::new(source)),
             meta_is_jsonb: Arc::new(OnceCell::new()),
             last_ping: Arc::new(tokio::sync::Mutex::new(None)),
@@ -237,7 +241,7 @@ impl RollupStore for PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(query_error("looking for the source table"))?;
-        if !exists {
+        if !exists && self.creates_source {
             let sql = include_str!("../../migrations/postgres/source.sql")
                 .replace("{source}", &self.source.quoted())
                 .replace(

@@ -37,6 +37,9 @@ pub struct SqliteStore {
     db_path: PathBuf,
     lock_path: PathBuf,
     pub(super) source: TableName,
+    /// Whether `migrate` creates the source table: not when events come from
+    /// another database.
+    pub(super) creates_source: bool,
     sql: Arc<Statements>,
 }
 
@@ -156,6 +159,7 @@ impl SqliteStore {
             db_path,
             lock_path: lock_path.into(),
             source: source.clone(),
+            creates_source: true,
             sql: Arc::new(Statements::new(source)),
         })
     }
@@ -243,7 +247,7 @@ impl RollupStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(query_error("looking for the source table"))?;
-        if exists == 0 {
+        if exists == 0 && self.creates_source {
             let sql = include_str!("../../migrations/sqlite/source.sql")
                 .replace("{source}", &self.source.quoted())
                 .replace("{source_unqualified}", &format!("\"{table}\""))

@@ -133,7 +133,7 @@ async fn read<S>(
 where
     S: EventSource + Clone + Send + Sync + 'static,
 {
-    if slices <= 1 {
+    if slices <= 1 || store.counts_itself() {
         store.scan_window(window, &mut day).await?;
         return Ok(day);
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use jiff::Timestamp;
 use sqlx::Connection as _;
 use veris_jobs::model::{DayRange, RunReport};
-use veris_jobs::store::{DemoData as _, NewEvent, RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, DemoData as _, NewEvent, RollupStore as _, Store, TableName};
 use veris_jobs::telemetry_daily::{self, RunOptions};
 
 /// Which database a test runs on.
@@ -129,14 +129,14 @@ impl TestDb {
 
     /// Runs one statement of raw SQL.
     pub async fn execute(&self, sql: &str) {
-        match &self.store {
-            Store::Postgres(s) => {
+        match self.store.database() {
+            Database::Postgres(s) => {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
                     .execute(s.pool())
                     .await
                     .expect(sql);
             }
-            Store::Sqlite(s) => {
+            Database::Sqlite(s) => {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
                     .execute(s.pool())
                     .await
@@ -147,15 +147,15 @@ impl TestDb {
 
     /// Every rollup row exactly as stored: (date, event, count, unique_users, meta, updated_at).
     pub async fn rollups(&self) -> Vec<StoredRow> {
-        match &self.store {
-            Store::Postgres(s) => sqlx::query_as(
+        match self.store.database() {
+            Database::Postgres(s) => sqlx::query_as(
                 "SELECT date::text, event, count, unique_users, meta::text, updated_at::text \
                  FROM telemetry_daily ORDER BY date, event",
             )
             .fetch_all(s.pool())
             .await
             .expect("read rollups"),
-            Store::Sqlite(s) => sqlx::query_as(
+            Database::Sqlite(s) => sqlx::query_as(
                 "SELECT date, event, count, unique_users, meta, updated_at \
                  FROM telemetry_daily ORDER BY date, event",
             )

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sqlx::Connection as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use veris_jobs::config::CronSecret;
 use veris_jobs::http::AppState;
 use veris_jobs::model::{DayRange, RunReport};
 use veris_jobs::runner::Runner;
-use veris_jobs::store::{RollupStore as _, RunHistory as _, Store, StoreError, TableName};
+use veris_jobs::store::{
+    Database, RollupStore as _, RunHistory as _, Store, StoreError, TableName,
+};
 use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::common::{Kind, TestDb, event, range_options};
@@ -265,6 +268,13 @@ async fn a_terminated_lock_session_stops_the_run_before_it_writes() {
         }
     }
     db.insert(&events).await;
+    // Until the lock session is gone, the run cannot read (so cannot finish) a day:
+    // a transaction of the test's own holds the source table.
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE telemetry_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
     let store = db.store.clone();
     let run = tokio::spawn(async move {
         veris_jobs::telemetry_daily::run(&store, &range_options("2024-06-01", "2024-06-03"))
@@ -272,7 +282,7 @@ async fn a_terminated_lock_session_stops_the_run_before_it_writes() {
             .unwrap()
     });
     // The run's lock session, as soon as it holds the days.
-    let Store::Postgres(pg) = &db.store else {
+    let Database::Postgres(pg) = db.store.database() else {
         unreachable!()
     };
     let started = Instant::now();
@@ -298,6 +308,10 @@ async fn a_terminated_lock_session_stops_the_run_before_it_writes() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert!(terminated);
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
     let report = run.await.unwrap();
     assert!(!report.ok);
     for day in &report.days {
@@ -386,7 +400,7 @@ async fn runs_past_the_limit_are_answered_429_and_connections_past_the_cap_wait(
     db.insert(&[event("e", Some("u"), "2024-01-01T10:00:00Z", None)])
         .await;
     // The source table locked: a run blocks on reading it until the lock goes.
-    let Store::Postgres(pg) = &db.store else {
+    let Database::Postgres(pg) = db.store.database() else {
         unreachable!()
     };
     let mut blocker = pg.pool().begin().await.unwrap();
@@ -511,7 +525,7 @@ async fn a_caller_that_hangs_up_is_logged_and_its_dry_run_stopped() {
     };
     db.insert(&[event("e", Some("u"), "2024-01-01T10:00:00Z", None)])
         .await;
-    let Store::Postgres(pg) = &db.store else {
+    let Database::Postgres(pg) = db.store.database() else {
         unreachable!()
     };
     let mut blocker = pg.pool().begin().await.unwrap();

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use veris_jobs::config::CronSecret;
 use veris_jobs::http::AppState;
 use veris_jobs::model::DayRange;
-use veris_jobs::store::{RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, RollupStore as _, Store, TableName};
 use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::common::{Kind, TestDb, event};
@@ -281,7 +281,7 @@ async fn every_status_of_the_contract_table(db: TestDb) {
         )
         .await
         .unwrap();
-        let Store::Postgres(admin) = admin else {
+        let Database::Postgres(admin) = admin.database() else {
             unreachable!()
         };
         for sql in [

@@ -3,6 +3,7 @@
 //! database created on `TEST_DATABASE_URL` and dropped afterwards.
 
 mod cli;
+mod clickhouse;
 mod common;
 mod dashboard;
 mod hardening;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use veris_jobs::model::{DayStatus, MAX_EVENT_NAME_BYTES};
-use veris_jobs::store::{DemoData as _, NewEvent, RunHistory as _};
+use veris_jobs::store::{Database, DemoData as _, NewEvent, RunHistory as _};
 
 use crate::cli::{stderr, veris};
 use crate::common::{Kind, StoredRow, TestDb, event, range_options};
@@ -366,7 +366,7 @@ async fn a_terminated_connection_fails_that_day_and_a_rerun_repairs_it() {
     )
     .await
     .unwrap();
-    let veris_jobs::store::Store::Postgres(admin) = admin else {
+    let Database::Postgres(admin) = admin.database() else {
         unreachable!()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -451,7 +451,7 @@ async fn a_sqlite_file_held_by_another_writer_waits_then_fails_clearly() {
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     db.insert(&[event("view", None, "2024-01-01T10:00:00Z", None)])
         .await;
-    let veris_jobs::store::Store::Sqlite(sqlite) = &db.store else {
+    let Database::Sqlite(sqlite) = db.store.database() else {
         unreachable!()
     };
     let mut holder = sqlite.pool().acquire().await.unwrap();
@@ -521,8 +521,8 @@ async fn hostile_configuration_is_refused_before_any_sql() {
             stderr(&by_env)
         );
     }
-    let tables: Vec<String> = match &db.store {
-        veris_jobs::store::Store::Sqlite(s) => {
+    let tables: Vec<String> = match db.store.database() {
+        Database::Sqlite(s) => {
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
                 .fetch_all(s.pool())
                 .await

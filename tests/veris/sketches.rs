@@ -7,7 +7,7 @@ use sqlx::Row as _;
 use veris_jobs::model::hll::Sketch;
 use veris_jobs::model::{DayRange, Grouping};
 use veris_jobs::rollup_report::{ReportRequest, telemetry_report};
-use veris_jobs::store::{NewEvent, Store};
+use veris_jobs::store::{Database, NewEvent};
 
 use crate::common::{Kind, TestDb, range_options};
 
@@ -18,7 +18,7 @@ const PARAMS: &str = "14, 5, -1, 1";
 /// the extension is not installed outside CI (under `CI=true` that fails instead).
 async fn with_extension() -> Option<TestDb> {
     let db = TestDb::new(Kind::Postgres).await?;
-    let Store::Postgres(pg) = &db.store else {
+    let Database::Postgres(pg) = db.store.database() else {
         unreachable!()
     };
     match sqlx::query("CREATE EXTENSION IF NOT EXISTS hll")
@@ -93,7 +93,7 @@ async fn sketches_equal_the_extension_s_bytes_cardinality_and_weekly_union() {
     let report = db.run(&range_options("2024-01-01", "2024-01-03")).await;
     assert!(report.ok, "{report:?}");
 
-    let Store::Postgres(pg) = &db.store else {
+    let Database::Postgres(pg) = db.store.database() else {
         unreachable!()
     };
     let compared = sqlx::query(sqlx::AssertSqlSafe(format!(

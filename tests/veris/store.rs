@@ -1,6 +1,6 @@
 //! Migrations and the source table, on both databases.
 
-use veris_jobs::store::{DemoData as _, RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, DemoData as _, RollupStore as _, TableName};
 
 use crate::common::{Kind, TestDb, event, range_options};
 
@@ -31,15 +31,15 @@ async fn migrate_is_safe_to_repeat_and_leaves_an_existing_source_table_as_it_is(
         .await
         .expect("migrate with the default table again");
 
-    let (has_tenant, has_index): (bool, bool) = match &db.store {
-        Store::Postgres(s) => sqlx::query_as(
+    let (has_tenant, has_index): (bool, bool) = match db.store.database() {
+        Database::Postgres(s) => sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'app_events' AND column_name = 'tenant'), \
                     EXISTS (SELECT 1 FROM pg_indexes WHERE tablename = 'app_events' AND indexname LIKE '%created_at%')",
         )
         .fetch_one(s.pool())
         .await
         .unwrap(),
-        Store::Sqlite(s) => sqlx::query_as(
+        Database::Sqlite(s) => sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info('app_events') WHERE name = 'tenant'), \
                     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = 'app_events')",
         )

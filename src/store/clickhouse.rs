@@ -1,0 +1,664 @@
+//! Raw events from ClickHouse, over its HTTP interface.
+//!
+//! A day is read as aggregates, computed where the events are (on every shard of a
+//! `Distributed` table, merged by the server the job talks to):
+//!
+//! 1. per event name: the events and the exact distinct users (`uniqExact`);
+//! 2. per name, the users' sketch: the 64-bit hashes themselves for names with at
+//!    most [`EXPLICIT_MAX`] users (`groupUniqArray`), otherwise the registers, the
+//!    highest value per register index (`max` grouped by name and index);
+//! 3. the metadata of flat objects (strings, booleans, null, plain numbers; no
+//!    escapes, no spaces) as (name, `"key":value`, events) pairs;
+//! 4. every other metadata text, grouped by (name, text) with its events.
+//!
+//! The job reads the pairs and texts with its own JSON reader, each once however
+//! many events share it, so the rows are byte for byte those the PostgreSQL path
+//! writes. ClickHouse 18.16 (Debian's) has no function that splits JSON into keys
+//! and values (`JSONExtractKeysAndValuesRaw` came in 19.x): step 3 uses a regular
+//! expression that accepts only the flat objects whose pairs it can cut exactly.
+//!
+//! Answers are `RowBinary` (nothing escaped) and asked for with
+//! `wait_end_of_query=1`, so that an error half way shows as an HTTP error rather
+//! than as rows cut short.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jiff::Timestamp;
+use url::Url;
+
+use super::row_binary::{Columns, Malformed, RowBuffer};
+use super::rows::lenient_utf8;
+use super::{EventSource, StoreError, TableName};
+use crate::model::hll::{EXPLICIT_MAX, LOG2M, Sketch, register_value};
+use crate::model::{CountedEvents, DayWindow, MAX_EVENT_NAME_BYTES, MergeableSink};
+
+/// How long to wait for the server to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Names put in one query's `IN` list: well under the server's default
+/// `max_query_size` of 256 KiB.
+const NAMES_PER_QUERY_BYTES: usize = 64 * 1024;
+
+/// A flat JSON object whose every pair [`PAIR`] cuts out: string keys and values of
+/// printable ASCII without `"` or `\`, `true`, `false`, `null`, and numbers of at
+/// most 18 digits before and 17 after the point. Anything else (escapes, spaces,
+/// nesting, exponents, other bytes) goes the general way, as whole texts.
+const FLAT: &str = concat!(
+    r#"^\{(?:"[ !#-\[\]-~]*":(?:"[ !#-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?)"#,
+    r#"(?:,"[ !#-\[\]-~]*":(?:"[ !#-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?))*)?\}$"#
+);
+
+/// One `"key":value` pair of a [`FLAT`] object.
+const PAIR: &str = r#""[ !#-\[\]-~]*":(?:"[ !#-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?)"#;
+
+/// How long a health check waits for the server.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Raw events in a ClickHouse table, read over HTTP.
+#[derive(Debug, Clone)]
+pub struct ClickHouseSource {
+    client: HttpClient,
+    /// `http(s)://host:port/?database=…&wait_end_of_query=1` and the URL's own
+    /// settings.
+    endpoint: Url,
+    user: String,
+    password: Option<String>,
+    table: TableName,
+    /// The URL without its password, for messages.
+    target: String,
+}
+
+impl ClickHouseSource {
+    /// The source `url` names (`clickhouse://[user[:password]@]host[:port]/database`,
+    /// `clickhouses://` for HTTPS; query parameters are passed on as settings),
+    /// reading `table`. Nothing is sent until the first read.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidSourceUrl`] naming what is wrong with the URL.
+    pub fn new(url: &str, table: &TableName) -> Result<Self, StoreError> {
+        let target = super::redact_url(url);
+        let invalid = |why: String| StoreError::InvalidSourceUrl(format!("'{target}': {why}"));
+        let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        let (scheme, default_port) = match parsed.scheme() {
+            "clickhouse" => ("http", 8123),
+            "clickhouses" => ("https", 8443),
+            other => {
+                return Err(invalid(format!(
+                    "the scheme is {other}://, not clickhouse:// or clickhouses://"
+                )));
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("it names no host".into()))?;
+        let database = parsed.path().trim_start_matches('/');
+        if database.is_empty() || database.contains('/') {
+            return Err(invalid(
+                "it names no database (clickhouse://host:8123/DATABASE)".into(),
+            ));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| invalid("its user or password is not UTF-8 once decoded".into()))
+        };
+        let user = match parsed.username() {
+            "" => "default".to_owned(),
+            user => decode(user)?,
+        };
+        let password = parsed.password().map(decode).transpose()?;
+        let database = decode(database)?;
+        let port = parsed.port().unwrap_or(default_port);
+        let mut endpoint = Url::parse(&format!("{scheme}://{host}:{port}/"))
+            .map_err(|e| invalid(e.to_string()))?;
+        endpoint
+            .query_pairs_mut()
+            .extend_pairs(parsed.query_pairs())
+            .append_pair("database", &database)
+            .append_pair("wait_end_of_query", "1");
+        let client = http_client(scheme == "https").map_err(|e| {
+            invalid(format!(
+                "HTTPS needs the system's trusted certificates, which cannot be read: {e}"
+            ))
+        })?;
+        Ok(Self {
+            client,
+            endpoint,
+            user,
+            password,
+            table: table.clone(),
+            target,
+        })
+    }
+
+    /// Whether the server answers now.
+    pub async fn ping(&self) -> bool {
+        let mut url = self.endpoint.clone();
+        url.set_path("/ping");
+        url.set_query(None);
+        let Ok(request) = Request::get(url.as_str()).body(Full::default()) else {
+            return false;
+        };
+        let answer = tokio::time::timeout(PING_TIMEOUT, self.client.request(request)).await;
+        matches!(answer, Ok(Ok(response)) if response.status().is_success())
+    }
+
+    /// Sends `sql` and returns the response once the server says it succeeded.
+    async fn send(&self, sql: String, action: &str) -> Result<Response<Incoming>, StoreError> {
+        let header = |value: &str| {
+            HeaderValue::from_str(value).map_err(|_| {
+                StoreError::InvalidSourceUrl(format!(
+                    "'{}': its user or password holds characters an HTTP header cannot carry",
+                    self.target
+                ))
+            })
+        };
+        let mut request = Request::post(self.endpoint.as_str())
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header("X-ClickHouse-User", header(&self.user)?);
+        if let Some(password) = &self.password {
+            request = request.header("X-ClickHouse-Key", header(password)?);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(sql)))
+            .map_err(|e| StoreError::InvalidSourceUrl(format!("'{}': {e}", self.target)))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if status == StatusCode::OK {
+            return Ok(response);
+        }
+        // An error is a line or two of text; more is not worth reading.
+        let text = match response.into_body().collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(_) => String::new(),
+        };
+        Err(StoreError::Source {
+            action: action.to_owned(),
+            message: server_message(status, &text),
+        })
+    }
+
+    /// Runs `sql` (`FORMAT RowBinary` is added) and hands each row to `row`, as
+    /// the answer streams in.
+    async fn rows(
+        &self,
+        sql: &str,
+        action: &str,
+        mut row: impl FnMut(&mut Columns<'_>) -> Result<Option<()>, Malformed>,
+    ) -> Result<(), StoreError> {
+        let mut response = self.send(format!("{sql} FORMAT RowBinary"), action).await?;
+        let malformed = |e: Malformed| StoreError::Source {
+            action: action.to_owned(),
+            message: e.to_string(),
+        };
+        let mut buffer = RowBuffer::default();
+        let body = response.body_mut();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.unreachable(&e))?;
+            if let Some(chunk) = frame.data_ref() {
+                buffer.feed(chunk);
+                buffer.rows(&mut row).map_err(malformed)?;
+            }
+        }
+        if buffer.is_drained() {
+            Ok(())
+        } else {
+            Err(malformed(Malformed("the answer ends inside a row")))
+        }
+    }
+
+    fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> StoreError {
+        StoreError::SourceUnreachable {
+            target: self.target.clone(),
+            message: describe(error),
+        }
+    }
+
+    /// The filter of a day's events.
+    fn window(window: &DayWindow) -> String {
+        // Day boundaries fall on whole seconds (zone offsets are whole seconds);
+        // `toDateTime` compares with `DateTime` and `DateTime64` columns alike.
+        format!(
+            "created_at >= toDateTime({}) AND created_at < toDateTime({})",
+            window.start.as_second(),
+            window.end.as_second()
+        )
+    }
+
+    /// Step 1: every name of the day with its events and distinct users. Names too
+    /// long to keep come back cut one byte past the limit, so they still read as
+    /// too long without crossing the network whole.
+    async fn names(&self, window: &DayWindow, action: &str) -> Result<Vec<Name>, StoreError> {
+        let sql = format!(
+            "SELECT if(length(event) > {max}, substring(event, 1, {cut}), event) AS name, \
+                    count(), uniqExactIf(ifNull(user_id, ''), ifNull(user_id, '') != '') \
+             FROM {table} WHERE {window} GROUP BY name",
+            max = MAX_EVENT_NAME_BYTES,
+            cut = MAX_EVENT_NAME_BYTES + 1,
+            table = self.table.quoted(),
+            window = Self::window(window),
+        );
+        let mut names = Vec::new();
+        self.rows(&sql, action, |c| {
+            let Some(name) = c.string()? else {
+                return Ok(None);
+            };
+            let (Some(events), Some(users)) = (c.u64(), c.u64()) else {
+                return Ok(None);
+            };
+            names.push(Name {
+                bytes: name.to_vec(),
+                events,
+                users,
+            });
+            Ok(Some(()))
+        })
+        .await?;
+        Ok(names)
+    }
+
+    /// Step 2: the sketches of the kept names that have users.
+    async fn sketches(
+        &self,
+        window: &DayWindow,
+        names: &[Name],
+        action: &str,
+    ) -> Result<HashMap<Vec<u8>, Sketch>, StoreError> {
+        let keeps =
+            |n: &&Name| n.users > 0 && !n.bytes.is_empty() && n.bytes.len() <= MAX_EVENT_NAME_BYTES;
+        let (few, many): (Vec<&Name>, Vec<&Name>) = names
+            .iter()
+            .filter(keeps)
+            .partition(|n| n.users <= EXPLICIT_MAX as u64);
+        let hash = "reinterpretAsUInt64(murmurHash3_128(ifNull(user_id, '')))";
+        let users = format!(
+            "FROM {} WHERE {} AND ifNull(user_id, '') != ''",
+            self.table.quoted(),
+            Self::window(window)
+        );
+        let mut sketches: HashMap<Vec<u8>, Sketch> = HashMap::new();
+        for list in in_lists(&few) {
+            let sql = format!(
+                "SELECT event, groupUniqArray({hash}) {users} AND event IN ({list}) GROUP BY event"
+            );
+            self.rows(&sql, action, |c| {
+                let Some(name) = c.string()? else {
+                    return Ok(None);
+                };
+                let Some(hashes) = c.u64_array()? else {
+                    return Ok(None);
+                };
+                let sketch = sketches.entry(name.to_vec()).or_default();
+                for hash in hashes {
+                    sketch.add_hash(hash as i64);
+                }
+                Ok(Some(()))
+            })
+            .await?;
+        }
+        // The hash's low LOG2M bits pick the register; the lowest set bit of the
+        // rest gives the value, and the highest such bit of an index is its value.
+        let registers = (1u64 << LOG2M) - 1;
+        for list in in_lists(&many) {
+            let sql = format!(
+                "SELECT event, toUInt64(bitAnd({hash} AS h, {registers})) AS index, \
+                        toUInt64(max(bitAnd(bitShiftRight(h, {LOG2M}) AS rest, bitNot(rest) + 1))) \
+                 {users} AND rest != 0 AND event IN ({list}) GROUP BY event, index"
+            );
+            let mut values: HashMap<Vec<u8>, Vec<(u64, u8)>> = HashMap::new();
+            self.rows(&sql, action, |c| {
+                let Some(name) = c.string()? else {
+                    return Ok(None);
+                };
+                let (Some(index), Some(lowest_bit)) = (c.u64(), c.u64()) else {
+                    return Ok(None);
+                };
+                let name = values.entry(name.to_vec()).or_default();
+                name.push((index, register_value(lowest_bit)));
+                Ok(Some(()))
+            })
+            .await?;
+            for (name, values) in values {
+                let sketch = Sketch::from_registers(values).map_err(|e| StoreError::Source {
+                    action: action.to_owned(),
+                    message: e.to_string(),
+                })?;
+                sketches.insert(name, sketch);
+            }
+        }
+        Ok(sketches)
+    }
+
+    /// Steps 3 and 4: the metadata, as flat pairs and as whole texts.
+    async fn metadata<K: MergeableSink>(
+        &self,
+        window: &DayWindow,
+        sink: &mut K,
+        action: &str,
+    ) -> Result<(), StoreError> {
+        let meta = "ifNull(meta, '')";
+        let pairs = format!("extractAll({meta}, '{}')", sql_string(PAIR.as_bytes()));
+        // Flat, and no key twice (the last of duplicates would win, as in jsonb):
+        // a key ends at the first `":` of its pair, since it holds no `"`.
+        let flat = format!(
+            "match({meta}, '{}') AND arrayUniq(arrayMap(p -> substring(p, 1, position(p, '\":')), {pairs})) = length({pairs})",
+            sql_string(FLAT.as_bytes())
+        );
+        let named = format!(
+            "{} AND event != '' AND length(event) <= {MAX_EVENT_NAME_BYTES} AND {meta} != ''",
+            Self::window(window)
+        );
+        let table = self.table.quoted();
+        let mut object = String::new();
+        let sql = format!(
+            "SELECT event, arrayJoin({pairs}) AS pair, count() FROM {table} \
+             WHERE {named} AND {flat} GROUP BY event, pair"
+        );
+        self.rows(&sql, action, |c| {
+            let Some(name) = c.string()? else {
+                return Ok(None);
+            };
+            let Some(pair) = c.string()? else {
+                return Ok(None);
+            };
+            let Some(times) = c.u64() else {
+                return Ok(None);
+            };
+            object.clear();
+            object.push('{');
+            object.push_str(&lenient_utf8(pair));
+            object.push('}');
+            sink.push_meta(&lenient_utf8(name), Some(&object), times);
+            Ok(Some(()))
+        })
+        .await?;
+        let sql = format!(
+            "SELECT event, {meta} AS text, count() FROM {table} \
+             WHERE {named} AND NOT ({flat}) GROUP BY event, text"
+        );
+        self.rows(&sql, action, |c| {
+            let Some(name) = c.string()? else {
+                return Ok(None);
+            };
+            let Some(text) = c.string()? else {
+                return Ok(None);
+            };
+            let Some(times) = c.u64() else {
+                return Ok(None);
+            };
+            sink.push_meta(&lenient_utf8(name), Some(&lenient_utf8(text)), times);
+            Ok(Some(()))
+        })
+        .await
+    }
+}
+
+/// An event name of the day, as the server counted it.
+struct Name {
+    bytes: Vec<u8>,
+    events: u64,
+    users: u64,
+}
+
+impl EventSource for ClickHouseSource {
+    async fn scan_window<K: MergeableSink>(
+        &self,
+        window: &DayWindow,
+        sink: &mut K,
+    ) -> Result<(), StoreError> {
+        let action = format!(
+            "reading the events of {} from {} at {}",
+            window.date, self.table, self.target
+        );
+        // The steps are separate queries: a day still receiving events could be
+        // seen differently by each. Days are rolled up once they are over.
+        let names = self.names(window, &action).await?;
+        let sketches = self.sketches(window, &names, &action).await?;
+        let empty = Sketch::new();
+        for name in &names {
+            sink.push_counted(CountedEvents {
+                event: Some(&lenient_utf8(&name.bytes)),
+                events: name.events,
+                unique_users: name.users,
+                sketch: sketches.get(&name.bytes).unwrap_or(&empty),
+            });
+        }
+        self.metadata(window, sink, &action).await
+    }
+
+    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+        let action = super::watermark_action(&self.table);
+        let sql = format!(
+            "SELECT toUInt64(max(id)), count() FROM {}",
+            self.table.quoted()
+        );
+        let mut answer = None;
+        self.rows(&sql, &action, |c| {
+            let (Some(max), Some(count)) = (c.u64(), c.u64()) else {
+                return Ok(None);
+            };
+            answer = Some((max, count));
+            Ok(Some(()))
+        })
+        .await?;
+        match answer {
+            Some((_, 0)) | None => Ok(None),
+            Some((max, _)) => i64::try_from(max)
+                .map(Some)
+                .map_err(|_| StoreError::Source {
+                    action,
+                    message: format!(
+                        "the highest id, {max}, is past the largest id a watermark holds"
+                    ),
+                }),
+        }
+    }
+
+    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
+        let action = super::hours_action(&self.table);
+        let sql = format!(
+            "SELECT DISTINCT toUInt64(intDiv(toUnixTimestamp(created_at), 3600) * 3600) AS hour \
+             FROM {} WHERE id > {after} AND id <= {through} ORDER BY hour",
+            self.table.quoted()
+        );
+        let mut hours = Vec::new();
+        self.rows(&sql, &action, |c| {
+            let Some(hour) = c.u64() else {
+                return Ok(None);
+            };
+            hours.push(hour);
+            Ok(Some(()))
+        })
+        .await?;
+        hours
+            .into_iter()
+            .map(|hour| {
+                i64::try_from(hour)
+                    .ok()
+                    .and_then(|s| Timestamp::from_second(s).ok())
+                    .ok_or_else(|| StoreError::Source {
+                        action: action.clone(),
+                        message: format!("an hour out of range: {hour}"),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// `names` as SQL string lists, each short enough for one query.
+fn in_lists(names: &[&Name]) -> Vec<String> {
+    let mut lists = Vec::new();
+    let mut list = String::new();
+    for name in names {
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push('\'');
+        list.push_str(&sql_string(&name.bytes));
+        list.push('\'');
+        if list.len() > NAMES_PER_QUERY_BYTES {
+            lists.push(std::mem::take(&mut list));
+        }
+    }
+    if !list.is_empty() {
+        lists.push(list);
+    }
+    lists
+}
+
+/// Bytes as the inside of a ClickHouse string literal: printable ASCII as it is
+/// (but `'` and `\`), everything else as `\xHH`, so any bytes match exactly.
+fn sql_string(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        match byte {
+            b'\'' | b'\\' => {
+                out.push('\\');
+                out.push(byte as char);
+            }
+            b' '..=b'~' => out.push(byte as char),
+            _ => {
+                let _ = write!(out, "\\x{byte:02X}");
+            }
+        }
+    }
+    out
+}
+
+/// The server's error in a line: ClickHouse answers `Code: N, e.displayText() =
+/// DB::Exception: …, e.what() = …`.
+fn server_message(status: StatusCode, text: &str) -> String {
+    let text = text.trim();
+    let text = text
+        .split_once(", e.what() = ")
+        .map_or(text, |(message, _)| message);
+    let text = text.replace("e.displayText() = DB::Exception: ", "");
+    if text.is_empty() {
+        format!("ClickHouse answered {status}")
+    } else {
+        format!("ClickHouse answered {status}: {text}")
+    }
+}
+
+/// The HTTP client: plain HTTP, and HTTPS trusting the system's certificates
+/// (which are read only when `https` is asked for, so that plain HTTP works on a
+/// system without any).
+fn http_client(https: bool) -> std::io::Result<HttpClient> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = if https {
+        HttpsConnectorBuilder::new().with_provider_and_native_roots(provider)?
+    } else {
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        HttpsConnectorBuilder::new().with_tls_config(config)
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// A transport error with its causes, which the HTTP client keeps apart.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TableName {
+        TableName::parse("telemetry_events").unwrap()
+    }
+
+    #[test]
+    fn urls_name_the_server_database_and_user() {
+        let source = ClickHouseSource::new(
+            "clickhouse://reader:p%40ss@ch.internal/analytics?max_threads=4",
+            &table(),
+        )
+        .unwrap();
+        assert_eq!(
+            source.endpoint.as_str(),
+            "http://ch.internal:8123/?max_threads=4&database=analytics&wait_end_of_query=1"
+        );
+        assert_eq!(source.user, "reader");
+        assert_eq!(source.password.as_deref(), Some("p@ss"));
+        assert_eq!(
+            source.target,
+            "clickhouse://reader:***@ch.internal/analytics?max_threads=4"
+        );
+        let tls = ClickHouseSource::new("clickhouses://ch:9440/db", &table()).unwrap();
+        assert_eq!(
+            tls.endpoint.as_str(),
+            "https://ch:9440/?database=db&wait_end_of_query=1"
+        );
+        assert_eq!(tls.user, "default");
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        for (url, says) in [
+            ("postgres://h/db", "not clickhouse:// or clickhouses://"),
+            ("clickhouse://h:8123", "names no database"),
+            ("clickhouse://h/a/b", "names no database"),
+            ("clickhouse://:pw@/db", "empty host"),
+            ("clickhouse://h:99999/db", "invalid port"),
+        ] {
+            let error = ClickHouseSource::new(url, &table())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{url}: {error}");
+            assert!(!error.contains("pw@"), "{error}");
+        }
+    }
+
+    #[test]
+    fn any_bytes_become_a_literal_of_themselves() {
+        assert_eq!(sql_string(b"it's a\\b"), r"it\'s a\\b");
+        assert_eq!(sql_string("é\n".as_bytes()), r"\xC3\xA9\x0A");
+    }
+
+    #[test]
+    fn server_errors_read_as_one_line() {
+        assert_eq!(
+            server_message(
+                StatusCode::NOT_FOUND,
+                "Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception\n"
+            ),
+            "ClickHouse answered 404 Not Found: Code: 60, Table default.x doesn't exist."
+        );
+    }
+}
