@@ -15,7 +15,14 @@
 //!
 //! It prints medians, ratios to the floor, events per second, the job's peak resident
 //! memory, and the time of a 365-day run over empty days.
+//!
+//! With `--databases clickhouse` it loads the same day into PostgreSQL and into a
+//! two-shard ClickHouse cluster on loopback (`tests/clickhouse/cluster.sh`) and
+//! alternates the job on PostgreSQL, a plain `GROUP BY` on the cluster and the job
+//! reading the cluster, then prints how one more run's time splits between the job's
+//! queries and the shards (from each server's `system.query_log`).
 
+mod clickhouse;
 mod generator;
 
 use std::io::Write as _;
@@ -42,7 +49,8 @@ struct Args {
     /// Timed runs per contender (after one warm-up run).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Which databases: postgres, sqlite or both.
+    /// Which databases: postgres, sqlite, both (those two), clickhouse (as the
+    /// source, against the job on PostgreSQL) or all.
     #[arg(long, default_value = "both")]
     databases: String,
     /// The PostgreSQL server; a database `veris_bench_<events>` is created on it.
@@ -108,11 +116,15 @@ fn main() {
             accuracy(&args).await;
             return;
         }
-        if args.databases == "both" || args.databases == "postgres" {
+        let all = args.databases == "all";
+        if all || args.databases == "both" || args.databases == "postgres" {
             postgres(&args).await;
         }
-        if args.databases == "both" || args.databases == "sqlite" {
+        if all || args.databases == "both" || args.databases == "sqlite" {
             sqlite(&args).await;
+        }
+        if all || args.databases == "clickhouse" {
+            clickhouse(&args).await;
         }
     });
 }
@@ -150,9 +162,9 @@ fn days(events: u64) -> [(Date, u64); 3] {
 
 // ---------------------------------------------------------------- PostgreSQL
 
-async fn postgres(args: &Args) {
-    let name = format!("veris_bench_{}", data_name(args));
-    // The same server and options (such as `?sslmode=disable`), another database.
+/// The URL of database `name` on the server of `--postgres-url`, with its options
+/// (such as `?sslmode=disable`), and whether it existed; it is created if missing.
+async fn postgres_database(args: &Args, name: &str) -> (String, bool) {
     let (address, options) = args
         .postgres_url
         .split_once('?')
@@ -168,7 +180,7 @@ async fn postgres(args: &Args) {
         .expect("reach PostgreSQL");
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
+            .bind(name)
             .fetch_one(&mut admin)
             .await
             .unwrap();
@@ -178,6 +190,12 @@ async fn postgres(args: &Args) {
             .await
             .unwrap();
     }
+    (url, exists)
+}
+
+/// The day under test in PostgreSQL (loaded if needed): its URL and pool.
+async fn postgres_day(args: &Args) -> (String, PgPool) {
+    let (url, _) = postgres_database(args, &format!("veris_bench_{}", data_name(args))).await;
     let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
         .await
         .unwrap();
@@ -186,6 +204,11 @@ async fn postgres(args: &Args) {
     };
     let pool = pg.pool().clone();
     load_postgres(&store, &pool, args.events, args.shape).await;
+    (url, pool)
+}
+
+async fn postgres(args: &Args) {
+    let (url, pool) = postgres_day(args).await;
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await
@@ -451,6 +474,84 @@ async fn sqlite_group_by(pool: &SqlitePool) -> u64 {
     rows.iter().map(|r| r.get::<i64, _>(1) as u64).sum()
 }
 
+// ---------------------------------------------------------------- ClickHouse
+
+/// The same day from a two-shard ClickHouse cluster, against the job on PostgreSQL.
+async fn clickhouse(args: &Args) {
+    let (pg_url, pg_pool) = postgres_day(args).await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("veris-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = clickhouse::Cluster::start(&dir.join("clickhouse"));
+    let database = format!("veris_bench_{}", data_name(args));
+    cluster
+        .load(&database, &days(args.events), args.shape)
+        .await;
+    println!(
+        "\n## ClickHouse {} (two shards on this machine), against PostgreSQL",
+        cluster.version().await
+    );
+    // The rollups go to a SQLite file: their side is the same whatever the source.
+    let rollups = dir.join(format!("clickhouse-rollups-{}.db", data_name(args)));
+    let rollups_url = format!("sqlite://{}", rollups.display());
+    let store = Store::connect(&rollups_url, &TableName::parse("telemetry_events").unwrap())
+        .await
+        .unwrap();
+    let source_url = format!("clickhouse://127.0.0.1:{}/{database}", cluster.http[0]);
+    let store = store.with_source(
+        veris_jobs::store::ClickHouseSource::new(
+            &source_url,
+            &TableName::parse("telemetry_events").unwrap(),
+        )
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let Database::Sqlite(lite) = store.database() else {
+        unreachable!()
+    };
+    let target = Target::ClickHouse {
+        pg_pool,
+        pg_url,
+        rollups: lite.pool().clone(),
+        rollups_url: rollups_url.clone(),
+        source_url: source_url.clone(),
+        cluster,
+        database,
+    };
+    compare(args, &target).await;
+    let Target::ClickHouse { cluster, .. } = &target else {
+        unreachable!()
+    };
+    // One more run, with the server the job talks to also reaching its own shard
+    // over TCP, so that each shard's part is logged as a query of its own.
+    let since = jiff::Timestamp::now().as_second();
+    let started = Instant::now();
+    let split_url = format!("{source_url}?prefer_localhost_replica=0");
+    let url = rollups_url.clone();
+    tokio::task::spawn_blocking(move || {
+        run_binary(
+            &url,
+            &[
+                "telemetry-daily",
+                "--date",
+                DAY,
+                "--json",
+                "--source-url",
+                &split_url,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let wall = started.elapsed();
+    println!(
+        "\nOne more run of the job, each shard reached over TCP (prefer_localhost_replica=0): {:.3} s in all. \
+         Its queries (the job's own, on server 1, which merges the shards' parts) and the parts each shard ran, \
+         from system.query_log:\n",
+        wall.as_secs_f64()
+    );
+    print!("{}", cluster.split(since).await);
+}
+
 // ---------------------------------------------------------------- the job and the comparison
 
 /// A database under test and its three contenders.
@@ -464,6 +565,17 @@ enum Target {
         url: String,
         path: std::path::PathBuf,
     },
+    /// The source on the cluster, rollups in a SQLite file; the same events in
+    /// PostgreSQL for the job's reference time.
+    ClickHouse {
+        pg_pool: PgPool,
+        pg_url: String,
+        rollups: SqlitePool,
+        rollups_url: String,
+        source_url: String,
+        cluster: clickhouse::Cluster,
+        database: String,
+    },
 }
 
 impl Target {
@@ -471,6 +583,13 @@ impl Target {
         let floor = match self {
             Target::Postgres { .. } => "floor: COPY binary read to the end",
             Target::Sqlite { .. } => "floor: bare scan of the same columns",
+            Target::ClickHouse { .. } => {
+                return vec![
+                    "the job on PostgreSQL (the same events)".to_owned(),
+                    "plain SQL GROUP BY event on the cluster".to_owned(),
+                    "the job reading the cluster".to_owned(),
+                ];
+            }
         };
         let mut names = vec![
             floor.to_owned(),
@@ -483,6 +602,14 @@ impl Target {
         names
     }
 
+    /// The column the medians are divided by.
+    fn baseline(&self) -> &'static str {
+        match self {
+            Target::ClickHouse { .. } => "ratio to the job on PostgreSQL",
+            _ => "ratio to floor",
+        }
+    }
+
     /// Runs contender `which`; returns a count of its work (never zero) and records
     /// the job's peak resident memory and bytes spilled in `job`.
     async fn run(&self, which: usize, args: &Args, job: &mut JobFigures) -> u64 {
@@ -491,24 +618,39 @@ impl Target {
             (Target::Postgres { pool, .. }, 1) => pg_group_by(pool).await,
             (Target::Sqlite { path, .. }, 0) => sqlite_floor(path).await,
             (Target::Sqlite { pool, .. }, 1) => sqlite_group_by(pool).await,
+            (
+                Target::ClickHouse {
+                    cluster, database, ..
+                },
+                1,
+            ) => clickhouse_group_by(cluster, database).await,
             (_, _) => {
                 // Each run writes the day's rollups afresh.
-                let url = match self {
-                    Target::Postgres { pool, url } => {
-                        sqlx::query("DELETE FROM telemetry_daily")
-                            .execute(pool)
-                            .await
-                            .unwrap();
-                        url.clone()
-                    }
-                    Target::Sqlite { pool, url, .. } => {
-                        sqlx::query("DELETE FROM telemetry_daily")
-                            .execute(pool)
-                            .await
-                            .unwrap();
-                        url.clone()
-                    }
+                let (pool, url, source) = match self {
+                    Target::Postgres { pool, url } => (pool.into(), url, None),
+                    Target::Sqlite { pool, url, .. } => (pool.into(), url, None),
+                    Target::ClickHouse {
+                        pg_pool, pg_url, ..
+                    } if which == 0 => (pg_pool.into(), pg_url, None),
+                    Target::ClickHouse {
+                        rollups,
+                        rollups_url,
+                        source_url,
+                        ..
+                    } => (rollups.into(), rollups_url, Some(source_url.clone())),
                 };
+                match pool {
+                    Rollups::Postgres(pool) => sqlx::query("DELETE FROM telemetry_daily")
+                        .execute(pool)
+                        .await
+                        .map(|_| ()),
+                    Rollups::Sqlite(pool) => sqlx::query("DELETE FROM telemetry_daily")
+                        .execute(pool)
+                        .await
+                        .map(|_| ()),
+                }
+                .unwrap();
+                let url = url.clone();
                 let slices = if which == 2 { 1 } else { args.slices }.to_string();
                 let memory_limit = args.memory_limit.clone();
                 let (events, max_rss, spilled) = tokio::task::spawn_blocking(move || {
@@ -523,6 +665,9 @@ impl Target {
                     if let Some(limit) = &memory_limit {
                         job_args.extend(["--memory-limit", limit]);
                     }
+                    if let Some(source) = &source {
+                        job_args.extend(["--source-url", source]);
+                    }
                     run_binary(&url, &job_args)
                 })
                 .await
@@ -535,11 +680,87 @@ impl Target {
     }
 }
 
+/// Where a contender's rollups are, to clear them before it runs.
+enum Rollups<'a> {
+    Postgres(&'a PgPool),
+    Sqlite(&'a SqlitePool),
+}
+
+impl<'a> From<&'a PgPool> for Rollups<'a> {
+    fn from(pool: &'a PgPool) -> Self {
+        Rollups::Postgres(pool)
+    }
+}
+
+impl<'a> From<&'a SqlitePool> for Rollups<'a> {
+    fn from(pool: &'a SqlitePool) -> Self {
+        Rollups::Sqlite(pool)
+    }
+}
+
+/// The cluster's own `GROUP BY event` over the day, distinct users included.
+async fn clickhouse_group_by(cluster: &clickhouse::Cluster, database: &str) -> u64 {
+    let w = window();
+    let answer = cluster
+        .sql(
+            0,
+            format!(
+                "SELECT event, count(), uniqExact(user_id) FROM {database}.telemetry_events \
+                 WHERE created_at >= toDateTime({}) AND created_at < toDateTime({}) GROUP BY event FORMAT TSV",
+                w.start.as_second(),
+                w.end.as_second()
+            ),
+        )
+        .await;
+    answer
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The job's peak resident memory (KiB) and bytes spilled, over its runs.
 #[derive(Debug, Default)]
 struct JobFigures {
     rss_kib: u64,
     spilled_bytes: u64,
+}
+
+/// A process's peak resident memory, `VmHWM` of `/proc/PID/status`, read every
+/// 5 ms while it runs: the mark only grows, so only the last few milliseconds'
+/// growth could be missed.
+struct HighWaterMark {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl HighWaterMark {
+    fn watch(pid: libc::pid_t) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut peak = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let status =
+                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    let kib = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+                    peak = peak.max(kib.unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                peak
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// The peak in KiB, once the process has exited.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// Runs `veris-jobs ARGS`; returns the events it read, its peak RSS in KiB and the
@@ -561,6 +782,7 @@ fn run_binary(url: &str, args: &[&str]) -> (u64, u64, u64) {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
     });
+    let peak = HighWaterMark::watch(pid);
     let mut status = 0;
     // SAFETY: all-zero bytes are a valid `rusage`.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -571,6 +793,7 @@ fn run_binary(url: &str, args: &[&str]) -> (u64, u64, u64) {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "veris-jobs failed"
     );
+    let peak_kib = peak.stop();
     let report: serde_json::Value =
         serde_json::from_str(&reader.join().unwrap().unwrap()).expect("JSON report");
     let spilled = report["days"].as_array().map_or(0, |days| {
@@ -578,7 +801,12 @@ fn run_binary(url: &str, args: &[&str]) -> (u64, u64, u64) {
     });
     (
         report["totals"]["eventsRead"].as_u64().unwrap_or(0),
-        usage.ru_maxrss as u64,
+        // `ru_maxrss` also counts this process's size when the child was started
+        // (exec keeps the larger of the two), so it is only an upper bound.
+        match peak_kib {
+            0 => usage.ru_maxrss as u64, // gone before its first reading
+            kib => kib.min(usage.ru_maxrss as u64),
+        },
         spilled,
     )
 }
@@ -586,11 +814,11 @@ fn run_binary(url: &str, args: &[&str]) -> (u64, u64, u64) {
 async fn compare(args: &Args, target: &Target) {
     let names = target.names(args.slices);
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
-    let mut job = JobFigures::default();
+    let mut jobs: Vec<JobFigures> = names.iter().map(|_| JobFigures::default()).collect();
     for run in 0..=args.runs {
         for (i, times) in times.iter_mut().enumerate() {
             let started = Instant::now();
-            let work = target.run(i, args, &mut job).await;
+            let work = target.run(i, args, &mut jobs[i]).await;
             let elapsed = started.elapsed();
             assert!(work > 0, "{} did no work", names[i]);
             if run > 0 {
@@ -602,7 +830,7 @@ async fn compare(args: &Args, target: &Target) {
     }
     eprintln!();
     let medians: Vec<Duration> = times.iter_mut().map(|t| median(t)).collect();
-    println!("| contender | median | ratio to floor | events/s |");
+    println!("| contender | median | {} | events/s |", target.baseline());
     println!("|---|---:|---:|---:|");
     for (name, median) in names.iter().zip(&medians) {
         println!(
@@ -612,11 +840,14 @@ async fn compare(args: &Args, target: &Target) {
             args.events as f64 / median.as_secs_f64()
         );
     }
-    println!(
-        "\njob peak resident memory: {:.1} MiB; spilled to disk: {:.1} MiB",
-        job.rss_kib as f64 / 1024.0,
-        job.spilled_bytes as f64 / (1024.0 * 1024.0)
-    );
+    println!();
+    for (name, job) in names.iter().zip(&jobs).filter(|(_, job)| job.rss_kib > 0) {
+        println!(
+            "{name}: peak resident memory {:.1} MiB; spilled to disk: {:.1} MiB",
+            job.rss_kib as f64 / 1024.0,
+            job.spilled_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
 }
 
 fn median(times: &mut [Duration]) -> Duration {
@@ -718,35 +949,13 @@ async fn empty_year(url: &str) {
 async fn accuracy(args: &Args) {
     const START: &str = "2024-01-01";
     const END: &str = "2024-02-04";
-    let name = format!("veris_bench_accuracy_{}", args.events);
-    let (address, options) = args
-        .postgres_url
-        .split_once('?')
-        .unwrap_or((&args.postgres_url, ""));
-    let (base, _) = address.rsplit_once('/').expect("URL ends in /DATABASE");
-    let url = if options.is_empty() {
-        format!("{base}/{name}")
-    } else {
-        format!("{base}/{name}?{options}")
-    };
-    let mut admin = sqlx::PgConnection::connect(&args.postgres_url)
-        .await
-        .expect("reach PostgreSQL");
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
+    let (url, exists) =
+        postgres_database(args, &format!("veris_bench_accuracy_{}", args.events)).await;
     let store = if exists {
         Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
             .await
             .unwrap()
     } else {
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
         let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
             .await
             .unwrap();

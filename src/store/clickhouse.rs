@@ -1,21 +1,27 @@
 //! Raw events from ClickHouse, over its HTTP interface.
 //!
 //! A day is read as aggregates, computed where the events are (on every shard of a
-//! `Distributed` table, merged by the server the job talks to):
+//! `Distributed` table, merged by the server the job talks to), in at most three
+//! queries:
 //!
-//! 1. per event name: the events and the exact distinct users (`uniqExact`);
-//! 2. per name, the users' sketch: the 64-bit hashes themselves for names with at
-//!    most [`EXPLICIT_MAX`] users (`groupUniqArray`), otherwise the registers, the
-//!    highest value per register index (`max` grouped by name and index);
-//! 3. the metadata of flat objects (strings, booleans, null, plain numbers; no
-//!    escapes, no spaces) as (name, `"key":value`, events) pairs;
-//! 4. every other metadata text, grouped by (name, text) with its events.
+//! 1. per event name and HyperLogLog register (the low bits of the user id's
+//!    `murmurHash3_128`, the hash `hll_hash_text` uses): the events, the exact
+//!    distinct users (`uniqExact`) and the register's value. A user falls in one
+//!    register only, so a name's distinct users are the sum over its registers.
+//! 2. for the names with at most [`EXPLICIT_MAX`] users, whose sketch is the hashes
+//!    themselves: those hashes (`groupUniqArray`).
+//! 3. the metadata, counted per (name, item): an item is a `"key":value` pair of a
+//!    flat object (strings without `"`, `\`, `,` or `:`, booleans, null, plain
+//!    numbers; no spaces), cut by `splitByChar`, or else the whole text.
+//!
+//! Step 3 runs while steps 1 and 2 do; the server holds its answer until the job,
+//! having counted the names, reads it.
 //!
 //! The job reads the pairs and texts with its own JSON reader, each once however
 //! many events share it, so the rows are byte for byte those the PostgreSQL path
 //! writes. ClickHouse 18.16 (Debian's) has no function that splits JSON into keys
 //! and values (`JSONExtractKeysAndValuesRaw` came in 19.x): step 3 uses a regular
-//! expression that accepts only the flat objects whose pairs it can cut exactly.
+//! expression that accepts only the flat objects whose pairs a split cuts exactly.
 //!
 //! Answers are `RowBinary` (nothing escaped) and asked for with
 //! `wait_end_of_query=1`, so that an error half way shows as an HTTP error rather
@@ -28,7 +34,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -50,17 +56,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `max_query_size` of 256 KiB.
 const NAMES_PER_QUERY_BYTES: usize = 64 * 1024;
 
-/// A flat JSON object whose every pair [`PAIR`] cuts out: string keys and values of
-/// printable ASCII without `"` or `\`, `true`, `false`, `null`, and numbers of at
-/// most 18 digits before and 17 after the point. Anything else (escapes, spaces,
-/// nesting, exponents, other bytes) goes the general way, as whole texts.
+/// A flat JSON object that splitting at `,` and then at the first `:` cuts into
+/// its keys and values exactly: string keys and values of printable ASCII without
+/// `"`, `\`, `,` or `:`; `true`, `false`, `null`; numbers of at most 18 digits
+/// before and 17 after the point. Anything else (escapes, spaces, nesting,
+/// exponents, other bytes) goes the general way, as a whole text.
 const FLAT: &str = concat!(
-    r#"^\{(?:"[ !#-\[\]-~]*":(?:"[ !#-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?)"#,
-    r#"(?:,"[ !#-\[\]-~]*":(?:"[ !#-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?))*)?\}$"#
+    r#"^\{(?:"[ !#-+\x2D-9;-\[\]-~]*":(?:"[ !#-+\x2D-9;-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?)"#,
+    r#"(?:,"[ !#-+\x2D-9;-\[\]-~]*":(?:"[ !#-+\x2D-9;-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?))*)?\}$"#
 );
 
-/// One `"key":value` pair of a [`FLAT`] object.
-const PAIR: &str = r#""[ !#-\[\]-~]*":(?:"[ !#-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?)"#;
+/// A user id's 64-bit hash, as `hll_hash_text` computes it.
+const HASH: &str = "reinterpretAsUInt64(murmurHash3_128(ifNull(user_id, '')))";
+
+/// The registers of a sketch; step 1's rows of anonymous events have this index.
+const REGISTERS: u64 = 1 << LOG2M;
+
+/// What step 3 puts before a whole metadata text, which a pair (`"key":value`)
+/// never starts with.
+const WHOLE_TEXT: u8 = b'*';
+
+/// The `User-Agent` of every request.
+const USER_AGENT_VALUE: &str = concat!("veris-jobs/", env!("CARGO_PKG_VERSION"));
 
 /// How long a health check waits for the server.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -171,6 +188,8 @@ impl ClickHouseSource {
         };
         let mut request = Request::post(self.endpoint.as_str())
             .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            // Names the job's queries in the server's `system.query_log`.
+            .header(USER_AGENT, USER_AGENT_VALUE)
             .header("X-ClickHouse-User", header(&self.user)?);
         if let Some(password) = &self.password {
             request = request.header("X-ClickHouse-Key", header(password)?);
@@ -204,9 +223,19 @@ impl ClickHouseSource {
         &self,
         sql: &str,
         action: &str,
+        row: impl FnMut(&mut Columns<'_>) -> Result<Option<()>, Malformed>,
+    ) -> Result<(), StoreError> {
+        let response = self.send(format!("{sql} FORMAT RowBinary"), action).await?;
+        self.read(response, action, row).await
+    }
+
+    /// Hands each row of a `RowBinary` answer to `row`, as it streams in.
+    async fn read(
+        &self,
+        mut response: Response<Incoming>,
+        action: &str,
         mut row: impl FnMut(&mut Columns<'_>) -> Result<Option<()>, Malformed>,
     ) -> Result<(), StoreError> {
-        let mut response = self.send(format!("{sql} FORMAT RowBinary"), action).await?;
         let malformed = |e: Malformed| StoreError::Source {
             action: action.to_owned(),
             message: e.to_string(),
@@ -245,61 +274,72 @@ impl ClickHouseSource {
         )
     }
 
-    /// Step 1: every name of the day with its events and distinct users. Names too
-    /// long to keep come back cut one byte past the limit, so they still read as
-    /// too long without crossing the network whole.
+    /// Step 1: every name of the day with its events, distinct users and, from
+    /// the registers, the sketch it has when it has more than [`EXPLICIT_MAX`]
+    /// users. Names too long to keep come back cut one byte past the limit, so they
+    /// still read as too long without crossing the network whole.
     async fn names(&self, window: &DayWindow, action: &str) -> Result<Vec<Name>, StoreError> {
+        let user = "ifNull(user_id, '')";
         let sql = format!(
             "SELECT if(length(event) > {max}, substring(event, 1, {cut}), event) AS name, \
-                    count(), uniqExactIf(ifNull(user_id, ''), ifNull(user_id, '') != '') \
-             FROM {table} WHERE {window} GROUP BY name",
+                    toUInt64(if({user} != '', bitAnd({HASH} AS h, {registers}), {anonymous})) AS index, \
+                    count(), uniqExactIf({user}, {user} != ''), \
+                    toUInt64(max(if({user} != '', bitAnd(bitShiftRight(h, {LOG2M}) AS rest, bitNot(rest) + 1), 0))) \
+             FROM {table} WHERE {window} GROUP BY name, index",
             max = MAX_EVENT_NAME_BYTES,
             cut = MAX_EVENT_NAME_BYTES + 1,
+            registers = REGISTERS - 1,
+            anonymous = REGISTERS,
             table = self.table.quoted(),
             window = Self::window(window),
         );
-        let mut names = Vec::new();
+        let mut names: HashMap<Vec<u8>, Name> = HashMap::new();
         self.rows(&sql, action, |c| {
-            let Some(name) = c.string()? else {
+            let Some(bytes) = c.string()? else {
                 return Ok(None);
             };
-            let (Some(events), Some(users)) = (c.u64(), c.u64()) else {
+            let (Some(index), Some(events), Some(users), Some(lowest_bit)) =
+                (c.u64(), c.u64(), c.u64(), c.u64())
+            else {
                 return Ok(None);
             };
-            names.push(Name {
-                bytes: name.to_vec(),
-                events,
-                users,
-            });
+            let name = names.entry(bytes.to_vec()).or_default();
+            name.events += events;
+            name.users += users;
+            // The hash's low bits pick the register; the lowest set bit of the
+            // rest gives the value, and the highest such bit of a register is its
+            // value. A rest of 0 (one hash in 2^50) leaves the register as it is.
+            if index < REGISTERS && lowest_bit != 0 {
+                name.registers.push((index, register_value(lowest_bit)));
+            }
             Ok(Some(()))
         })
         .await?;
-        Ok(names)
+        Ok(names
+            .into_iter()
+            .map(|(bytes, name)| Name { bytes, ..name })
+            .collect())
     }
 
-    /// Step 2: the sketches of the kept names that have users.
-    async fn sketches(
+    /// Step 2: the hashes of the users of the kept names with at most
+    /// [`EXPLICIT_MAX`] users, as their sketches.
+    async fn explicit_sketches(
         &self,
         window: &DayWindow,
         names: &[Name],
         action: &str,
     ) -> Result<HashMap<Vec<u8>, Sketch>, StoreError> {
-        let keeps =
-            |n: &&Name| n.users > 0 && !n.bytes.is_empty() && n.bytes.len() <= MAX_EVENT_NAME_BYTES;
-        let (few, many): (Vec<&Name>, Vec<&Name>) = names
+        let few: Vec<&Name> = names
             .iter()
-            .filter(keeps)
-            .partition(|n| n.users <= EXPLICIT_MAX as u64);
-        let hash = "reinterpretAsUInt64(murmurHash3_128(ifNull(user_id, '')))";
-        let users = format!(
-            "FROM {} WHERE {} AND ifNull(user_id, '') != ''",
-            self.table.quoted(),
-            Self::window(window)
-        );
+            .filter(|n| n.is_kept() && n.users > 0 && n.users <= EXPLICIT_MAX as u64)
+            .collect();
         let mut sketches: HashMap<Vec<u8>, Sketch> = HashMap::new();
         for list in in_lists(&few) {
             let sql = format!(
-                "SELECT event, groupUniqArray({hash}) {users} AND event IN ({list}) GROUP BY event"
+                "SELECT event, groupUniqArray({HASH}) FROM {} \
+                 WHERE {} AND ifNull(user_id, '') != '' AND event IN ({list}) GROUP BY event",
+                self.table.quoted(),
+                Self::window(window),
             );
             self.rows(&sql, action, |c| {
                 let Some(name) = c.string()? else {
@@ -316,97 +356,61 @@ impl ClickHouseSource {
             })
             .await?;
         }
-        // The hash's low LOG2M bits pick the register; the lowest set bit of the
-        // rest gives the value, and the highest such bit of an index is its value.
-        let registers = (1u64 << LOG2M) - 1;
-        for list in in_lists(&many) {
-            let sql = format!(
-                "SELECT event, toUInt64(bitAnd({hash} AS h, {registers})) AS index, \
-                        toUInt64(max(bitAnd(bitShiftRight(h, {LOG2M}) AS rest, bitNot(rest) + 1))) \
-                 {users} AND rest != 0 AND event IN ({list}) GROUP BY event, index"
-            );
-            let mut values: HashMap<Vec<u8>, Vec<(u64, u8)>> = HashMap::new();
-            self.rows(&sql, action, |c| {
-                let Some(name) = c.string()? else {
-                    return Ok(None);
-                };
-                let (Some(index), Some(lowest_bit)) = (c.u64(), c.u64()) else {
-                    return Ok(None);
-                };
-                let name = values.entry(name.to_vec()).or_default();
-                name.push((index, register_value(lowest_bit)));
-                Ok(Some(()))
-            })
-            .await?;
-            for (name, values) in values {
-                let sketch = Sketch::from_registers(values).map_err(|e| StoreError::Source {
-                    action: action.to_owned(),
-                    message: e.to_string(),
-                })?;
-                sketches.insert(name, sketch);
-            }
-        }
         Ok(sketches)
     }
 
-    /// Steps 3 and 4: the metadata, as flat pairs and as whole texts.
-    async fn metadata<K: MergeableSink>(
+    /// Step 3: the metadata, as flat objects' pairs and as whole texts.
+    fn metadata_sql(&self, window: &DayWindow) -> String {
+        let meta = "ifNull(meta, '')";
+        let inside = format!("substring({meta}, 2, length({meta}) - 2)");
+        let pairs = format!("if({inside} = '', emptyArrayString(), splitByChar(',', {inside}))");
+        // Flat, and no key twice (the last of duplicates would win, as in jsonb):
+        // a key is what comes before a pair's first `:`, since a key holds none.
+        let flat = format!(
+            "match({meta}, '{}') AND arrayUniq(arrayMap(p -> splitByChar(':', p)[1], {pairs})) = length({pairs})",
+            sql_string(FLAT.as_bytes())
+        );
+        format!(
+            "SELECT event, arrayJoin(if({flat}, {pairs}, [concat('{whole}', {meta})])) AS item, count() \
+             FROM {table} WHERE {window} AND event != '' AND length(event) <= {MAX_EVENT_NAME_BYTES} \
+             AND {meta} != '' GROUP BY event, item FORMAT RowBinary",
+            whole = WHOLE_TEXT as char,
+            table = self.table.quoted(),
+            window = Self::window(window),
+        )
+    }
+
+    /// Step 3's answer into `sink`, whose names are counted already.
+    async fn read_metadata<K: MergeableSink>(
         &self,
-        window: &DayWindow,
+        answer: Response<Incoming>,
         sink: &mut K,
         action: &str,
     ) -> Result<(), StoreError> {
-        let meta = "ifNull(meta, '')";
-        let pairs = format!("extractAll({meta}, '{}')", sql_string(PAIR.as_bytes()));
-        // Flat, and no key twice (the last of duplicates would win, as in jsonb):
-        // a key ends at the first `":` of its pair, since it holds no `"`.
-        let flat = format!(
-            "match({meta}, '{}') AND arrayUniq(arrayMap(p -> substring(p, 1, position(p, '\":')), {pairs})) = length({pairs})",
-            sql_string(FLAT.as_bytes())
-        );
-        let named = format!(
-            "{} AND event != '' AND length(event) <= {MAX_EVENT_NAME_BYTES} AND {meta} != ''",
-            Self::window(window)
-        );
-        let table = self.table.quoted();
         let mut object = String::new();
-        let sql = format!(
-            "SELECT event, arrayJoin({pairs}) AS pair, count() FROM {table} \
-             WHERE {named} AND {flat} GROUP BY event, pair"
-        );
-        self.rows(&sql, action, |c| {
+        self.read(answer, action, |c| {
             let Some(name) = c.string()? else {
                 return Ok(None);
             };
-            let Some(pair) = c.string()? else {
+            let Some(item) = c.string()? else {
                 return Ok(None);
             };
             let Some(times) = c.u64() else {
                 return Ok(None);
             };
-            object.clear();
-            object.push('{');
-            object.push_str(&lenient_utf8(pair));
-            object.push('}');
-            sink.push_meta(&lenient_utf8(name), Some(&object), times);
-            Ok(Some(()))
-        })
-        .await?;
-        let sql = format!(
-            "SELECT event, {meta} AS text, count() FROM {table} \
-             WHERE {named} AND NOT ({flat}) GROUP BY event, text"
-        );
-        self.rows(&sql, action, |c| {
-            let Some(name) = c.string()? else {
-                return Ok(None);
-            };
-            let Some(text) = c.string()? else {
-                return Ok(None);
-            };
-            let Some(times) = c.u64() else {
-                return Ok(None);
-            };
-            sink.push_meta(&lenient_utf8(name), Some(&lenient_utf8(text)), times);
+            let name = lenient_utf8(name);
+            match item.split_first() {
+                Some((&WHOLE_TEXT, text)) => {
+                    sink.push_meta(&name, Some(&lenient_utf8(text)), times);
+                }
+                _ => {
+                    object.clear();
+                    object.push('{');
+                    object.push_str(&lenient_utf8(item));
+                    object.push('}');
+                    sink.push_meta(&name, Some(&object), times);
+                }
+            }
             Ok(Some(()))
         })
         .await
@@ -414,10 +418,20 @@ impl ClickHouseSource {
 }
 
 /// An event name of the day, as the server counted it.
+#[derive(Default)]
 struct Name {
     bytes: Vec<u8>,
     events: u64,
     users: u64,
+    /// `(register, value)` of the name's users, for a sketch of registers.
+    registers: Vec<(u64, u8)>,
+}
+
+impl Name {
+    /// Whether the job keeps a row for the name (the others are bad events).
+    fn is_kept(&self) -> bool {
+        !self.bytes.is_empty() && self.bytes.len() <= MAX_EVENT_NAME_BYTES
+    }
 }
 
 impl EventSource for ClickHouseSource {
@@ -432,18 +446,37 @@ impl EventSource for ClickHouseSource {
         );
         // The steps are separate queries: a day still receiving events could be
         // seen differently by each. Days are rolled up once they are over.
-        let names = self.names(window, &action).await?;
-        let sketches = self.sketches(window, &names, &action).await?;
+        // The metadata is computed meanwhile; the server holds its answer
+        // (`wait_end_of_query`) until the names are counted, which must come first.
+        let (names, metadata) = tokio::join!(
+            self.names(window, &action),
+            self.send(self.metadata_sql(window), &action)
+        );
+        let (mut names, metadata) = (names?, metadata?);
+        let explicit = self.explicit_sketches(window, &names, &action).await?;
         let empty = Sketch::new();
-        for name in &names {
+        for name in &mut names {
+            let registers;
+            let sketch = match explicit.get(&name.bytes) {
+                Some(sketch) => sketch,
+                None if name.users > EXPLICIT_MAX as u64 && name.is_kept() => {
+                    registers = Sketch::from_registers(std::mem::take(&mut name.registers))
+                        .map_err(|e| StoreError::Source {
+                            action: action.clone(),
+                            message: e.to_string(),
+                        })?;
+                    &registers
+                }
+                None => &empty,
+            };
             sink.push_counted(CountedEvents {
                 event: Some(&lenient_utf8(&name.bytes)),
                 events: name.events,
                 unique_users: name.users,
-                sketch: sketches.get(&name.bytes).unwrap_or(&empty),
+                sketch,
             });
         }
-        self.metadata(window, sink, &action).await
+        self.read_metadata(metadata, sink, &action).await
     }
 
     async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {

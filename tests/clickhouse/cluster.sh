@@ -7,8 +7,9 @@
 # `start` runs two clickhouse-server processes (Debian's package, as plain
 # processes, one config file each in DIR/s1 and DIR/s2), waits until both answer,
 # and returns. With WATCH_PID, a watchdog stops them once that process is gone, so
-# a test run that ends in any way leaves no server behind. The cluster is named
-# veris_test_cluster; tables are the caller's to create.
+# a test run that ends in any way leaves no server behind, and removes DIR unless
+# CLICKHOUSE_KEEP_DATA=1 (the benchmark keeps its loaded events). The cluster is
+# named veris_test_cluster; tables are the caller's to create.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 server=${CLICKHOUSE_SERVER:-$(command -v clickhouse-server || echo /usr/bin/clickhouse-server)}
@@ -16,6 +17,7 @@ server=${CLICKHOUSE_SERVER:-$(command -v clickhouse-server || echo /usr/bin/clic
 start() {
   local dir=$1 http1=$2 tcp1=$3 inter1=$4 http2=$5 tcp2=$6 inter2=$7 watch=${8:-}
   [ -x "$server" ] || { echo "clickhouse-server not found (apt-get install clickhouse-server)" >&2; exit 3; }
+  mkdir -p "$dir" && dir=$(cd "$dir" && pwd)
   local n http tcp inter
   for n in 1 2; do
     if [ "$n" = 1 ]; then http=$http1 tcp=$tcp1 inter=$inter1; else http=$http2 tcp=$tcp2 inter=$inter2; fi
@@ -46,7 +48,8 @@ start() {
   if [ -n "$watch" ]; then
     ( trap '' HUP
       while kill -0 "$watch" 2>/dev/null; do sleep 1; done
-      stop "$dir"; rm -rf "$dir" ) >/dev/null 2>&1 </dev/null &
+      stop "$dir"
+      [ "${CLICKHOUSE_KEEP_DATA:-}" = 1 ] || rm -rf "$dir" ) >/dev/null 2>&1 </dev/null &
     disown
   fi
 }

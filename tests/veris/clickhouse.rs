@@ -185,7 +185,8 @@ fn tsv(value: &str) -> String {
 /// Events meant to reach every path: a name with thousands of users (a sketch of
 /// registers) and names with a few (explicit sketches) or none, names that are
 /// missing or too long, and metadata of every kind: flat objects the cluster cuts
-/// into pairs, and escapes, spaces, nesting, duplicate keys, exponents, non-objects
+/// into pairs, and escapes, spaces, nesting, duplicate keys, commas and colons inside
+/// strings, exponents, non-objects
 /// and (when `invalid_json`) text that is not JSON, which the job reads whole.
 fn events(seed: u64, count: usize, invalid_json: bool) -> Vec<NewEvent> {
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -214,6 +215,8 @@ fn events(seed: u64, count: usize, invalid_json: bool) -> Vec<NewEvent> {
         r#"{"city":"Zürich"}"#,
         r#"{"a":{"b":[1,2],"a":null},"plan":"free"}"#,
         r#"{"plan":"first","plan":"last"}"#,
+        r#"{"tags":"a,b","at":"12:30","k:ey":1,"x,y":2}"#,
+        r#"{"plan":"pro","n":12,"plan":"free"}"#,
         r#"{"big":1.5e10,"small":-2E-3}"#,
         r#"{"id":123456789012345678901}"#,
         r#"[1,2]"#,
