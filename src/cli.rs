@@ -207,7 +207,7 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
         events: args.events,
         top_k: args.meta_top_k,
     };
-    let report = telemetry_report(&connect(global).await?, &request).await?;
+    let report = telemetry_report(&connect(global, Access::Read).await?, &request).await?;
     if args.json {
         write_stdout(&format!("{}\n", to_json(&report)));
     } else if args.csv {
@@ -218,8 +218,20 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(global: &GlobalArgs) -> Result<Store, Error> {
-    let store = Store::connect(&global.database_url, &global.source_table).await?;
+/// Whether a command may create the SQLite file it is pointed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// It writes: a missing file is created.
+    Write,
+    /// It only reads: a missing file is an error, and nothing is created.
+    Read,
+}
+
+async fn connect(global: &GlobalArgs, access: Access) -> Result<Store, Error> {
+    let store = match access {
+        Access::Write => Store::connect(&global.database_url, &global.source_table).await?,
+        Access::Read => Store::connect_existing(&global.database_url, &global.source_table).await?,
+    };
     Ok(match &global.source_url {
         Some(url) => store.with_source(ClickHouseSource::new(url, &global.source_table)?),
         None => store,
@@ -227,7 +239,7 @@ async fn connect(global: &GlobalArgs) -> Result<Store, Error> {
 }
 
 async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
-    let store = connect(global).await?;
+    let store = connect(global, Access::Write).await?;
     store.migrate().await?;
     if store.has_external_source() {
         write_stdout(&format!(
@@ -247,7 +259,12 @@ async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
 
 async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Result<ExitCode, Error> {
     let range = args.range.range()?;
-    let runner = Runner::new(connect(global).await?, args.job.run_options());
+    let access = if args.dry_run {
+        Access::Read
+    } else {
+        Access::Write
+    };
+    let runner = Runner::new(connect(global, access).await?, args.job.run_options());
     let options = crate::telemetry_daily::RunOptions {
         range,
         dry_run: args.dry_run,
@@ -263,7 +280,7 @@ async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Resul
 }
 
 async fn runs(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode, Error> {
-    let store = connect(global).await?;
+    let store = connect(global, Access::Read).await?;
     if let Some(id) = args.id {
         let run = store
             .run(id)
@@ -324,7 +341,10 @@ async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
                 .into(),
         ));
     }
-    let runner = Runner::new(connect(global).await?, args.job.run_options());
+    let runner = Runner::new(
+        connect(global, Access::Write).await?,
+        args.job.run_options(),
+    );
     let outcome = crate::demo::run(&runner, &global.source_table).await?;
     write_stdout(&outcome.to_text());
     Ok(exit_code(&outcome.report))

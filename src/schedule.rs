@@ -1,7 +1,7 @@
 //! The built-in schedule of `serve`: a cron expression evaluated in the job's zone.
 //!
-//! [`Schedule`] parses the expression (croner: the usual five fields, or six with
-//! seconds first) and finds the next tick, daylight-saving changes included: a time
+//! [`Schedule`] parses the expression (croner: the usual five fields, six with
+//! seconds first, seven with a year last, or a nickname such as `@daily`) and finds the next tick, daylight-saving changes included: a time
 //! that a clock skips runs when the clock jumps past it, and a time that a clock
 //! repeats runs once. [`run_on_schedule`] starts a run at each tick, and skips (and logs) a tick
 //! that finds the previous scheduled run still going, so runs never stack up.
@@ -36,8 +36,8 @@ impl Schedule {
         let cron = croner::Cron::from_str(expression).map_err(|error| {
             format!(
                 "'{}' is not a cron expression ({error}); expected five fields \
-                 (minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\") \
-                 or six with seconds first",
+                 (minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\"), \
+                 six with seconds first, seven with a year last, or a nickname such as @daily",
                 expression.escape_debug()
             )
         })?;
@@ -277,6 +277,34 @@ mod tests {
         let first = s.next_after(at("2024-03-30T12:00:00Z")).unwrap();
         assert_eq!(first, at("2024-03-31T01:00:00Z"));
         assert_eq!(s.next_after(first), Some(at("2024-04-01T00:30:00Z")));
+    }
+
+    #[test]
+    fn nicknames_last_days_and_a_year_field_are_read() {
+        let cases = [
+            ("@daily", "2024-01-10T12:00:00Z", "2024-01-11T00:00:00Z"),
+            ("@hourly", "2024-01-10T12:00:00Z", "2024-01-10T13:00:00Z"),
+            // L: the last day of the month.
+            ("0 2 L * *", "2024-02-10T00:00:00Z", "2024-02-29T02:00:00Z"),
+            // 5#2: the second Friday; 1W: the weekday nearest the 1st (2024-06-01 is
+            // a Saturday, so Monday the 3rd).
+            (
+                "0 2 * * 5#2",
+                "2024-01-01T00:00:00Z",
+                "2024-01-12T02:00:00Z",
+            ),
+            ("0 2 1W * *", "2024-05-31T12:00:00Z", "2024-06-03T02:00:00Z"),
+            // Seven fields: seconds first, a year last.
+            (
+                "0 30 2 * * * 2030",
+                "2024-01-10T00:00:00Z",
+                "2030-01-01T02:30:00Z",
+            ),
+        ];
+        for (expression, after, next) in cases {
+            let s = schedule(expression, "UTC");
+            assert_eq!(s.next_after(at(after)), Some(at(next)), "{expression}");
+        }
     }
 
     #[test]

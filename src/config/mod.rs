@@ -164,7 +164,7 @@ pub struct ServeArgs {
     pub max_http_runs: u32,
 
     /// Run the job on this cron schedule, in --timezone: five fields ("0 2 * * *"),
-    /// or six with seconds first. Each run covers the default range, plus earlier
+    /// six with seconds first, seven with a year last, or @daily, @hourly, …. Each run covers the default range, plus earlier
     /// days that changed (as --changed).
     #[arg(long, env = "TELEMETRY_SCHEDULE")]
     pub schedule: Option<String>,

@@ -19,6 +19,11 @@ pub enum StoreError {
     /// The events' source refused a query or answered something unreadable.
     #[error("{action}: {message}")]
     Source { action: String, message: String },
+    /// A command that only reads was pointed at a SQLite file that does not exist.
+    #[error(
+        "there is no database at {0} (`veris-jobs migrate` creates it; this command only reads)"
+    )]
+    NoDatabase(String),
     /// The database could not be reached, or the connection was lost.
     #[error("cannot reach the database {target}: {source}")]
     Unreachable {

@@ -310,6 +310,24 @@ impl Store {
         }
     }
 
+    /// Like [`Store::connect`], but a SQLite file must exist already: nothing is
+    /// created for a command that only reads.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::connect`], and [`StoreError::NoDatabase`].
+    pub async fn connect_existing(
+        database_url: &str,
+        source_table: &TableName,
+    ) -> Result<Self, StoreError> {
+        match Backend::of(database_url)? {
+            Backend::Postgres => Self::connect(database_url, source_table).await,
+            Backend::Sqlite => SqliteStore::connect_existing(database_url, source_table)
+                .await
+                .map(|sqlite| Database::Sqlite(sqlite).into()),
+        }
+    }
+
     /// Like [`Store::connect`], but a PostgreSQL pool connects on first use, so that a
     /// server can start, and answer 503, while its database is down.
     ///

@@ -124,6 +124,21 @@ impl SqliteStore {
     /// [`StoreError::InvalidUrl`] for an in-memory or malformed URL,
     /// [`StoreError::Unreachable`] when the file cannot be opened.
     pub async fn connect(url: &str, source: &TableName) -> Result<Self, StoreError> {
+        Self::open(url, source, true).await
+    }
+
+    /// As [`SqliteStore::connect`], but a missing file is
+    /// [`StoreError::NoDatabase`] and nothing is created: for commands that only
+    /// read.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStore::connect`], and [`StoreError::NoDatabase`].
+    pub async fn connect_existing(url: &str, source: &TableName) -> Result<Self, StoreError> {
+        Self::open(url, source, false).await
+    }
+
+    async fn open(url: &str, source: &TableName, create: bool) -> Result<Self, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::InvalidUrl(format!(
                 "'{url}' is an in-memory database; veris-jobs needs a file, e.g. sqlite://veris.db"
@@ -132,8 +147,13 @@ impl SqliteStore {
         let options: SqliteConnectOptions = url
             .parse()
             .map_err(|e| StoreError::InvalidUrl(format!("{url}: {e}")))?;
+        if !create && !options.get_filename().exists() {
+            return Err(StoreError::NoDatabase(
+                options.get_filename().display().to_string(),
+            ));
+        }
         let options = options
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(BUSY_TIMEOUT)
             // Streaming a big day takes seconds by design: not worth a warning.
@@ -240,8 +260,10 @@ impl RollupStore for SqliteStore {
             .map_err(query_error("starting the migration"))?;
         let schema = format!("\"{}\"", self.source.schema().unwrap_or("main"));
         let table = self.source.table();
+        // SQLite's names are case-insensitive (ASCII, which is all a table name
+        // may hold), quoted or not: `Events` is the table `events` too.
         let exists: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1"
+            "SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE"
         )))
         .bind(table)
         .fetch_one(&mut *tx)

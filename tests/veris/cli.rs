@@ -298,3 +298,40 @@ async fn migrate_creates_the_tables_and_can_be_repeated() {
         assert!(stdout(&output).contains("telemetry_daily"));
     }
 }
+
+#[tokio::test]
+async fn commands_that_only_read_create_no_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.db");
+    let url = format!("sqlite://{}", path.display());
+    for args in [
+        &["telemetry-daily", "--date", "2024-01-15", "--dry-run"][..],
+        &["report", "--date", "2024-01-15"],
+        &["runs"],
+    ] {
+        let output = veris(&url, args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("there is no database at")
+                && stderr(&output).contains("veris-jobs migrate"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(!path.exists(), "{args:?} created {}", path.display());
+        let mut leftovers = std::fs::read_dir(dir.path()).unwrap();
+        assert!(leftovers.next().is_none(), "{args:?} left files behind");
+    }
+    // A run that writes creates it, as before.
+    let output = veris(&url, &["migrate"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let output = veris(
+        &url,
+        &["telemetry-daily", "--date", "2024-01-15", "--dry-run"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

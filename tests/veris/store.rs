@@ -8,6 +8,7 @@ crate::on_both_databases!(
     migrate_is_safe_to_repeat_and_leaves_an_existing_source_table_as_it_is,
     a_schema_qualified_source_table_is_read,
     every_fraction_digit_count_lands_in_its_own_day_in_every_zone,
+    table_names_differing_in_case_follow_the_database_and_migrate_repeats,
 );
 
 async fn migrate_is_safe_to_repeat_and_leaves_an_existing_source_table_as_it_is(db: TestDb) {
@@ -59,6 +60,29 @@ async fn migrate_is_safe_to_repeat_and_leaves_an_existing_source_table_as_it_is(
             .await
             .unwrap();
     assert_eq!(report.totals.rows, 1);
+}
+
+/// PostgreSQL keeps quoted names apart by case; SQLite's names are one table
+/// whatever the case, and `migrate` under the other case finds it.
+async fn table_names_differing_in_case_follow_the_database_and_migrate_repeats(db: TestDb) {
+    let upper = db.second_store(&TableName::parse("Events").unwrap()).await;
+    let lower = db.second_store(&TableName::parse("events").unwrap()).await;
+    upper.migrate().await.expect("migrate Events");
+    lower.migrate().await.expect("migrate events after Events");
+    upper.migrate().await.expect("migrate Events again");
+    upper
+        .insert_events(&[event("e", Some("u"), "2024-01-01T00:00:00Z", None)])
+        .await
+        .unwrap();
+    let report =
+        veris_jobs::telemetry_daily::run(&lower, &range_options("2024-01-01", "2024-01-01"))
+            .await
+            .unwrap();
+    let expected = match db.kind {
+        Kind::Postgres => 0,
+        Kind::Sqlite => 1,
+    };
+    assert_eq!(report.totals.events_read, expected, "{report:?}");
 }
 
 async fn a_schema_qualified_source_table_is_read(db: TestDb) {
