@@ -96,6 +96,25 @@ impl Sketch {
         }
     }
 
+    /// Folds in the sketch `bytes` hold, as `union(&Sketch::from_bytes(bytes)?)`
+    /// does, but merges a full sketch into registers as it reads it, without
+    /// building it: a year's report reads thousands.
+    ///
+    /// # Errors
+    ///
+    /// [`SketchError`] as [`Sketch::from_bytes`]; the sketch is then unchanged.
+    pub fn union_bytes(&mut self, bytes: &[u8]) -> Result<(), SketchError> {
+        if let Repr::Registers(registers) = &mut self.repr
+            && let (FULL, data) = header(bytes)?
+            && data.len() == FULL_BYTES
+        {
+            max_full_into(data, registers);
+            return Ok(());
+        }
+        self.union(&Self::from_bytes(bytes)?);
+        Ok(())
+    }
+
     /// Folds in `other`, as `hll_union` does: the sketch of both sets of users.
     pub fn union(&mut self, other: &Sketch) {
         match (&mut self.repr, &other.repr) {
@@ -238,19 +257,8 @@ impl Sketch {
     /// [`SketchError`] for bytes of another format, version or parameters.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SketchError> {
         let bad = |why: &str| SketchError(why.to_owned());
-        let [kind, params, cutoff, data @ ..] = bytes else {
-            return Err(bad("shorter than its header"));
-        };
-        if kind >> 4 != SCHEMA_VERSION {
-            return Err(bad("an unknown schema version"));
-        }
-        if u32::from(params & 0x1f) != LOG2M || u32::from(params >> 5) + 1 != REGWIDTH {
-            return Err(bad("other parameters than log2m 14, regwidth 5"));
-        }
-        if *cutoff != CUTOFF_BYTE {
-            return Err(bad("other parameters than expthresh -1, sparseon 1"));
-        }
-        let repr = match kind & 0x0f {
+        let (kind, data) = header(bytes)?;
+        let repr = match kind {
             EMPTY if data.is_empty() => Repr::Empty,
             EXPLICIT if data.len() % 8 == 0 => {
                 let hashes: Vec<i64> = data
@@ -273,17 +281,48 @@ impl Sketch {
                 }
                 Repr::Registers(registers)
             }
-            FULL if data.len() == (REGISTERS * REGWIDTH as usize).div_ceil(8) => {
-                let mut bits = BitReader::new(data);
-                Repr::Registers(
-                    (0..REGISTERS)
-                        .map(|_| bits.read(REGWIDTH as usize) as u8)
-                        .collect(),
-                )
+            FULL if data.len() == FULL_BYTES => {
+                let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
+                max_full_into(data, &mut registers);
+                Repr::Registers(registers)
             }
             _ => return Err(bad("an unknown type or a wrong size")),
         };
         Ok(Self { repr })
+    }
+}
+
+/// Bytes of a full sketch's registers.
+const FULL_BYTES: usize = (REGISTERS * REGWIDTH as usize).div_ceil(8);
+
+/// A sketch's type (its low four bits) and data, once its header is checked.
+fn header(bytes: &[u8]) -> Result<(u8, &[u8]), SketchError> {
+    let bad = |why: &str| SketchError(why.to_owned());
+    let [kind, params, cutoff, data @ ..] = bytes else {
+        return Err(bad("shorter than its header"));
+    };
+    if kind >> 4 != SCHEMA_VERSION {
+        return Err(bad("an unknown schema version"));
+    }
+    if u32::from(params & 0x1f) != LOG2M || u32::from(params >> 5) + 1 != REGWIDTH {
+        return Err(bad("other parameters than log2m 14, regwidth 5"));
+    }
+    if *cutoff != CUTOFF_BYTE {
+        return Err(bad("other parameters than expthresh -1, sparseon 1"));
+    }
+    Ok((kind & 0x0f, data))
+}
+
+/// Raises each of `registers` to the value the full sketch `data` holds for it.
+/// Five bits a register: eight registers in every five bytes, the first in the
+/// highest bits.
+fn max_full_into(data: &[u8], registers: &mut [u8]) {
+    const _: () = assert!(REGWIDTH == 5);
+    for (chunk, eight) in data.chunks_exact(5).zip(registers.chunks_exact_mut(8)) {
+        let bits = chunk.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
+        for (k, register) in eight.iter_mut().enumerate() {
+            *register = (*register).max(((bits >> (35 - 5 * k)) & 0x1f) as u8);
+        }
     }
 }
 
@@ -385,14 +424,18 @@ impl<'a> BitReader<'a> {
         Self { data, position: 0 }
     }
 
+    /// The next `width` bits (at most 57), most significant first; zeros past the end.
     fn read(&mut self, width: usize) -> u64 {
-        let mut value = 0;
-        for _ in 0..width {
-            let bit = self.data[self.position / 8] >> (7 - self.position % 8) & 1;
-            value = (value << 1) | u64::from(bit);
-            self.position += 1;
-        }
-        value
+        debug_assert!(width <= 57);
+        // The 8 bytes from the one holding the next bit cover all `width` bits.
+        let byte = self.position / 8;
+        let mut window = [0u8; 8];
+        let tail = self.data.get(byte..).unwrap_or_default();
+        let taken = tail.len().min(8);
+        window[..taken].copy_from_slice(&tail[..taken]);
+        let shift = 64 - self.position % 8 - width;
+        self.position += width;
+        (u64::from_be_bytes(window) >> shift) & ((1 << width) - 1)
     }
 }
 
@@ -498,6 +541,36 @@ mod tests {
             left.union(&right);
             assert_eq!(left.to_bytes(), forward.to_bytes(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_union_of_bytes_is_the_union_of_their_sketches() {
+        let sketch = |from: u32, to: u32| {
+            let mut s = Sketch::new();
+            for n in from..to {
+                s.add_user(&n.to_string());
+            }
+            s
+        };
+        // Full, sparse and explicit, each merged into each.
+        let parts = [
+            sketch(0, 30_000),
+            sketch(20_000, 21_500),
+            sketch(40_000, 40_010),
+            Sketch::new(),
+        ];
+        for first in &parts {
+            for second in &parts {
+                let mut by_sketch = first.clone();
+                by_sketch.union(second);
+                let mut by_bytes = first.clone();
+                by_bytes.union_bytes(&second.to_bytes()).unwrap();
+                assert_eq!(by_bytes.to_bytes(), by_sketch.to_bytes());
+            }
+        }
+        let mut unchanged = sketch(0, 30_000);
+        assert!(unchanged.union_bytes(&[0x14, 0x8d]).is_err());
+        assert_eq!(unchanged.to_bytes(), sketch(0, 30_000).to_bytes());
     }
 
     #[test]

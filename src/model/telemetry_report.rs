@@ -230,7 +230,7 @@ fn period(start: Date, end: Date, rows: &[&StoredRollup], top_k: usize) -> Perio
 fn union(rows: &[&StoredRollup]) -> Option<Sketch> {
     let mut sketch = Sketch::new();
     for row in rows {
-        sketch.union(&Sketch::from_bytes(row.users_hll.as_deref()?).ok()?);
+        sketch.union_bytes(row.users_hll.as_deref()?).ok()?;
     }
     Some(sketch)
 }
