@@ -77,7 +77,7 @@ pub struct ReportArgs {
     pub timezone: jiff::tz::TimeZone,
 
     /// Top values kept per metadata key.
-    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20)]
+    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20, allow_negative_numbers = true, value_parser = crate::config::parse_top_k)]
     pub meta_top_k: usize,
 }
 
@@ -112,11 +112,11 @@ pub struct TelemetryDailyArgs {
 #[derive(Debug, Args)]
 pub struct RunsArgs {
     /// How many runs, newest first (at most 100).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=MAX_RUNS_LISTED as i64))]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=MAX_RUNS_LISTED as i64))]
     pub limit: u32,
 
     /// Show this one run, with its whole report.
-    #[arg(long, conflicts_with = "limit")]
+    #[arg(long, conflicts_with = "limit", allow_negative_numbers = true)]
     pub id: Option<i64>,
 
     /// Print the runs as JSON.
@@ -147,9 +147,21 @@ impl Cli {
                     ExitCode::SUCCESS
                 }
                 _ => {
+                    // One line: the problem, and the allowed values when clap lists them.
                     let rendered = error.render().to_string();
-                    let first = rendered.lines().next().unwrap_or("error: bad usage");
-                    eprintln!("{first} (see veris-jobs --help)");
+                    let mut line = rendered
+                        .lines()
+                        .next()
+                        .unwrap_or("error: bad usage")
+                        .to_owned();
+                    if let Some(values) = rendered
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| l.starts_with("[possible values:"))
+                    {
+                        line = format!("{line} {values}");
+                    }
+                    eprintln!("{line} (see veris-jobs --help)");
                     ExitCode::from(2)
                 }
             }

@@ -59,6 +59,21 @@ pub struct GlobalArgs {
     pub log_format: LogFormat,
 }
 
+/// `--meta-top-k`: at least one value a key.
+///
+/// # Errors
+///
+/// A message for 0 or anything but a whole number.
+pub fn parse_top_k(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("0 would keep no value of any key; give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "'{value}' is not a whole number of values (1 or more)"
+        )),
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -76,7 +91,7 @@ pub struct JobArgs {
     pub timezone: TimeZone,
 
     /// Top values kept per metadata key.
-    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20)]
+    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20, allow_negative_numbers = true, value_parser = crate::config::parse_top_k)]
     pub meta_top_k: usize,
 
     /// How long a run waits for a day another run holds (e.g. 60s, 5m, 500ms).
@@ -88,6 +103,7 @@ pub struct JobArgs {
         long,
         env = "TELEMETRY_LOOKBACK_DAYS",
         default_value_t = 1,
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=36_600)
     )]
     pub lookback_days: u32,
@@ -106,6 +122,7 @@ pub struct JobArgs {
         long,
         env = "TELEMETRY_KEEP_RUNS",
         default_value_t = 10_000,
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub keep_runs: u32,
@@ -115,6 +132,7 @@ pub struct JobArgs {
         long,
         env = "TELEMETRY_READ_SLICES",
         default_value_t = 1,
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=64)
     )]
     pub read_slices: u32,
@@ -150,6 +168,7 @@ pub struct ServeArgs {
         long,
         env = "TELEMETRY_MAX_RANGE_DAYS",
         default_value_t = 366,
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_range_days: u32,
@@ -159,6 +178,7 @@ pub struct ServeArgs {
         long,
         env = "TELEMETRY_MAX_HTTP_RUNS",
         default_value_t = 4,
+        allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
     pub max_http_runs: u32,

@@ -273,10 +273,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
     (content_type, state.runner.metrics().render()).into_response()
 }
 
-/// `GET /healthz`: 200 when the database answers, else 503.
+/// `GET /healthz`: 200 when the database (and the source of events, when it is
+/// elsewhere) answers, else 503.
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.runner.store().ping().await {
+    let store = state.runner.store();
+    if store.ping().await {
         Json(json!({"status": "ok"})).into_response()
+    } else if store.has_external_source() {
+        ApiError::Unavailable("the database or the source of events does not answer".into())
+            .into_response()
     } else {
         ApiError::Unavailable("the database does not answer".into()).into_response()
     }

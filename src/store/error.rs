@@ -11,7 +11,7 @@ pub enum StoreError {
     #[error("DATABASE_URL: {0}")]
     InvalidUrl(String),
     /// The events' source URL cannot be used.
-    #[error("TELEMETRY_SOURCE_URL: {0}")]
+    #[error("--source-url (TELEMETRY_SOURCE_URL): {0}")]
     InvalidSourceUrl(String),
     /// The events' source (ClickHouse) could not be reached, or stopped answering.
     #[error("cannot reach the source of events {target}: {message}")]

@@ -93,9 +93,9 @@ impl PgStore {
     ///
     /// [`StoreError::InvalidUrl`].
     pub fn connect_lazy(url: &str, source: &TableName) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", redact_url(url))))?;
+        let options: PgConnectOptions = url.parse().map_err(|e| {
+            StoreError::InvalidUrl(format!("{}: {}", redact_url(url), url_problem(&e)))
+        })?;
         // Streaming a big day takes seconds by design: not worth a warning.
         let options = options.log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let target = redact_url(url);
@@ -374,4 +374,16 @@ impl RollupStore for PgStore {
         *last = Some((Instant::now(), answered));
         answered
     }
+}
+
+/// What is wrong with a URL the driver refused, said once: its configuration
+/// errors wrap a message that already starts with their own prefix.
+fn url_problem(error: &sqlx::Error) -> String {
+    const PREFIX: &str = "error with configuration: ";
+    let text = error.to_string();
+    let mut problem = text.as_str();
+    while let Some(rest) = problem.strip_prefix(PREFIX) {
+        problem = rest;
+    }
+    problem.to_owned()
 }

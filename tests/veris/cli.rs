@@ -291,11 +291,148 @@ async fn a_day_held_by_another_run_fails_after_the_lock_timeout() {
 #[tokio::test]
 async fn migrate_creates_the_tables_and_can_be_repeated() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let path = dir.path().join("m.db");
+    let url = format!("sqlite://{}", path.display());
     for _ in 0..2 {
         let output = veris(&url, &["migrate"]);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         assert!(stdout(&output).contains("telemetry_daily"));
+    }
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let columns = |table: &str| -> Vec<String> {
+        let mut statement = db
+            .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+            .unwrap();
+        statement
+            .query_map([table], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(
+        columns("telemetry_events"),
+        ["id", "event", "user_id", "created_at", "meta"]
+    );
+    assert_eq!(
+        columns("telemetry_daily"),
+        [
+            "date",
+            "event",
+            "count",
+            "unique_users",
+            "meta",
+            "updated_at",
+            "users_hll"
+        ]
+    );
+    for column in [
+        "id",
+        "job",
+        "trigger",
+        "started_at",
+        "finished_at",
+        "status",
+        "source_watermark",
+    ] {
+        assert!(
+            columns("job_runs").iter().any(|c| c == column),
+            "job_runs.{column}"
+        );
+    }
+    let indexed: String = db
+        .query_row(
+            "SELECT group_concat(i.name) FROM sqlite_master m, pragma_index_info(m.name) i \
+             WHERE m.type = 'index' AND m.tbl_name = 'telemetry_events'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, "created_at", "the source's index is on created_at");
+    let key: String = db
+        .query_row(
+            "SELECT group_concat(name) FROM pragma_table_info('telemetry_daily') WHERE pk > 0 ORDER BY pk",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(key, "date,event");
+}
+
+/// The run report's names, as the contract spells them.
+#[tokio::test]
+async fn the_json_report_has_the_contracts_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    assert_eq!(veris(&url, &["migrate"]).status.code(), Some(0));
+    let output = veris(
+        &url,
+        &[
+            "telemetry-daily",
+            "--start-date",
+            "2024-01-01",
+            "--end-date",
+            "2024-01-02",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let keys = |value: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&report),
+        [
+            "days",
+            "dryRun",
+            "durationMs",
+            "endDate",
+            "job",
+            "ok",
+            "startDate",
+            "timezone",
+            "totals"
+        ]
+    );
+    assert_eq!(report["job"], "telemetry-daily");
+    assert_eq!(report["days"].as_array().unwrap().len(), 2);
+    let day = &report["days"][0];
+    for name in [
+        "date",
+        "status",
+        "eventsRead",
+        "eventsSkipped",
+        "skipped",
+        "rows",
+        "inserted",
+        "updated",
+        "deleted",
+        "unchanged",
+        "durationMs",
+        "error",
+    ] {
+        assert!(day.get(name).is_some(), "day.{name} in {day}");
+    }
+    assert_eq!(
+        (day["date"].as_str(), day["status"].as_str()),
+        (Some("2024-01-01"), Some("written"))
+    );
+    for name in [
+        "eventsRead",
+        "eventsSkipped",
+        "rows",
+        "inserted",
+        "updated",
+        "deleted",
+        "unchanged",
+    ] {
+        assert_eq!(
+            report["totals"][name], 0,
+            "totals.{name} in {}",
+            report["totals"]
+        );
     }
 }
 
@@ -334,4 +471,50 @@ async fn commands_that_only_read_create_no_sqlite_file() {
         &["telemetry-daily", "--date", "2024-01-15", "--dry-run"],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn bad_values_name_their_flag_and_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("v.db").display());
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["telemetry-daily", "--meta-top-k", "-1"],
+            &["--meta-top-k", "'-1'"],
+        ),
+        (
+            &["telemetry-daily", "--meta-top-k", "0"],
+            &["--meta-top-k", "0 would keep no value"],
+        ),
+        (&["report", "--meta-top-k", "0"], &["--meta-top-k"]),
+        (
+            &["telemetry-daily", "--lookback-days", "-5"],
+            &["--lookback-days", "'-5'"],
+        ),
+        (
+            &["--log-format", "xml", "runs"],
+            &["--log-format", "[possible values: text, json]"],
+        ),
+    ];
+    for (args, says) in cases {
+        let output = veris(&url, args);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        assert_eq!(message.lines().count(), 1, "{args:?}: {message}");
+        for words in says {
+            assert!(
+                message.contains(words),
+                "{args:?} should say {words}: {message}"
+            );
+        }
+    }
+    // A URL the PostgreSQL driver refuses is explained once.
+    let output = veris(
+        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=bogus",
+        &["runs"],
+    );
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(message.contains("unknown value \"bogus\""), "{message}");
+    assert!(!message.contains("error with configuration"), "{message}");
 }
