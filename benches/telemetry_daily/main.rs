@@ -220,6 +220,26 @@ async fn postgres(args: &Args) {
         url: url.clone(),
     };
     compare(args, &target).await;
+    // The rollups the last run wrote, against the database's own count.
+    let w = window();
+    let rollups: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT event, count, unique_users FROM telemetry_daily WHERE date = $1::date ORDER BY event COLLATE \"C\"",
+    )
+    .bind(DAY)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let counted: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT event, count(*), count(DISTINCT NULLIF(user_id, '')) FROM telemetry_events \
+         WHERE created_at >= $1::timestamptz AND created_at < $2::timestamptz \
+         AND event <> '' GROUP BY event ORDER BY event COLLATE \"C\"",
+    )
+    .bind(w.start.to_string())
+    .bind(w.end.to_string())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    check_rollups(&rollups, &counted);
     empty_year(&url).await;
     let sizes: (i64, f64, i32) = sqlx::query_as(
         "SELECT count(*), avg(octet_length(users_hll))::float8, max(octet_length(users_hll)) \
@@ -359,6 +379,24 @@ async fn sqlite(args: &Args) {
         path,
     };
     compare(args, &target).await;
+    let w = window();
+    let rollups: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT event, count, unique_users FROM telemetry_daily WHERE date = ?1 ORDER BY event",
+    )
+    .bind(DAY)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let counted: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT event, count(*), count(DISTINCT NULLIF(user_id, '')) FROM telemetry_events \
+         WHERE created_at >= ?1 AND created_at < ?2 AND event <> '' GROUP BY event ORDER BY event",
+    )
+    .bind(sqlite_bound(w.start))
+    .bind(sqlite_bound(w.end))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    check_rollups(&rollups, &counted);
     empty_year(&url).await;
     let sizes: (i64, f64, i64) = sqlx::query_as(
         "SELECT count(*), avg(length(users_hll)), max(length(users_hll)) \
@@ -858,6 +896,18 @@ fn median(times: &mut [Duration]) -> Duration {
     } else {
         (times[n / 2 - 1] + times[n / 2]) / 2
     }
+}
+
+/// The rows the job wrote for the day equal the database's own `GROUP BY`.
+fn check_rollups(rollups: &[(String, i64, i64)], counted: &[(String, i64, i64)]) {
+    assert_eq!(
+        rollups, counted,
+        "the rollups differ from the database's own count"
+    );
+    println!(
+        "the day's {} rows equal the database's GROUP BY event (count, distinct users)",
+        rollups.len()
+    );
 }
 
 fn print_sketch_sizes(rows: i64, average: f64, largest: i64) {

@@ -21,10 +21,13 @@ crate::on_both_databases!(
     numbers_are_read_correctly_rounded_and_written_alike_on_both_databases,
     bad_events_are_counted_by_reason_and_never_abort_the_run,
     the_retention_guard_keeps_rollups_unless_forced,
+    the_retention_guard_keeps_a_day_that_lost_some_of_its_events,
     a_dry_run_writes_nothing_and_reports_what_would_change,
     a_run_waits_for_days_another_run_holds_then_fails_clearly,
     concurrent_overlapping_runs_end_equal_to_a_clean_run,
     a_big_day_read_in_parts_equals_one_aggregate_of_its_events,
+    a_reader_sees_the_old_day_or_the_new_day_never_a_mix,
+    counts_and_users_equal_a_naive_count_of_shuffled_random_events,
 );
 
 fn count_of(rows: &[crate::common::StoredRow], date: &str, name: &str) -> Option<i64> {
@@ -381,6 +384,43 @@ async fn the_retention_guard_keeps_rollups_unless_forced(db: TestDb) {
     assert!(db.rollups().await.is_empty());
 }
 
+/// One event of three purged: the day still has events, fewer than its rollups count.
+async fn the_retention_guard_keeps_a_day_that_lost_some_of_its_events(db: TestDb) {
+    db.insert(&[
+        event("view", Some("a"), "2024-06-01T10:00:00Z", None),
+        event("view", Some("b"), "2024-06-01T11:00:00Z", None),
+        event("click", Some("a"), "2024-06-01T12:00:00Z", None),
+    ])
+    .await;
+    let options = range_options("2024-06-01", "2024-06-01");
+    db.run(&options).await;
+    let kept_rows = db.rollups().await;
+    db.execute("DELETE FROM telemetry_events WHERE user_id = 'b'")
+        .await;
+
+    let report = db.run(&options).await;
+    let day = &report.days[0];
+    assert_eq!(day.status, DayStatus::Kept, "{day:?}");
+    assert_eq!((day.inserted, day.updated, day.deleted), (0, 0, 0));
+    assert!(
+        day.error.as_deref().unwrap().contains("holds 2 events")
+            && day.error.as_deref().unwrap().contains("count 3"),
+        "{:?}",
+        day.error
+    );
+    assert_eq!(db.rollups().await, kept_rows);
+
+    let report = db
+        .run(&RunOptions {
+            force: true,
+            ..options
+        })
+        .await;
+    assert_eq!(report.days[0].status, DayStatus::Written);
+    assert_eq!(report.days[0].updated, 1, "view now counts 1");
+    assert_ne!(db.rollups().await, kept_rows);
+}
+
 async fn a_dry_run_writes_nothing_and_reports_what_would_change(db: TestDb) {
     db.insert(&[
         event("view", None, "2024-07-01T10:00:00Z", None),
@@ -547,4 +587,148 @@ async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) 
         .collect();
     assert_eq!(stored.len(), 90);
     assert_eq!(stored, expected);
+}
+
+/// Readers see a day whole, as it was before its rewrite or as it is after, never
+/// part of each: a day's rows commit at once.
+async fn a_reader_sees_the_old_day_or_the_new_day_never_a_mix(db: TestDb) {
+    let meta = Some(r#"{"v":1}"#);
+    let mut events = Vec::new();
+    for i in 0..300 {
+        let user = format!("u{i}");
+        events.push(event(
+            &format!("e{i:03}"),
+            Some(&user),
+            "2024-09-01T10:00:00Z",
+            meta,
+        ));
+    }
+    db.insert(&events).await;
+    let options = range_options("2024-09-01", "2024-09-01");
+    db.run(&options).await;
+    let old = db.rollups().await;
+    // Every row changes (more events for every name) and 100 names are new.
+    let mut more = Vec::new();
+    for i in 0..800 {
+        let user = format!("w{i}");
+        more.push(event(
+            &format!("e{:03}", i % 400),
+            Some(&user),
+            "2024-09-01T11:00:00Z",
+            meta,
+        ));
+    }
+    db.insert(&more).await;
+
+    let store = db.store.clone();
+    let run = tokio::spawn(async move { telemetry_daily::run(&store, &options).await });
+    let mut snapshots = Vec::new();
+    while !run.is_finished() {
+        snapshots.push(db.rollups().await);
+    }
+    assert!(run.await.unwrap().expect("the run starts").ok);
+    let new = db.rollups().await;
+    assert_eq!((old.len(), new.len()), (300, 400));
+    assert!(!snapshots.is_empty(), "read while the run went");
+    for snapshot in &snapshots {
+        assert!(
+            *snapshot == old || *snapshot == new,
+            "a reader saw {} rows, {} of them as after the run",
+            snapshot.len(),
+            snapshot.iter().filter(|row| new.contains(row)).count()
+        );
+    }
+}
+
+/// Counts and distinct users against a count written here from the contract alone
+/// (a day is local midnight to midnight in the zone; a null or empty name is no row;
+/// a null or empty user is nobody), over random events around a daylight-saving
+/// change, inserted in random order, read in one stream and in three time slices.
+async fn counts_and_users_equal_a_naive_count_of_shuffled_random_events(db: TestDb) {
+    use rand::seq::SliceRandom as _;
+    use rand::{Rng as _, SeedableRng as _};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let zone = TimeZone::get("America/New_York").unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(20_240_310);
+    // New York springs forward on 2024-03-10: a 23-hour day among 24-hour ones.
+    let start = jiff::Timestamp::from_second(1_709_960_400).unwrap(); // 2024-03-09T05:00Z, midnight there
+    let metas = [
+        None,
+        Some(r#"{"a":1,"a":2}"#),
+        Some("[1,2]"),
+        Some(r#"{"n":1e300,"m":-1.7976931348623157e308}"#),
+        Some(r#"{"deep":[[[[[[{"x":1}]]]]]],"s":"\u00e9"}"#),
+        Some(r#""a string""#),
+    ];
+    // SQLite's meta is text, which need not be JSON at all.
+    let metas = match db.kind {
+        Kind::Sqlite => [&metas[..], &[Some("not json")]].concat(),
+        Kind::Postgres => metas.to_vec(),
+    };
+    let mut events = Vec::new();
+    for _ in 0..3_000 {
+        let name = match rng.random_range(0..10) {
+            // PostgreSQL's event column is not null.
+            0 if db.kind == Kind::Sqlite => None,
+            0 => Some(String::new()),
+            1 => Some(String::new()),
+            n => Some(format!("e{}", n % 4)),
+        };
+        let user = match rng.random_range(0..6) {
+            0 => None,
+            1 => Some(String::new()),
+            _ => Some(format!("u{}", rng.random_range(0..200))),
+        };
+        let at = start + jiff::SignedDuration::from_secs(rng.random_range(0..3 * 86_400 - 3_600));
+        events.push(veris_jobs::store::NewEvent {
+            event: name,
+            user_id: user,
+            created_at: at,
+            meta: metas[rng.random_range(0..metas.len())].map(str::to_owned),
+        });
+    }
+    events.shuffle(&mut rng);
+    db.insert(&events).await;
+
+    let mut expected: BTreeMap<(String, String), (i64, BTreeSet<&str>)> = BTreeMap::new();
+    for e in &events {
+        let Some(name) = e.event.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let date = e
+            .created_at
+            .to_zoned_datetime(zone.clone())
+            .date()
+            .to_string();
+        let entry = expected.entry((date, name.to_owned())).or_default();
+        entry.0 += 1;
+        if let Some(user) = e.user_id.as_deref().filter(|u| !u.is_empty()) {
+            entry.1.insert(user);
+        }
+    }
+    let expected: Vec<(String, String, i64, i64)> = expected
+        .into_iter()
+        .map(|((date, name), (count, users))| (date, name, count, users.len() as i64))
+        .collect();
+    assert_eq!(expected.len(), 12, "three days of four names");
+
+    for read_slices in [1, 3] {
+        db.execute("DELETE FROM telemetry_daily").await;
+        let report = db
+            .run(&RunOptions {
+                timezone: zone.clone(),
+                read_slices,
+                ..range_options("2024-03-09", "2024-03-11")
+            })
+            .await;
+        assert!(report.ok, "{report:?}");
+        let stored: Vec<(String, String, i64, i64)> = db
+            .rollups()
+            .await
+            .into_iter()
+            .map(|(date, name, count, users, _, _)| (date, name, count, users))
+            .collect();
+        assert_eq!(stored, expected, "--read-slices {read_slices}");
+    }
 }

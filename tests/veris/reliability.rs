@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use veris_jobs::model::{DayStatus, MAX_EVENT_NAME_BYTES};
-use veris_jobs::store::{Database, DemoData as _, NewEvent, RunHistory as _};
+use veris_jobs::store::{Database, DemoData as _, NewEvent, RollupStore as _, RunHistory as _};
 
 use crate::cli::{stderr, veris};
 use crate::common::{Kind, StoredRow, TestDb, event, range_options};
@@ -160,6 +160,7 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
     assert!(output.status.success(), "{}", stderr(&output));
 
     let mut states_seen = std::collections::BTreeSet::new();
+    let mut kills_mid_run = 0;
     for moment in 0..20u32 {
         let old = by_date(&db.rollups().await);
         db.insert(&round_events(DAYS, 150, moment + 1)).await;
@@ -197,6 +198,15 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
         let _ = child.kill(); // SIGKILL (a run that already ended is simply reaped)
         child.wait().unwrap();
         let after_kill = by_date(&db.rollups().await);
+        // The killed run, if it had recorded itself and not ended.
+        let killed = db
+            .store
+            .recent_runs(1)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id > last_run && r.status == "running")
+            .map(|r| r.id);
 
         let output = veris(&db.url, &range);
         assert!(
@@ -205,19 +215,33 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
             stderr(&output)
         );
         let new = by_date(&db.rollups().await);
+        // Every date of either state, so that a day wiped by the kill is seen too.
+        let dates: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
         let mut written = 0;
-        for (date, rows) in &after_kill {
-            if Some(rows) == new.get(date) {
+        for date in dates {
+            let rows = after_kill.get(date);
+            if rows == new.get(date) {
                 written += 1;
             } else {
                 assert_eq!(
-                    Some(rows),
+                    rows,
                     old.get(date),
                     "moment {moment}: {date} is neither old nor new"
                 );
             }
         }
+        assert_eq!(new.len(), DAYS as usize);
         states_seen.insert(written);
+        if let Some(id) = killed {
+            let record = db
+                .store
+                .run(id)
+                .await
+                .unwrap()
+                .expect("the killed run's record");
+            assert_eq!(record.status, "abandoned", "moment {moment}: run {id}");
+            kills_mid_run += 1;
+        }
 
         // The repaired range equals a clean run from scratch.
         db.execute("DELETE FROM telemetry_daily").await;
@@ -228,6 +252,10 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
     assert!(
         states_seen.len() >= 3,
         "kills landed at several points of the run: {states_seen:?}"
+    );
+    assert!(
+        kills_mid_run >= 3,
+        "runs killed while running: {kills_mid_run}"
     );
 }
 
@@ -307,18 +335,75 @@ async fn a_concurrency_soak_ends_with_every_day_right(db: TestDb) {
         "{outcomes:?}"
     );
 
-    // A clean run brings in the events that arrived after the last writes, and then
-    // the table equals a recomputation from scratch.
+    // Every day once more, by runs that overlap for certain: the test holds a day, so
+    // the command-line runs over it wait and a request for it is turned away. The
+    // writer has stopped, so once they end every day must be right as it stands.
+    let held_day = "2024-06-05".parse().unwrap();
+    let held = db
+        .store
+        .lock_days(&[held_day], Duration::ZERO)
+        .await
+        .expect("the test takes a day");
+    let last_runs: Vec<_> = [("01", "05"), ("04", "08"), ("05", "10")]
+        .into_iter()
+        .map(|(start, end)| {
+            let url = db.url.clone();
+            tokio::task::spawn_blocking(move || {
+                let (start, end) = (format!("2024-06-{start}"), format!("2024-06-{end}"));
+                veris(
+                    &url,
+                    &[
+                        "telemetry-daily",
+                        "--start-date",
+                        &start,
+                        "--end-date",
+                        &end,
+                        "--force",
+                    ],
+                )
+                .status
+                .code()
+            })
+        })
+        .collect();
+    let (status, _) = server
+        .post_json(r#"{"startDate":"2024-06-05","endDate":"2024-06-05"}"#)
+        .await;
+    assert_eq!(
+        status.as_u16(),
+        409,
+        "a request for a held day is turned away"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        last_runs.iter().all(|run| !run.is_finished()),
+        "runs over a held day wait for it"
+    );
+    held.release().await;
+    for run in last_runs {
+        assert_eq!(run.await.unwrap(), Some(0));
+    }
+
+    // Checked before anything repairs it: a dry run finds nothing to change, and the
+    // table equals a recomputation from scratch.
     let all = range_options("2024-06-01", "2024-06-10");
-    db.run(&all).await;
-    let settled = db.rollups().await;
     let check = db
         .run(&veris_jobs::telemetry_daily::RunOptions {
             dry_run: true,
             ..all.clone()
         })
         .await;
+    assert_eq!(
+        (
+            check.totals.inserted,
+            check.totals.updated,
+            check.totals.deleted
+        ),
+        (0, 0, 0),
+        "{check:?}"
+    );
     assert_eq!(check.totals.unchanged, check.totals.rows);
+    let settled = db.rollups().await;
     db.execute("DELETE FROM telemetry_daily").await;
     db.run(&all).await;
     assert_eq!(by_date(&db.rollups().await), by_date(&settled));
