@@ -962,7 +962,7 @@ where
     .unwrap();
     execute("DELETE FROM telemetry_daily WHERE date < {day}".to_owned()).await;
     println!(
-        "a 365-day report by week over 50 events a day (the command, process start included): {:.0} ms (median of {runs})",
+        "a 365-day report by week over copies of the day's rows (the command, process start included): {:.0} ms (median of {runs})",
         median(&mut times).as_secs_f64() * 1000.0
     );
 }

@@ -66,8 +66,27 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether this error means the database itself is gone, so that trying
-    /// further days is pointless.
+    /// Whether a statement gave up waiting for another writer (SQLite's busy
+    /// timeout), which the next write would wait out again.
+    pub fn is_busy(&self) -> bool {
+        // SQLite's SQLITE_BUSY (5) and SQLITE_LOCKED (6), extended codes included.
+        match self {
+            StoreError::Query {
+                source: sqlx::Error::Database(db),
+                ..
+            } => {
+                db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && db
+                        .code()
+                        .and_then(|code| code.parse::<i32>().ok())
+                        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the database (or the source of events) cannot be reached, so that
+    /// trying further days is pointless.
     pub fn is_unreachable(&self) -> bool {
         match self {
             StoreError::Unreachable { .. } | StoreError::SourceUnreachable { .. } => true,

@@ -1,5 +1,6 @@
 //! The run's row in `job_runs`. The history is a record, not a precondition: if it
-//! cannot be written, the run goes on and says so in the log.
+//! cannot be written, the run goes on and says so in the log, unless the database
+//! was too busy to take it: then no day could be written either.
 
 use crate::model::{NewRun, RunReport};
 use crate::store::RunHistory;
@@ -10,12 +11,18 @@ pub(super) enum History {
 }
 
 impl History {
-    pub(super) async fn start<S: RunHistory>(store: &S, run: &NewRun) -> Self {
+    /// Records the run; with the history, why the run should stop before its
+    /// first day: the database stayed busy (another writer) past its timeout, which
+    /// every day's write would wait out again.
+    pub(super) async fn start<S: RunHistory>(store: &S, run: &NewRun) -> (Self, Option<String>) {
         match store.start_run(run).await {
-            Ok(id) => History::Recorded(id),
+            Ok(id) => (History::Recorded(id), None),
             Err(error) => {
                 tracing::warn!(%error, "the run could not be recorded in job_runs");
-                History::Off
+                let stop = error
+                    .is_busy()
+                    .then(|| format!("the database is busy ({error})"));
+                (History::Off, stop)
             }
         }
     }

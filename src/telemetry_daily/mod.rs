@@ -237,7 +237,7 @@ where
         changed: changed.as_ref().map(Changed::to_report),
     };
     // Dry runs write nothing, so they are not recorded either.
-    let history = match &locks {
+    let (history, busy) = match &locks {
         Some(_) => {
             let run = NewRun {
                 job: JOB_NAME.to_owned(),
@@ -249,13 +249,13 @@ where
             };
             History::start(store, &run).await
         }
-        None => History::Off,
+        None => (History::Off, None),
     };
     progress.started(windows.len());
     let mut days_done = 0u32;
-    // Set when trying further days is pointless: the database no longer answers, or
-    // the day locks are gone.
-    let mut stopped: Option<String> = None;
+    // Set when trying further days is pointless: the database no longer answers or
+    // stays busy, or the day locks are gone.
+    let mut stopped: Option<String> = busy;
     for window in &windows {
         let day_started = Instant::now();
         let day = match &stopped {
