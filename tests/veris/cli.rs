@@ -8,6 +8,8 @@ use veris_jobs::store::RollupStore as _;
 
 use crate::common::{Kind, TestDb, event};
 
+crate::on_both_databases!(a_failed_day_is_reported_and_exits_1);
+
 /// Runs `veris-jobs ARGS` against `database_url`, with none of the job's
 /// environment variables inherited from the shell.
 pub fn veris(database_url: &str, args: &[&str]) -> Output {
@@ -282,9 +284,7 @@ async fn bad_usage_exits_2_with_one_line_naming_the_problem() {
     assert!(db.rollups().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_failed_day_is_reported_and_exits_1() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+async fn a_failed_day_is_reported_and_exits_1(db: TestDb) {
     let output = veris(
         &db.url,
         &[

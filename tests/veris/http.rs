@@ -118,6 +118,9 @@ crate::on_both_databases!(
     a_run_over_http_writes_the_same_rows_as_the_command_line,
     concurrent_posts_over_the_same_days_get_200_409_or_429_and_leave_the_table_right,
     a_day_held_by_any_other_run_is_answered_409_at_once,
+    a_client_that_disconnects_does_not_cancel_the_run,
+    shutdown_waits_for_runs_under_way_to_finish,
+    metrics_count_the_runs_of_the_process_in_prometheus_format,
 );
 
 async fn every_status_of_the_contract_table(db: TestDb) {
@@ -524,9 +527,7 @@ pub async fn fill_days(db: &TestDb, days: u32) -> DayRange {
     range
 }
 
-#[tokio::test]
-async fn a_client_that_disconnects_does_not_cancel_the_run() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+async fn a_client_that_disconnects_does_not_cancel_the_run(db: TestDb) {
     let range = fill_days(&db, 300).await;
     let server = TestServer::start(db.store.clone(), 366).await;
     let body = format!(
@@ -553,9 +554,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_run() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_runs_under_way_to_finish() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+async fn shutdown_waits_for_runs_under_way_to_finish(db: TestDb) {
     let range = fill_days(&db, 300).await;
     let server = TestServer::start(db.store.clone(), 366).await;
     let base = server.base.clone();
@@ -683,9 +682,7 @@ async fn the_binary_refuses_a_missing_or_short_secret_and_never_logs_the_secret(
     );
 }
 
-#[tokio::test]
-async fn metrics_count_the_runs_of_the_process_in_prometheus_format() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+async fn metrics_count_the_runs_of_the_process_in_prometheus_format(db: TestDb) {
     db.insert(&[
         event("view", Some("u"), "2024-01-01T10:00:00Z", Some("[1]")),
         event("view", Some("v"), "2024-01-02T10:00:00Z", None),
