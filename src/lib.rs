@@ -15,7 +15,8 @@
 //!    records. No I/O.
 //! 2. [`store`]: every line of SQL. The storage traits ([`store::EventSource`],
 //!    [`store::RollupStore`], [`store::RunHistory`], [`store::DemoData`]), each
-//!    implemented by the PostgreSQL and the SQLite backend; [`store::Store`] is either.
+//!    implemented by the PostgreSQL and the SQLite backend; [`store::Store`] is either,
+//!    with events read from a [`store::ClickHouseSource`] when one is given.
 //! 3. [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
 //!    and writes each day, records the run ([`telemetry_daily::run`]).
 //!    [`rollup_report`]: the rollups read back, grouped by day, week or month.
