@@ -44,7 +44,7 @@ pub struct GlobalArgs {
     pub source_table: TableName,
 
     /// Where raw events are read, when not from the database:
-    /// clickhouse://[user[:password]@]host[:port]/database (clickhouses:// for HTTPS).
+    /// `clickhouse://[user[:password]@]host[:port]/database` (`clickhouses://` for HTTPS).
     /// Rollups, locks and run history stay in the database.
     #[arg(
         long,
