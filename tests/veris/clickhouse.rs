@@ -257,6 +257,12 @@ fn events(seed: u64, count: usize, invalid_json: bool) -> Vec<NewEvent> {
                     rng.random_range(0..50),
                     rng.random_range(0..1000)
                 )),
+                // A value of its own each time, as a trace id: enough of them to
+                // make a run with a small memory limit spill.
+                2 => Some(format!(
+                    r#"{{"trace":"t-{}","plan":"pro"}}"#,
+                    rng.random::<u64>()
+                )),
                 _ => Some(metas[rng.random_range(0..metas.len())].to_owned()),
             };
             // Three days and a little more, in whole seconds (DateTime's precision).
@@ -325,6 +331,10 @@ async fn compare(kind: Kind, events: &[NewEvent]) {
     ch.insert(events, 1).await;
     let from_clickhouse = via_clickhouse.store.clone().with_source(ch.source());
     for zone in ["UTC", "America/New_York", "Asia/Kathmandu"] {
+        // Each zone afresh: days cut again in another zone would be kept by the
+        // retention guard.
+        direct.execute("DELETE FROM telemetry_daily").await;
+        via_clickhouse.execute("DELETE FROM telemetry_daily").await;
         let expected = direct.run(&options(zone)).await;
         let got = telemetry_daily::run(&from_clickhouse, &options(zone))
             .await
@@ -353,6 +363,29 @@ async fn compare(kind: Kind, events: &[NewEvent]) {
             assert_eq!(h, w, "{zone}");
         }
     }
+    // The counted events and weighted metadata spill as single events do, and
+    // the rows stay the same.
+    let spilling = RunOptions {
+        // Below what the command line allows, to spill on a test's few thousand
+        // distinct values.
+        memory_limit: 16 << 10,
+        ..options("Asia/Kathmandu")
+    };
+    via_clickhouse.execute("DELETE FROM telemetry_daily").await;
+    let got = telemetry_daily::run(&from_clickhouse, &spilling)
+        .await
+        .expect("run starts");
+    assert!(got.ok);
+    assert!(
+        got.days.iter().any(|d| d.spilled_bytes > 0),
+        "a day spilled: {:?}",
+        got.days
+    );
+    assert_eq!(
+        stored(&via_clickhouse).await,
+        stored(&direct).await,
+        "after a spill"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
