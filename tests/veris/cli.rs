@@ -8,7 +8,11 @@ use veris_jobs::store::RollupStore as _;
 
 use crate::common::{Kind, TestDb, event};
 
-crate::on_both_databases!(a_failed_day_is_reported_and_exits_1);
+crate::on_both_databases!(
+    a_failed_day_is_reported_and_exits_1,
+    demo_runs_on_an_empty_database_and_starts_afresh_when_run_again,
+    demo_refuses_a_source_holding_events_it_did_not_write,
+);
 
 /// Runs `veris-jobs ARGS` against `database_url`, with none of the job's
 /// environment variables inherited from the shell.
@@ -39,10 +43,8 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[tokio::test]
-async fn demo_runs_on_a_fresh_sqlite_file_and_starts_afresh_when_run_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+async fn demo_runs_on_an_empty_database_and_starts_afresh_when_run_again(db: TestDb) {
+    let url = db.url.clone();
     let first = veris(&url, &["demo"]);
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     let text = stdout(&first);
@@ -70,9 +72,7 @@ async fn demo_runs_on_a_fresh_sqlite_file_and_starts_afresh_when_run_again() {
     );
 }
 
-#[tokio::test]
-async fn demo_refuses_a_source_holding_events_it_did_not_write() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+async fn demo_refuses_a_source_holding_events_it_did_not_write(db: TestDb) {
     db.insert(&[event("real", Some("u"), "2024-01-01T00:00:00Z", None)])
         .await;
     let output = veris(&db.url, &["demo"]);
@@ -342,32 +342,50 @@ async fn a_day_held_by_another_run_fails_after_the_lock_timeout() {
 }
 
 #[tokio::test]
-async fn migrate_creates_the_tables_and_can_be_repeated() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.db");
-    let url = format!("sqlite://{}", path.display());
+async fn migrate_creates_the_tables_and_can_be_repeated_on_sqlite() {
+    migrate_creates_the_tables_and_can_be_repeated(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn migrate_creates_the_tables_and_can_be_repeated_on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        migrate_creates_the_tables_and_can_be_repeated(db).await;
+    }
+}
+
+/// On a database nothing has migrated yet.
+async fn migrate_creates_the_tables_and_can_be_repeated(db: TestDb) {
     for _ in 0..2 {
-        let output = veris(&url, &["migrate"]);
+        let output = veris(&db.url, &["migrate"]);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         assert!(stdout(&output).contains("telemetry_daily"));
     }
-    let db = rusqlite::Connection::open(&path).unwrap();
-    let columns = |table: &str| -> Vec<String> {
-        let mut statement = db
-            .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
-            .unwrap();
-        statement
-            .query_map([table], |row| row.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+    // Columns in order; the columns of the source's indexes; the rollup's key.
+    let (columns, indexed, key): (&str, &str, &str) = match db.kind {
+        Kind::Postgres => (
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = 'telemetry_events'::regclass AND NOT i.indisprimary",
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = 'telemetry_daily'::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey, a.attnum)",
+        ),
+        Kind::Sqlite => (
+            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+            "SELECT i.name FROM sqlite_master m, pragma_index_info(m.name) i \
+             WHERE m.type = 'index' AND m.tbl_name = 'telemetry_events'",
+            "SELECT name FROM pragma_table_info('telemetry_daily') WHERE pk > 0 ORDER BY pk",
+        ),
     };
     assert_eq!(
-        columns("telemetry_events"),
+        db.strings(columns, Some("telemetry_events")).await,
         ["id", "event", "user_id", "created_at", "meta"]
     );
     assert_eq!(
-        columns("telemetry_daily"),
+        db.strings(columns, Some("telemetry_daily")).await,
         [
             "date",
             "event",
@@ -378,6 +396,7 @@ async fn migrate_creates_the_tables_and_can_be_repeated() {
             "users_hll"
         ]
     );
+    let job_runs = db.strings(columns, Some("job_runs")).await;
     for column in [
         "id",
         "job",
@@ -387,28 +406,18 @@ async fn migrate_creates_the_tables_and_can_be_repeated() {
         "status",
         "source_watermark",
     ] {
-        assert!(
-            columns("job_runs").iter().any(|c| c == column),
-            "job_runs.{column}"
-        );
+        assert!(job_runs.iter().any(|c| c == column), "job_runs.{column}");
     }
-    let indexed: String = db
-        .query_row(
-            "SELECT group_concat(i.name) FROM sqlite_master m, pragma_index_info(m.name) i \
-             WHERE m.type = 'index' AND m.tbl_name = 'telemetry_events'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert_eq!(indexed, "created_at", "the source's index is on created_at");
-    let key: String = db
-        .query_row(
-            "SELECT group_concat(name) FROM pragma_table_info('telemetry_daily') WHERE pk > 0 ORDER BY pk",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
-    assert_eq!(key, "date,event");
+    assert_eq!(
+        db.strings(indexed, None).await,
+        ["created_at"],
+        "the source's index"
+    );
+    assert_eq!(
+        db.strings(key, None).await,
+        ["date", "event"],
+        "the rollup's key"
+    );
 }
 
 #[tokio::test]

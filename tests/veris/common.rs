@@ -183,6 +183,28 @@ impl TestDb {
         }
     }
 
+    /// The first column of `sql`'s rows, as text; `$1` is `bind` when given.
+    pub async fn strings(&self, sql: &str, bind: Option<&str>) -> Vec<String> {
+        match self.store.database() {
+            Database::Postgres(s) => {
+                let query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()));
+                let query = match bind {
+                    Some(value) => query.bind(value.to_owned()),
+                    None => query,
+                };
+                query.fetch_all(s.pool()).await.expect(sql)
+            }
+            Database::Sqlite(s) => {
+                let query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()));
+                let query = match bind {
+                    Some(value) => query.bind(value.to_owned()),
+                    None => query,
+                };
+                query.fetch_all(s.pool()).await.expect(sql)
+            }
+        }
+    }
+
     /// Runs the job with `options` on this database.
     pub async fn run(&self, options: &RunOptions) -> RunReport {
         telemetry_daily::run(&self.store, options)
