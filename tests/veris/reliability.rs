@@ -987,3 +987,81 @@ async fn slow_request_heads_are_cut_off_and_do_not_hold_up_a_shutdown() {
         .expect("the server stopped within 5 s");
     drop(slow);
 }
+
+/// A run killed while its day's write transaction is open (seen in PostgreSQL's
+/// `pg_stat_activity`: a statement on `telemetry_daily` in a transaction that has
+/// written) leaves the day as it was; the next run writes it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_the_days_write_transaction_leaves_the_day_as_it_was() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let Database::Postgres(pg) = db.store.database() else {
+        unreachable!()
+    };
+    // 20,000 names: the day's write is that many rows in one transaction.
+    let events: Vec<NewEvent> = (0..40_000)
+        .map(|i| {
+            event(
+                &format!("e{:05}", i % 20_000),
+                Some("u"),
+                "2024-06-01T10:00:00Z",
+                None,
+            )
+        })
+        .collect();
+    db.insert(&events).await;
+    let day = ["telemetry-daily", "--date", "2024-06-01"];
+    assert!(veris(&db.url, &day).status.success());
+    let old = db.rollups().await;
+    db.insert(&events).await; // every row changes
+
+    let mut after_kills = Vec::new();
+    for _ in 0..5 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+            .env("DATABASE_URL", &db.url)
+            .args(day)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut inside = false;
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            inside = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL \
+                 AND query LIKE '%telemetry_daily%')",
+            )
+            .fetch_one(pg.pool())
+            .await
+            .unwrap();
+            if inside {
+                break;
+            }
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        if inside {
+            after_kills.push(db.rollups().await);
+        }
+    }
+    assert!(
+        !after_kills.is_empty(),
+        "a kill landed inside the write transaction"
+    );
+    let output = veris(&db.url, &day);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let new = db.rollups().await;
+    assert_ne!(new, old);
+    for after in &after_kills {
+        assert!(
+            *after == old || *after == new,
+            "killed inside its write, the day is neither old nor new"
+        );
+    }
+    assert!(
+        after_kills.contains(&old),
+        "at least one kill landed before the commit"
+    );
+}
