@@ -12,6 +12,7 @@ crate::on_both_databases!(
     a_failed_day_is_reported_and_exits_1,
     demo_runs_on_an_empty_database_and_starts_afresh_when_run_again,
     demo_refuses_a_source_holding_events_it_did_not_write,
+    bad_usage_exits_2_with_one_line_naming_the_problem,
 );
 
 /// Runs `veris-jobs ARGS` against `database_url`, with none of the job's
@@ -205,9 +206,7 @@ async fn the_readable_table_and_dry_run_write_nothing() {
     assert!(db.rollups().await.is_empty());
 }
 
-#[tokio::test]
-async fn bad_usage_exits_2_with_one_line_naming_the_problem() {
-    let db = TestDb::new(Kind::Sqlite).await.unwrap();
+async fn bad_usage_exits_2_with_one_line_naming_the_problem(db: TestDb) {
     let cases: &[(&[&str], &str)] = &[
         (
             &["telemetry-daily", "--end-date", "2024-01-02"],
