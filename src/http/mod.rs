@@ -49,7 +49,7 @@ pub(crate) use self::error::ApiError;
 
 use crate::config::{CronSecret, Secret};
 use crate::runner::Runner;
-use crate::store::{RollupStore as _, Store};
+use crate::store::{RollupStore as _, Store, StoreError};
 use crate::telemetry_daily::RunOptions;
 
 /// The largest request body accepted.
@@ -271,6 +271,37 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "text/plain; version=0.0.4; charset=utf-8",
     )];
     (content_type, state.runner.metrics().render()).into_response()
+}
+
+/// The answer of `read`, a read of the database for a request. 503 when the
+/// database does not answer: as soon as the health check finds it down (the pool
+/// would wait its whole acquire timeout for a server that refuses connections), or
+/// when the read failed and the check confirms it; any other failure is a 500.
+async fn read_or_unavailable<T>(
+    state: &AppState,
+    read: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
+    let store = state.runner.store();
+    let down = async {
+        if store.ping().await {
+            std::future::pending::<()>().await;
+        }
+    };
+    let failed = tokio::select! {
+        biased;
+        answer = read => match answer {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        },
+        () = down => {
+            return Err(ApiError::Unavailable("the database does not answer".into()));
+        }
+    };
+    if failed.is_unreachable() || !store.ping().await {
+        Err(ApiError::Unavailable(failed.to_string()))
+    } else {
+        Err(ApiError::Internal(failed.to_string()))
+    }
 }
 
 /// `GET /healthz`: 200 when the database (and the source of events, when it is

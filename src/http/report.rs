@@ -5,20 +5,20 @@ use axum::response::{IntoResponse, Json, Response};
 use jiff::Timestamp;
 
 use super::request::{date_error, parse_dates};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, read_or_unavailable};
 use crate::model::{DayRange, Grouping};
 use crate::rollup_report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
 
 /// `GET /api/telemetry/report?startDate=D&endDate=D&by=week&event=a&event=b`.
 pub(super) async fn report(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     match parse(&state, query.as_deref().unwrap_or("")) {
-        Ok(request) => match telemetry_report(state.runner.store(), &request).await {
-            Ok(report) => Json(report).into_response(),
-            Err(error) if error.is_unreachable() => {
-                ApiError::Unavailable(error.to_string()).into_response()
+        Ok(request) => {
+            let read = telemetry_report(state.runner.store(), &request);
+            match read_or_unavailable(&state, read).await {
+                Ok(report) => Json(report).into_response(),
+                Err(error) => error.into_response(),
             }
-            Err(error) => ApiError::Internal(error.to_string()).into_response(),
-        },
+        }
         Err(error) => error.into_response(),
     }
 }

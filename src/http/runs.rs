@@ -5,9 +5,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, read_or_unavailable};
 use crate::model::MAX_RUNS_LISTED;
-use crate::store::{RunHistory as _, StoreError};
+use crate::store::RunHistory as _;
 
 /// Runs a listing shows when the request does not say.
 const DEFAULT_LIMIT: u32 = 20;
@@ -40,14 +40,13 @@ pub(super) async fn recent(State(state): State<AppState>, RawQuery(query): RawQu
                 .into_response();
         }
     }
-    match state
+    let read = state
         .runner
         .store()
-        .recent_runs(limit.unwrap_or(DEFAULT_LIMIT))
-        .await
-    {
+        .recent_runs(limit.unwrap_or(DEFAULT_LIMIT));
+    match read_or_unavailable(&state, read).await {
         Ok(runs) => Json(json!({ "runs": runs })).into_response(),
-        Err(error) => store_error(error),
+        Err(error) => error.into_response(),
     }
 }
 
@@ -56,17 +55,9 @@ pub(super) async fn one(State(state): State<AppState>, Path(id): Path<String>) -
     let Ok(id) = id.parse::<i64>() else {
         return ApiError::RunNotFound.into_response();
     };
-    match state.runner.store().run(id).await {
+    match read_or_unavailable(&state, state.runner.store().run(id)).await {
         Ok(Some(run)) => Json(run).into_response(),
         Ok(None) => ApiError::RunNotFound.into_response(),
-        Err(error) => store_error(error),
-    }
-}
-
-fn store_error(error: StoreError) -> Response {
-    if error.is_unreachable() {
-        ApiError::Unavailable(error.to_string()).into_response()
-    } else {
-        ApiError::Internal(error.to_string()).into_response()
+        Err(error) => error.into_response(),
     }
 }

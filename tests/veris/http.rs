@@ -300,6 +300,29 @@ async fn every_status_of_the_contract_table(db: TestDb) {
         }
         let (status, error) = server.post_json(r#"{"startDate":"2024-01-01"}"#).await;
         assert_error(status, &error, 503, "database_unavailable");
+        // Reads say so as soon as the database is found not to answer, not after
+        // the pool's 10 s acquire timeout.
+        for path in [
+            "/api/jobs/runs",
+            "/api/jobs/runs/1",
+            "/api/telemetry/report",
+        ] {
+            let asked = std::time::Instant::now();
+            let (status, error) = body(
+                server
+                    .authed(reqwest::Method::GET, path)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_error(status, &error, 503, "database_unavailable");
+            assert!(
+                asked.elapsed() < Duration::from_secs(6),
+                "{path}: {:?}",
+                asked.elapsed()
+            );
+        }
         let (status, error) = body(
             server
                 .client
