@@ -346,7 +346,11 @@ async fn bad_events_are_counted_by_reason_and_never_abort_the_run(db: TestDb) {
     assert_eq!(meta, json!({"a": {"n": 1, "sum": 1, "min": 1, "max": 1}}));
 }
 
-async fn the_retention_guard_keeps_rollups_unless_forced(db: TestDb) {
+/// 2024-06-01 with two views (users a and b) and a click, rolled up: its options
+/// and rows.
+async fn a_rolled_up_day_of_three_events(
+    db: &TestDb,
+) -> (RunOptions, Vec<crate::common::StoredRow>) {
     db.insert(&[
         event("view", Some("a"), "2024-06-01T10:00:00Z", None),
         event("view", Some("b"), "2024-06-01T11:00:00Z", None),
@@ -355,7 +359,11 @@ async fn the_retention_guard_keeps_rollups_unless_forced(db: TestDb) {
     .await;
     let options = range_options("2024-06-01", "2024-06-01");
     db.run(&options).await;
-    let kept_rows = db.rollups().await;
+    (options, db.rollups().await)
+}
+
+async fn the_retention_guard_keeps_rollups_unless_forced(db: TestDb) {
+    let (options, kept_rows) = a_rolled_up_day_of_three_events(&db).await;
 
     db.execute("DELETE FROM telemetry_events").await; // raw data purged
     for dry_run in [false, true] {
@@ -386,15 +394,7 @@ async fn the_retention_guard_keeps_rollups_unless_forced(db: TestDb) {
 
 /// One event of three purged: the day still has events, fewer than its rollups count.
 async fn the_retention_guard_keeps_a_day_that_lost_some_of_its_events(db: TestDb) {
-    db.insert(&[
-        event("view", Some("a"), "2024-06-01T10:00:00Z", None),
-        event("view", Some("b"), "2024-06-01T11:00:00Z", None),
-        event("click", Some("a"), "2024-06-01T12:00:00Z", None),
-    ])
-    .await;
-    let options = range_options("2024-06-01", "2024-06-01");
-    db.run(&options).await;
-    let kept_rows = db.rollups().await;
+    let (options, kept_rows) = a_rolled_up_day_of_three_events(&db).await;
     db.execute("DELETE FROM telemetry_events WHERE user_id = 'b'")
         .await;
 
