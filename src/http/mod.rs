@@ -273,16 +273,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
     (content_type, state.runner.metrics().render()).into_response()
 }
 
+/// How long a read may take before the health check is asked whether the database
+/// answers at all: a read that answers sooner costs no check.
+const READ_BEFORE_CHECK: Duration = Duration::from_millis(500);
+
 /// The answer of `read`, a read of the database for a request. 503 when the
-/// database does not answer: as soon as the health check finds it down (the pool
-/// would wait its whole acquire timeout for a server that refuses connections), or
-/// when the read failed and the check confirms it; any other failure is a 500.
+/// database does not answer: as soon as the health check, asked once the read is
+/// slow, finds it down (the pool would wait its whole acquire timeout for a server
+/// that refuses connections), or when the read failed and the check confirms it;
+/// any other failure is a 500.
 async fn read_or_unavailable<T>(
     state: &AppState,
     read: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, ApiError> {
     let store = state.runner.store();
     let down = async {
+        tokio::time::sleep(READ_BEFORE_CHECK).await;
         if store.ping().await {
             std::future::pending::<()>().await;
         }
