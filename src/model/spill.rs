@@ -154,11 +154,10 @@ impl Record for KeyRecord {
     }
     fn heap(&self) -> usize {
         heap_bytes(&self.key)
-            + self
-                .stats
-                .numbers
-                .as_ref()
-                .map_or(0, |n| n.sum.parts().0.len() * 8)
+            + self.stats.numbers.as_ref().map_or(0, |n| {
+                let (large, small) = n.sum.parts();
+                (large.len() + small.len()) * 8
+            })
     }
     fn write(&self, out: &mut impl Write) -> io::Result<()> {
         write_u32(out, self.group)?;
@@ -168,12 +167,15 @@ impl Record for KeyRecord {
         match &self.stats.numbers {
             None => out.write_all(&[0]),
             Some(numbers) => {
-                let (partials, overflowed) = numbers.sum.parts();
-                out.write_all(&[1 + u8::from(overflowed)])?;
+                let (large, small) = numbers.sum.parts();
+                out.write_all(&[1])?;
                 write_f64(out, numbers.min)?;
                 write_f64(out, numbers.max)?;
-                write_u32(out, len_u32(partials.len())?)?;
-                partials.iter().try_for_each(|p| write_f64(out, *p))
+                for partials in [large, small] {
+                    write_u32(out, len_u32(partials.len())?)?;
+                    partials.iter().try_for_each(|p| write_f64(out, *p))?;
+                }
+                Ok(())
             }
         }
     }
@@ -191,12 +193,16 @@ impl Record for KeyRecord {
         input.read_exact(&mut flag)?;
         if flag[0] > 0 {
             let (min, max) = (read_f64(input)?, read_f64(input)?);
-            let count = read_u32(input)? as usize;
-            let partials = (0..count)
-                .map(|_| read_f64(input))
-                .collect::<io::Result<Vec<_>>>()?;
+            let mut read_partials = || {
+                let count = read_u32(input)? as usize;
+                (0..count)
+                    .map(|_| read_f64(input))
+                    .collect::<io::Result<Vec<_>>>()
+            };
+            let large = read_partials()?;
+            let small = read_partials()?;
             stats.numbers = Some(NumberStats {
-                sum: ExactSum::from_parts(partials, flag[0] == 2),
+                sum: ExactSum::from_parts(large, small),
                 min,
                 max,
             });
