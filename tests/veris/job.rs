@@ -27,7 +27,7 @@ crate::on_both_databases!(
     concurrent_overlapping_runs_end_equal_to_a_clean_run,
     a_big_day_read_in_parts_equals_one_aggregate_of_its_events,
     a_reader_sees_the_old_day_or_the_new_day_never_a_mix,
-    counts_and_users_equal_a_naive_count_of_shuffled_random_events,
+    counts_users_and_metadata_equal_a_naive_aggregate_of_shuffled_random_events,
 );
 
 fn count_of(rows: &[crate::common::StoredRow], date: &str, name: &str) -> Option<i64> {
@@ -640,78 +640,87 @@ async fn a_reader_sees_the_old_day_or_the_new_day_never_a_mix(db: TestDb) {
     }
 }
 
-/// Counts and distinct users against a count written here from the contract alone
-/// (a day is local midnight to midnight in the zone; a null or empty name is no row;
-/// a null or empty user is nobody), over random events around a daylight-saving
-/// change, inserted in random order, read in one stream and in three time slices.
-async fn counts_and_users_equal_a_naive_count_of_shuffled_random_events(db: TestDb) {
+/// Every rollup column and the report's skipped reasons against a naive aggregate
+/// written here from the contract alone (a day is local midnight to midnight in the
+/// zone; a null or empty name is no row; a null or empty user is nobody; the metadata
+/// summary as the contract's section on it states), over random events around a
+/// daylight-saving change, inserted in random order, read in one stream and in three
+/// time slices.
+async fn counts_users_and_metadata_equal_a_naive_aggregate_of_shuffled_random_events(db: TestDb) {
     use rand::seq::SliceRandom as _;
     use rand::{Rng as _, SeedableRng as _};
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     let zone = TimeZone::get("America/New_York").unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(20_240_310);
     // New York springs forward on 2024-03-10: a 23-hour day among 24-hour ones.
     let start = jiff::Timestamp::from_second(1_709_960_400).unwrap(); // 2024-03-09T05:00Z, midnight there
-    let metas = [
-        None,
-        Some(r#"{"a":1,"a":2}"#),
-        Some("[1,2]"),
-        Some(r#"{"n":1e300,"m":-1.7976931348623157e308}"#),
-        Some(r#"{"deep":[[[[[[{"x":1}]]]]]],"s":"\u00e9"}"#),
-        Some(r#""a string""#),
-    ];
-    // SQLite's meta is text, which need not be JSON at all.
-    let metas = match db.kind {
-        Kind::Sqlite => [&metas[..], &[Some("not json")]].concat(),
-        Kind::Postgres => metas.to_vec(),
-    };
-    let mut events = Vec::new();
-    for _ in 0..3_000 {
-        let name = match rng.random_range(0..10) {
-            // PostgreSQL's event column is not null.
-            0 if db.kind == Kind::Sqlite => None,
-            0 => Some(String::new()),
-            1 => Some(String::new()),
-            n => Some(format!("e{}", n % 4)),
-        };
-        let user = match rng.random_range(0..6) {
-            0 => None,
-            1 => Some(String::new()),
-            _ => Some(format!("u{}", rng.random_range(0..200))),
-        };
-        let at = start + jiff::SignedDuration::from_secs(rng.random_range(0..3 * 86_400 - 3_600));
-        events.push(veris_jobs::store::NewEvent {
-            event: name,
-            user_id: user,
-            created_at: at,
-            meta: metas[rng.random_range(0..metas.len())].map(str::to_owned),
-        });
-    }
+    let events: Vec<_> = (0..3_000)
+        .map(|_| {
+            let name = match rng.random_range(0..10) {
+                // PostgreSQL's event column is not null.
+                0 if db.kind == Kind::Sqlite => None,
+                0 | 1 => Some(String::new()),
+                n => Some(format!("e{}", n % 4)),
+            };
+            let user = match rng.random_range(0..6) {
+                0 => None,
+                1 => Some(String::new()),
+                _ => Some(format!("u{}", rng.random_range(0..200))),
+            };
+            let at =
+                start + jiff::SignedDuration::from_secs(rng.random_range(0..3 * 86_400 - 3_600));
+            veris_jobs::store::NewEvent {
+                event: name,
+                user_id: user,
+                created_at: at,
+                meta: random_meta(&mut rng, db.kind),
+            }
+        })
+        .collect();
+    let mut events = events;
     events.shuffle(&mut rng);
     db.insert(&events).await;
 
-    let mut expected: BTreeMap<(String, String), (i64, BTreeSet<&str>)> = BTreeMap::new();
+    let mut expected: BTreeMap<(String, String), NaiveGroup> = BTreeMap::new();
+    let mut expected_skipped: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for e in &events {
-        let Some(name) = e.event.as_deref().filter(|n| !n.is_empty()) else {
-            continue;
-        };
         let date = e
             .created_at
             .to_zoned_datetime(zone.clone())
             .date()
             .to_string();
-        let entry = expected.entry((date, name.to_owned())).or_default();
-        entry.0 += 1;
+        let skipped = expected_skipped.entry(date.clone()).or_default();
+        let Some(name) = e.event.as_deref().filter(|n| !n.is_empty()) else {
+            *skipped.entry("missing_event".into()).or_default() += 1;
+            continue;
+        };
+        let group = expected.entry((date, name.to_owned())).or_default();
+        group.count += 1;
         if let Some(user) = e.user_id.as_deref().filter(|u| !u.is_empty()) {
-            entry.1.insert(user);
+            group.users.insert(user.to_owned());
+        }
+        match e.meta.as_deref().map(serde_json::from_str::<Value>) {
+            None | Some(Ok(Value::Null)) => {}
+            Some(Ok(Value::Object(entries))) => group.add(entries),
+            Some(Ok(_)) => *skipped.entry("non_object_meta".into()).or_default() += 1,
+            Some(Err(_)) => *skipped.entry("invalid_meta".into()).or_default() += 1,
         }
     }
-    let expected: Vec<(String, String, i64, i64)> = expected
+    let expected: Vec<(String, String, i64, i64, Value)> = expected
         .into_iter()
-        .map(|((date, name), (count, users))| (date, name, count, users.len() as i64))
+        .map(|((date, name), group)| {
+            let users = group.users.len() as i64;
+            (date, name, group.count, users, group.summary(20))
+        })
         .collect();
     assert_eq!(expected.len(), 12, "three days of four names");
+    assert!(
+        expected
+            .iter()
+            .any(|row| row.4.get("$dropped_keys").is_some()),
+        "some row has over 100 keys"
+    );
 
     for read_slices in [1, 3] {
         db.execute("DELETE FROM telemetry_daily").await;
@@ -723,12 +732,219 @@ async fn counts_and_users_equal_a_naive_count_of_shuffled_random_events(db: Test
             })
             .await;
         assert!(report.ok, "{report:?}");
-        let stored: Vec<(String, String, i64, i64)> = db
+        let skipped: BTreeMap<String, BTreeMap<String, u64>> = report
+            .days
+            .iter()
+            .map(|day| (day.date.clone(), day.skipped.clone()))
+            .collect();
+        assert_eq!(skipped, expected_skipped, "--read-slices {read_slices}");
+        let stored: Vec<(String, String, i64, i64, Value)> = db
             .rollups()
             .await
             .into_iter()
-            .map(|(date, name, count, users, _, _)| (date, name, count, users))
+            .map(|(date, name, count, users, meta, _)| {
+                let meta = serde_json::from_str(&meta).expect("a stored summary is JSON");
+                (date, name, count, users, numbers_as_doubles(meta))
+            })
             .collect();
-        assert_eq!(stored, expected, "--read-slices {read_slices}");
+        for (stored, expected) in stored.iter().zip(&expected) {
+            assert_eq!(stored, expected, "--read-slices {read_slices}");
+        }
+        assert_eq!(stored.len(), expected.len());
+    }
+}
+
+/// A random `meta`: absent, JSON `null`, not an object, not JSON (SQLite keeps any
+/// text; PostgreSQL's column takes JSON only), or an object drawn from keys with
+/// strings, booleans, numbers (small quarters, and multiples of 2^971 up to the
+/// largest double, whose sums pass it), nested values, nulls, repeated keys, and
+/// sometimes over 100 keys.
+fn random_meta(rng: &mut rand::rngs::SmallRng, kind: Kind) -> Option<String> {
+    use rand::Rng as _;
+    let plans: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
+    let big = [
+        "1.3393857589828342e300", // 2^997
+        "-1.3393857589828342e300",
+        "1.0715086071862673e301", // 2^1000
+        "1.7976931348623157e308", // the largest double
+        "-1.7976931348623157e308",
+    ];
+    match rng.random_range(0..20) {
+        0 => return None,
+        1 => return Some("null".into()),
+        2 => return Some("[1,2]".into()),
+        3 => return Some(r#""a string""#.into()),
+        4 if kind == Kind::Sqlite => return Some("not json".into()),
+        5 if kind == Kind::Sqlite => return Some(r#"{"a":1"#.into()),
+        _ => {}
+    }
+    let mut entries: Vec<String> = Vec::new();
+    if rng.random_bool(0.7) {
+        let plan = &plans[rng
+            .random_range(0..plans.len())
+            .min(rng.random_range(0..plans.len()))];
+        entries.push(format!(r#""plan":"{plan}""#));
+    }
+    if rng.random_bool(0.6) {
+        let quarters = rng.random_range(-4_000_000i64..4_000_000);
+        entries.push(format!(r#""amount":{}"#, quarters as f64 / 4.0));
+    }
+    if rng.random_bool(0.3) {
+        entries.push(format!(r#""big":{}"#, big[rng.random_range(0..big.len())]));
+    }
+    let mixed = match rng.random_range(0..7) {
+        0 => "2.5".to_owned(),
+        1 => "true".to_owned(),
+        2 => "false".to_owned(),
+        3 => r#""é\u00e9""#.to_owned(),
+        4 => r#"{"b":1.0,"a":[true,null,{"d":[],"c":1e1}]}"#.to_owned(),
+        5 => "[[[[[[{\"x\":1}]]]]]]".to_owned(),
+        _ => "null".to_owned(),
+    };
+    entries.push(format!(r#""mixed":{mixed}"#));
+    if rng.random_bool(0.1) {
+        // A repeated key: the last value counts.
+        entries.push(r#""twice":"first""#.into());
+        entries.push(r#""twice":"second""#.into());
+    }
+    if rng.random_bool(0.05) {
+        for k in 0..rng.random_range(90..130) {
+            entries.push(format!(r#""k{k:03}":{k}"#));
+        }
+    }
+    Some(format!("{{{}}}", entries.join(",")))
+}
+
+/// One (day, event) group as the contract describes it, counted naively.
+#[derive(Default)]
+struct NaiveGroup {
+    count: i64,
+    users: std::collections::BTreeSet<String>,
+    keys: std::collections::BTreeMap<String, NaiveKey>,
+}
+
+#[derive(Default)]
+struct NaiveKey {
+    n: u64,
+    values: std::collections::BTreeMap<String, u64>,
+    /// Numbers as integer multiples of a quarter (`amount`, `mixed`) or of 2^971
+    /// (`big`), summed exactly in integers.
+    units: Option<(i128, f64)>,
+    min: f64,
+    max: f64,
+}
+
+impl NaiveGroup {
+    fn add(&mut self, entries: serde_json::Map<String, Value>) {
+        for (key, value) in entries {
+            let stats = self.keys.entry(key).or_default();
+            match value {
+                Value::Null => continue,
+                Value::Bool(b) => *stats.values.entry(b.to_string()).or_default() += 1,
+                Value::String(s) => *stats.values.entry(s).or_default() += 1,
+                Value::Number(x) => {
+                    let x = x.as_f64().expect("a double");
+                    let unit = if x.abs() >= 1e100 {
+                        2f64.powi(971)
+                    } else {
+                        0.25
+                    };
+                    let units = (x / unit) as i128;
+                    assert_eq!(units as f64 * unit, x, "{x} is a multiple of {unit}");
+                    if stats.units.is_none() {
+                        (stats.min, stats.max) = (x, x);
+                    }
+                    let (sum, _) = stats.units.get_or_insert((0, unit));
+                    *sum += units;
+                    stats.min = stats.min.min(x);
+                    stats.max = stats.max.max(x);
+                }
+                nested => {
+                    *stats
+                        .values
+                        .entry(canonical(nested).to_string())
+                        .or_default() += 1
+                }
+            }
+            stats.n += 1;
+        }
+    }
+
+    /// The summary: keys ranked by `n` (ties by key), the first 100 kept, each
+    /// with its top `top_k` values (ties by value), `other`, and its numbers.
+    fn summary(&self, top_k: usize) -> Value {
+        let mut keys: Vec<(&String, &NaiveKey)> =
+            self.keys.iter().filter(|(_, stats)| stats.n > 0).collect();
+        keys.sort_by(|a, b| b.1.n.cmp(&a.1.n).then_with(|| a.0.cmp(b.0)));
+        let dropped = keys.len().saturating_sub(100);
+        let mut out = serde_json::Map::new();
+        for (key, stats) in keys.into_iter().take(100) {
+            let mut part = serde_json::Map::new();
+            part.insert("n".into(), json!(stats.n));
+            if !stats.values.is_empty() {
+                let mut ranked: Vec<(&String, &u64)> = stats.values.iter().collect();
+                ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                let total: u64 = stats.values.values().sum();
+                let top: serde_json::Map<String, Value> = ranked
+                    .iter()
+                    .take(top_k)
+                    .map(|(v, c)| ((*v).clone(), json!(**c)))
+                    .collect();
+                let kept: u64 = ranked.iter().take(top_k).map(|(_, c)| **c).sum();
+                part.insert("values".into(), Value::Object(top));
+                part.insert("other".into(), json!(total - kept));
+            }
+            if let Some((units, unit)) = stats.units {
+                // `as` rounds to nearest, ties to even; past the largest double the
+                // product is infinite, which the summary writes as `null`.
+                let sum = units as f64 * unit;
+                part.insert(
+                    "sum".into(),
+                    serde_json::Number::from_f64(sum).map_or(Value::Null, Value::Number),
+                );
+                part.insert("min".into(), json!(stats.min));
+                part.insert("max".into(), json!(stats.max));
+            }
+            out.insert(key.clone(), Value::Object(part));
+        }
+        if dropped > 0 {
+            out.insert("$dropped_keys".into(), json!(dropped));
+        }
+        numbers_as_doubles(Value::Object(out))
+    }
+}
+
+/// A nested value's canonical text: keys sorted (`serde_json::Map` sorts them),
+/// integral numbers written as integers.
+fn canonical(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if x.fract() == 0.0 && x.abs() <= 2f64.powi(53) => json!(x as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        Value::Object(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, canonical(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Every number as a double, so that `10` and `10.0` compare equal: this test is
+/// about values; the text form of numbers has tests of its own.
+fn numbers_as_doubles(value: Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64().expect("a double")),
+        Value::Array(items) => Value::Array(items.into_iter().map(numbers_as_doubles).collect()),
+        Value::Object(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, numbers_as_doubles(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
