@@ -91,6 +91,10 @@ impl StoreError {
         match self {
             StoreError::Unreachable { .. } | StoreError::SourceUnreachable { .. } => true,
             StoreError::Query { source, .. } => is_connection_error(source),
+            // The SQLite file could no longer be opened.
+            StoreError::Read { source, .. } => {
+                source.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen)
+            }
             _ => false,
         }
     }

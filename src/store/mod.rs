@@ -169,6 +169,16 @@ pub trait RollupStore {
 
     /// Whether the database answers now.
     fn ping(&self) -> impl Future<Output = bool> + Send;
+
+    /// Checks, before a run, that the database can be reached: a connection of the
+    /// pool answers (PostgreSQL); the file could be opened afresh and a pooled
+    /// connection reads it (SQLite, whose pooled connections keep a file they opened
+    /// long ago, readable now or not).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unreachable`] saying why.
+    fn check_reachable(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Where runs are recorded, as `job_runs`.
@@ -441,6 +451,7 @@ impl RollupStore for Store {
         fn rollups(&self, range: &DayRange, events: &[String]) -> Result<Vec<StoredRollup>, StoreError>;
         fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
         fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError>;
+        fn check_reachable(&self) -> Result<(), StoreError>;
     }
 
     /// Both the database and, when there is one, the events' source.

@@ -362,6 +362,17 @@ impl RollupStore for PgStore {
     /// connection may be one the server has just closed. One check at a time: checks
     /// that arrive meanwhile take its answer, so that a flood of health checks against
     /// a silent server opens no more connections than one does.
+    async fn check_reachable(&self) -> Result<(), StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map(drop)
+            .map_err(|source| StoreError::Unreachable {
+                target: self.target.clone(),
+                source,
+            })
+    }
+
     async fn ping(&self) -> bool {
         let asked = Instant::now();
         let mut last = self.last_ping.lock().await;

@@ -34,6 +34,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
+    /// The URL as configured, to name the database in errors.
+    url: String,
     db_path: PathBuf,
     lock_path: PathBuf,
     pub(super) source: TableName,
@@ -176,6 +178,7 @@ impl SqliteStore {
         lock_path.push(".veris-lock");
         Ok(Self {
             pool,
+            url: url.to_owned(),
             db_path,
             lock_path: lock_path.into(),
             source: source.clone(),
@@ -410,6 +413,30 @@ impl RollupStore for SqliteStore {
     }
 
     async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        self.check_reachable().await.is_ok()
+    }
+
+    async fn check_reachable(&self) -> Result<(), StoreError> {
+        let unreachable = |source| StoreError::Unreachable {
+            target: self.url.clone(),
+            source,
+        };
+        // Not by opening the file: SQLite hands a new connection a descriptor it
+        // kept open, and closing a descriptor of our own would drop every
+        // connection's locks on the file. `access` asks the permission check an
+        // open would make.
+        let path = std::ffi::CString::new(self.db_path.as_os_str().as_encoded_bytes())
+            .map_err(|e| unreachable(sqlx::Error::Io(std::io::Error::other(e))))?;
+        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+        if unsafe { libc::access(path.as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
+            return Err(unreachable(
+                sqlx::Error::Io(std::io::Error::last_os_error()),
+            ));
+        }
+        sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(unreachable)
     }
 }

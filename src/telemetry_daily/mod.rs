@@ -204,6 +204,9 @@ where
 {
     let started = Instant::now();
     let range = options.resolve_range(Timestamp::now())?;
+    // A database found unreachable before any day is the run's error (HTTP 503), not
+    // a report of days that all failed.
+    store.check_reachable().await?;
     let changed = if options.changed {
         Some(Changed::find(store, &range, &options.timezone).await?)
     } else {

@@ -769,3 +769,86 @@ async fn metrics_count_the_runs_of_the_process_in_prometheus_format(db: TestDb) 
     }
     server.stop().await;
 }
+
+/// SQLite's "the database cannot be reached": a file the server can no longer open,
+/// its permissions taken away while the server runs. The server's pooled
+/// connections keep the file they opened, so only a fresh open finds out; and root
+/// ignores file permissions, so under root the server runs as `nobody`.
+#[tokio::test]
+async fn an_unreadable_sqlite_file_answers_503_until_it_is_readable_again() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file = dir.path().join("veris.db");
+    let url = format!("sqlite://{}", file.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .unwrap()
+        .port();
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+        command
+            .env("DATABASE_URL", &url)
+            .env("CRON_SECRET", SECRET)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            command.uid(65534).gid(65534);
+        }
+        command
+    };
+    assert!(command(&["migrate"]).status().unwrap().success());
+    let mut server = command(&["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the server came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ask = async |path: &str| {
+        let post = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(SECRET)
+            .header("content-type", "application/json")
+            .body(r#"{"startDate":"2024-01-01"}"#);
+        let get = client.get(format!("{base}{path}"));
+        let request = if path == JOB { post } else { get };
+        body(request.send().await.unwrap()).await
+    };
+    let dry_run = format!("{JOB}?dryRun=true&startDate=2024-01-01");
+    let dry_run = || async {
+        body(
+            client
+                .get(format!("{base}{dry_run}"))
+                .bearer_auth(SECRET)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+    assert_eq!(ask(JOB).await.0, StatusCode::OK);
+    assert_eq!(ask("/healthz").await.0, StatusCode::OK);
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (status, error) = ask(JOB).await;
+    assert_error(status, &error, 503, "database_unavailable");
+    let (status, error) = dry_run().await;
+    assert_error(status, &error, 503, "database_unavailable");
+    let (status, error) = ask("/healthz").await;
+    assert_error(status, &error, 503, "database_unavailable");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(ask(JOB).await.0, StatusCode::OK);
+    assert_eq!(dry_run().await.0, StatusCode::OK);
+    assert_eq!(ask("/healthz").await.0, StatusCode::OK);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
