@@ -1,7 +1,7 @@
 //! Faults, crashes, concurrency and hostile input: nothing is lost or corrupted.
 //! `docs/RELIABILITY.md` lists each fault, the test that tries it and what it saw.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -14,6 +14,7 @@ use crate::common::{Kind, StoredRow, TestDb, event, range_options};
 crate::on_both_databases!(
     hostile_events_land_under_a_reason_or_in_the_summary,
     kill_9_at_20_moments_leaves_every_day_old_or_new,
+    kill_9_inside_the_days_write_transaction_leaves_the_day_as_it_was,
     a_concurrency_soak_ends_with_every_day_right,
 );
 
@@ -1019,36 +1020,57 @@ async fn slow_request_heads_are_cut_off_and_do_not_hold_up_a_shutdown() {
     drop(slow);
 }
 
-/// A run killed while its day's write transaction is open (seen in PostgreSQL's
-/// `pg_stat_activity`: a statement on `telemetry_daily` in a transaction that has
-/// written) leaves the day as it was; the next run writes it whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_inside_the_days_write_transaction_leaves_the_day_as_it_was() {
-    let Some(db) = TestDb::new(Kind::Postgres).await else {
-        return;
-    };
-    let Database::Postgres(pg) = db.store.database() else {
-        unreachable!()
-    };
-    // 20,000 names: the day's write is that many rows in one transaction.
-    let events: Vec<NewEvent> = (0..40_000)
-        .map(|i| {
-            event(
-                &format!("e{:05}", i % 20_000),
-                Some("u"),
-                "2024-06-01T10:00:00Z",
-                None,
-            )
-        })
+/// A run killed while its day's write transaction is open leaves the day as it
+/// was; the next run writes it whole. The open transaction is seen from outside: in
+/// PostgreSQL's `pg_stat_activity`, a statement on `telemetry_daily` in a
+/// transaction that has written; in SQLite, the write lock held (`BEGIN IMMEDIATE`
+/// refused at once) on two probes a few milliseconds apart, longer than the run's
+/// own bookkeeping holds it. Kills are spread from that moment to the run's end,
+/// and each round adds one event to every one of the day's 20,000 names: a day
+/// seen whole has one count on every row, a day half written two.
+async fn kill_9_inside_the_days_write_transaction_leaves_the_day_as_it_was(db: TestDb) {
+    let round: Vec<NewEvent> = (0..20_000)
+        .map(|i| event(&format!("e{i:05}"), Some("u"), "2024-06-01T10:00:00Z", None))
         .collect();
-    db.insert(&events).await;
+    db.insert(&round).await;
     let day = ["telemetry-daily", "--date", "2024-06-01"];
     assert!(veris(&db.url, &day).status.success());
-    let old = db.rollups().await;
-    db.insert(&events).await; // every row changes
+    let day_count = async || {
+        let rows = db.rollups().await;
+        assert_eq!(rows.len(), 20_000);
+        let counts: BTreeSet<i64> = rows.iter().map(|row| row.2).collect();
+        assert_eq!(counts.len(), 1, "a day half written: counts {counts:?}");
+        counts.into_iter().next().unwrap()
+    };
+    assert_eq!(day_count().await, 1);
 
-    let mut after_kills = Vec::new();
-    for _ in 0..5 {
+    let sqlite_probe = match db.kind {
+        Kind::Sqlite => {
+            let path = db.url.trim_start_matches("sqlite://");
+            let probe = rusqlite::Connection::open(path).unwrap();
+            probe.busy_timeout(Duration::ZERO).unwrap();
+            Some(probe)
+        }
+        Kind::Postgres => None,
+    };
+    let write_lock_held =
+        |probe: &rusqlite::Connection| match probe.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                probe.execute_batch("ROLLBACK").unwrap();
+                false
+            }
+            Err(error) => {
+                assert_eq!(
+                    error.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy),
+                    "{error}"
+                );
+                true
+            }
+        };
+    // Starts a run and returns it once its write transaction is seen open, or
+    // `None` if it ended first.
+    let run_until_inside = async || {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
             .env("DATABASE_URL", &db.url)
             .args(day)
@@ -1057,44 +1079,70 @@ async fn kill_9_inside_the_days_write_transaction_leaves_the_day_as_it_was() {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut inside = false;
         while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            inside = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
-                 AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL \
-                 AND query LIKE '%telemetry_daily%')",
-            )
-            .fetch_one(pg.pool())
-            .await
-            .unwrap();
+            let inside = match (db.store.database(), &sqlite_probe) {
+                (Database::Postgres(pg), _) => sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL \
+                     AND query LIKE '%telemetry_daily%')",
+                )
+                .fetch_one(pg.pool())
+                .await
+                .unwrap(),
+                (_, Some(probe)) => {
+                    write_lock_held(probe) && {
+                        std::thread::sleep(Duration::from_millis(3));
+                        write_lock_held(probe)
+                    }
+                }
+                (_, None) => unreachable!("a SQLite test has its probe"),
+            };
             if inside {
-                break;
+                return Some(child);
             }
         }
+        child.wait().unwrap();
+        None
+    };
+
+    // How long a run goes on once its write is seen: the span the kills cover.
+    db.insert(&round).await;
+    let mut child = run_until_inside().await.expect("the write was seen");
+    let seen = Instant::now();
+    assert!(child.wait().unwrap().success());
+    let span = seen.elapsed();
+    let mut rounds = 2;
+    assert_eq!(day_count().await, rounds);
+
+    let mut outcomes = Vec::new();
+    for kill in 0..8u32 {
+        db.insert(&round).await;
+        rounds += 1;
+        let Some(mut child) = run_until_inside().await else {
+            continue;
+        };
+        std::thread::sleep(span * kill / 8);
         let _ = child.kill();
         child.wait().unwrap();
-        if inside {
-            after_kills.push(db.rollups().await);
+        let count = day_count().await;
+        assert!(
+            count == rounds - 1 || count == rounds,
+            "{count} events a name after {rounds} rounds"
+        );
+        outcomes.push(count == rounds);
+        if count == rounds - 1 {
+            // Left as it was: the next round must see it written first.
+            assert!(veris(&db.url, &day).status.success());
         }
     }
+    assert!(outcomes.len() >= 4, "kills landed inside: {outcomes:?}");
     assert!(
-        !after_kills.is_empty(),
-        "a kill landed inside the write transaction"
+        outcomes.contains(&false),
+        "at least one kill landed before the commit: {outcomes:?}"
     );
     let output = veris(&db.url, &day);
     assert!(output.status.success(), "{}", stderr(&output));
-    let new = db.rollups().await;
-    assert_ne!(new, old);
-    for after in &after_kills {
-        assert!(
-            *after == old || *after == new,
-            "killed inside its write, the day is neither old nor new"
-        );
-    }
-    assert!(
-        after_kills.contains(&old),
-        "at least one kill landed before the commit"
-    );
+    assert_eq!(day_count().await, rounds);
 }
 
 /// A request the fuzz test sent, and the status the contract gives it: 404 for a
