@@ -19,14 +19,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(dir: &Path) -> Self {
-        let ports: Vec<u16> = (0..6)
-            .map(|_| {
-                TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("a free port")
-                    .port()
-            })
+        // All six are held until all are chosen: a port released at once can be
+        // handed out again by the next bind.
+        let listeners: Vec<TcpListener> = (0..6)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
             .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("a bound port").port())
+            .collect();
+        drop(listeners);
         let status = Command::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/clickhouse/cluster.sh"

@@ -37,7 +37,7 @@ start() {
       [ "$(curl -s "http://127.0.0.1:$http/ping" 2>/dev/null || true)" = "Ok." ] && break
       if ! kill -0 "$(cat "$dir/s$n/pid")" 2>/dev/null; then
         echo "clickhouse server $n exited while starting:" >&2
-        tail -20 "$dir/s$n/log/stdout.log" "$dir/s$n/log/clickhouse-server.err.log" >&2 2>/dev/null || true
+        tail -n 20 "$dir/s$n/log/stdout.log" "$dir/s$n/log/clickhouse-server.err.log" >&2 || true
         stop "$dir"; exit 1
       fi
       sleep 0.1

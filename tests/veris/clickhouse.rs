@@ -6,7 +6,6 @@
 //! where they fail.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -26,13 +25,6 @@ use crate::common::{Kind, TestDb, default_table, range_options};
 /// script's watchdog when the binary exits.
 struct Cluster {
     http: [u16; 2],
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The cluster, or `None` (with a line saying why) when ClickHouse is not installed
@@ -62,7 +54,7 @@ fn cluster() -> Option<&'static Cluster> {
                 return None;
             }
             let dir = std::env::temp_dir().join(format!("veris-clickhouse-{}", std::process::id()));
-            let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+            let ports = crate::common::free_ports::<6>();
             let status = Command::new(&script)
                 .arg("start")
                 .arg(&dir)
@@ -526,7 +518,11 @@ async fn a_source_that_refuses_or_is_gone_fails_the_days_with_its_words() {
             "no_such_database",
         ),
         (
-            format!("clickhouse://127.0.0.1:{}/{}", free_port(), ch.name),
+            format!(
+                "clickhouse://127.0.0.1:{}/{}",
+                crate::common::free_port(),
+                ch.name
+            ),
             "cannot reach the source of events",
         ),
     ];

@@ -286,3 +286,18 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// `N` distinct loopback ports free now. All are held until all are chosen: a port
+/// released at once can be handed out again by the next bind.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("a bound port").port())
+}
+
+/// A loopback port free now.
+pub fn free_port() -> u16 {
+    let [port] = free_ports();
+    port
+}

@@ -40,7 +40,7 @@ impl Browser {
             ));
             return None;
         }
-        let port = free_port();
+        let port = crate::common::free_port();
         let driver = tokio::process::Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
@@ -153,14 +153,6 @@ impl WebDriverCompatibleCommand for BrowserLog {
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
         (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `test`; if it fails, saves a screenshot named `name` before failing.
@@ -344,7 +336,10 @@ async fn the_dashboard_says_when_there_is_no_data_or_no_database() {
     let empty = server(empty).await;
     // A database that refuses every connection.
     let down = Store::connect_lazy(
-        &format!("postgres://postgres@127.0.0.1:{}/none", free_port()),
+        &format!(
+            "postgres://postgres@127.0.0.1:{}/none",
+            crate::common::free_port()
+        ),
         &TableName::parse("telemetry_events").unwrap(),
     )
     .await

@@ -533,11 +533,7 @@ async fn a_caller_that_hangs_up_is_logged_and_its_dry_run_stopped() {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &db.url)

@@ -637,10 +637,7 @@ async fn the_binary_refuses_a_missing_or_short_secret_and_never_logs_the_secret(
     }
 
     // Start the real binary on a free port, with debug logs, and talk to it.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = crate::common::free_port();
     db.insert(&[event("view", Some("u"), "2024-01-01T10:00:00Z", None)])
         .await;
     let child = tokio::process::Command::new(bin)
@@ -783,10 +780,7 @@ async fn an_unreadable_sqlite_file_answers_503_until_it_is_readable_again() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let file = dir.path().join("veris.db");
     let url = format!("sqlite://{}", file.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|probe| probe.local_addr())
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let command = |args: &[&str]| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
         command

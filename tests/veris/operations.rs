@@ -167,12 +167,6 @@ async fn migrate_adds_the_watermark_column_to_an_older_run_history(db: TestDb) {
     );
 }
 
-/// A port free at the time of asking.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
-}
-
 fn yesterday_utc() -> Date {
     jiff::Timestamp::now()
         .to_zoned_datetime(TimeZone::UTC)
@@ -197,7 +191,7 @@ async fn the_schedule_runs_the_job_and_skips_ticks_while_its_previous_run_is_goi
         .await
         .expect("the test takes the day");
 
-    let port = free_port();
+    let port = crate::common::free_port();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
         .env("DATABASE_URL", &db.url)
         .env("CRON_SECRET", SECRET)
