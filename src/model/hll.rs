@@ -315,15 +315,35 @@ fn header(bytes: &[u8]) -> Result<(u8, &[u8]), SketchError> {
 
 /// Raises each of `registers` to the value the full sketch `data` holds for it.
 /// Five bits a register: eight registers in every five bytes, the first in the
-/// highest bits.
+/// highest bits. The registers are unpacked into a buffer first, so that the
+/// maxima run over whole vectors: a year's report merges thousands of sketches.
 fn max_full_into(data: &[u8], registers: &mut [u8]) {
     const _: () = assert!(REGWIDTH == 5);
-    for (chunk, eight) in data.chunks_exact(5).zip(registers.chunks_exact_mut(8)) {
-        let bits = chunk.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
-        for (k, register) in eight.iter_mut().enumerate() {
-            *register = (*register).max(((bits >> (35 - 5 * k)) & 0x1f) as u8);
-        }
+    let mut unpacked = [0u8; REGISTERS];
+    for (at, eight) in unpacked.chunks_exact_mut(8).enumerate() {
+        let chunk = &data[5 * at..];
+        // Eight bytes at once where there are eight, the last five alone.
+        let bits = match chunk.first_chunk::<8>() {
+            Some(word) => u64::from_be_bytes(*word) >> 24,
+            None => chunk[..5]
+                .iter()
+                .fold(0u64, |acc, &b| acc << 8 | u64::from(b)),
+        };
+        eight.copy_from_slice(&spread_registers(bits).to_be_bytes());
     }
+    for (register, new) in registers.iter_mut().zip(unpacked) {
+        *register = (*register).max(new);
+    }
+}
+
+/// The eight 5-bit registers of the low 40 bits of `bits`, one a byte, in the
+/// same order: halves, quarters, then eighths moved apart, a few operations for
+/// all eight.
+fn spread_registers(bits: u64) -> u64 {
+    let halves = (bits & 0xF_FFFF) | ((bits >> 20) << 32);
+    let quarters =
+        (halves & 0x0000_03FF_0000_03FF) | ((halves >> 10) & 0x0000_03FF_0000_03FF) << 16;
+    (quarters & 0x001F_001F_001F_001F) | ((quarters >> 5) & 0x001F_001F_001F_001F) << 8
 }
 
 /// The registers of `hashes`.
@@ -481,6 +501,14 @@ mod tests {
         );
         assert_eq!(sketch.cardinality(), 3.0);
         assert_eq!(Sketch::from_bytes(&sketch.to_bytes()), Ok(sketch));
+    }
+
+    #[test]
+    fn eight_registers_spread_one_a_byte_in_order() {
+        let registers = [31u64, 0, 1, 30, 16, 15, 2, 29];
+        let packed = registers.iter().fold(0u64, |acc, r| acc << 5 | r);
+        let spread = spread_registers(packed).to_be_bytes();
+        assert_eq!(spread.map(u64::from), registers);
     }
 
     #[test]

@@ -464,7 +464,11 @@ fn read_rollups(
         let date: String = row.get(0)?;
         Ok(StoredRollup {
             date: date.parse().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
             })?,
             event: row.get(1)?,
             count: row.get(2)?,
