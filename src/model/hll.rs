@@ -380,12 +380,19 @@ pub fn register_value(rest: u64) -> u8 {
 /// `hll_cardinality` of registers, operation for operation, so that the floats match.
 fn estimate(registers: &[u8]) -> f64 {
     let m = registers.len() as f64;
-    let mut sum = 0.0f64;
-    let mut zeros = 0usize;
+    let mut counts = [0u32; 1 << REGWIDTH];
     for &r in registers {
-        sum += 1.0 / ((1i64 << r) as f64);
-        zeros += usize::from(r == 0);
+        counts[usize::from(r) & ((1 << REGWIDTH) - 1)] += 1;
     }
+    // The sum of 2^-r over the registers, by value. Every partial sum is a multiple
+    // of 2^-31 below 2^15, exact in a double, so the order of the terms cannot
+    // change it: it is the extension's register-by-register sum to the bit.
+    let sum: f64 = counts
+        .iter()
+        .enumerate()
+        .map(|(r, &count)| f64::from(count) / (1u64 << r) as f64)
+        .sum();
+    let zeros = counts[0] as usize;
     let alpha_m_squared = (0.7213 / (1.0 + 1.079 / m)) * m * m;
     let estimator = alpha_m_squared / sum;
     // 2^(2^regwidth - 2 + log2m): where the extension corrects for hash collisions.
