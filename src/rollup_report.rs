@@ -2,7 +2,7 @@
 //! ISO week or month, for the command line and the endpoint. It reads only
 //! `telemetry_daily`, never the raw events.
 
-use crate::model::{DayRange, Grouping, TelemetryReport};
+use crate::model::{DayRange, Grouping, ReportBuilder, TelemetryReport};
 use crate::store::{RollupStore, StoreError};
 
 /// Days a report covers when not told: the 30 ending yesterday.
@@ -28,10 +28,9 @@ pub async fn telemetry_report<S: RollupStore>(
     store: &S,
     request: &ReportRequest,
 ) -> Result<TelemetryReport, StoreError> {
-    let rows = store.rollups(&request.range, &request.events).await?;
-    let (range, by, top_k) = (request.range, request.by, request.top_k);
-    // Unions of sketches and merged summaries: CPU work, off the async threads.
-    tokio::task::spawn_blocking(move || TelemetryReport::from_rows(&range, by, &rows, top_k))
-        .await
-        .map_err(|_| StoreError::Aborted("building the report was cancelled".into()))
+    let builder = ReportBuilder::new(&request.range, request.by, request.top_k);
+    let builder = store
+        .fold_rollups(&request.range, &request.events, builder)
+        .await?;
+    Ok(builder.finish())
 }

@@ -59,7 +59,24 @@ impl fmt::Display for Grouping {
     }
 }
 
-/// One stored rollup row, as the report reads it.
+/// One stored rollup row, borrowed from the database's answer as a store reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupRef<'a> {
+    pub date: Date,
+    pub event: &'a str,
+    pub count: i64,
+    pub unique_users: i64,
+    /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
+    pub meta: &'a str,
+    pub users_hll: Option<&'a [u8]>,
+}
+
+/// What takes rollup rows one at a time as a store reads them, ordered by date.
+pub trait RollupFold: Send + 'static {
+    fn add(&mut self, row: RollupRef<'_>);
+}
+
+/// One stored rollup row, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRollup {
     pub date: Date,
@@ -145,94 +162,176 @@ pub fn periods(range: &DayRange, by: Grouping) -> Vec<(Date, Date)> {
     }
 }
 
-/// Builds the report of `range` from its stored `rows` (any order), keeping `top_k`
-/// values per metadata key.
-fn build(range: &DayRange, by: Grouping, rows: &[StoredRollup], top_k: usize) -> TelemetryReport {
-    let cuts = periods(range, by);
-    let mut by_period: Vec<Vec<&StoredRollup>> = vec![Vec::new(); cuts.len()];
-    for row in rows {
-        // Periods are in order and contiguous: the last one starting on or before the
-        // row's date holds it.
-        let at = cuts.partition_point(|(start, _)| *start <= row.date);
-        if at > 0 && row.date <= cuts[at - 1].1 {
-            by_period[at - 1].push(row);
+/// The report of a range, built from its rows as they are read, in memory that
+/// grows with one period's events rather than with the rows: a year of full
+/// sketches is hundreds of megabytes.
+#[derive(Debug)]
+pub struct ReportBuilder {
+    range: DayRange,
+    by: Grouping,
+    top_k: usize,
+    cuts: Vec<(Date, Date)>,
+    /// The period that rows are going to now.
+    at: usize,
+    open: PeriodParts,
+    done: Vec<PeriodReport>,
+}
+
+/// A period's rows so far, by event.
+#[derive(Debug, Default)]
+struct PeriodParts {
+    events: BTreeMap<String, EventParts>,
+    rows: usize,
+    /// The stored exact count of the period's first row, which is the total's
+    /// when it is the only row.
+    first_row_users: i64,
+    /// Dates of rows without a sketch.
+    missing: Vec<String>,
+}
+
+/// One event's rows so far in a period.
+#[derive(Debug)]
+struct EventParts {
+    count: i64,
+    rows: usize,
+    first_row_users: i64,
+    /// The union of the rows' sketches; `None` once a row had none (or one this
+    /// version cannot read).
+    sketch: Option<Sketch>,
+    meta: MetaMerge,
+}
+
+impl ReportBuilder {
+    /// A report of `range`, its days grouped `by` day, week or month, keeping
+    /// `top_k` values per metadata key.
+    pub fn new(range: &DayRange, by: Grouping, top_k: usize) -> Self {
+        Self {
+            range: *range,
+            by,
+            top_k,
+            cuts: periods(range, by),
+            at: 0,
+            open: PeriodParts::default(),
+            done: Vec::new(),
         }
     }
-    let periods = cuts
-        .iter()
-        .zip(by_period)
-        .map(|(&(start, end), rows)| period(start, end, &rows, top_k))
-        .collect();
-    TelemetryReport {
-        start_date: range.start().to_string(),
-        end_date: range.end().to_string(),
-        by,
-        periods,
+
+    /// The report of the rows added.
+    pub fn finish(mut self) -> TelemetryReport {
+        while self.done.len() < self.cuts.len() {
+            self.close_period();
+        }
+        TelemetryReport {
+            start_date: self.range.start().to_string(),
+            end_date: self.range.end().to_string(),
+            by: self.by,
+            periods: self.done,
+        }
+    }
+
+    fn close_period(&mut self) {
+        let (start, end) = self.cuts[self.done.len()];
+        let parts = std::mem::take(&mut self.open);
+        self.done.push(parts.into_report(start, end, self.top_k));
+        self.at = self.done.len();
     }
 }
 
-fn period(start: Date, end: Date, rows: &[&StoredRollup], top_k: usize) -> PeriodReport {
-    let mut events: BTreeMap<&str, Vec<&StoredRollup>> = BTreeMap::new();
-    for row in rows {
-        events.entry(row.event.as_str()).or_default().push(row);
-    }
-    let mut missing: Vec<String> = rows
-        .iter()
-        .filter(|row| row.users_hll.is_none())
-        .map(|row| row.date.to_string())
-        .collect();
-    missing.sort_unstable();
-    missing.dedup();
-
-    let mut total_sketch = Some(Sketch::new());
-    let mut reports = Vec::with_capacity(events.len());
-    for (name, rows) in &events {
-        let sketch = union(rows);
-        match (&mut total_sketch, &sketch) {
-            (Some(total), Some(sketch)) => total.union(sketch),
-            _ => total_sketch = None,
+impl RollupFold for ReportBuilder {
+    /// Takes the next row; rows must come by date, ascending. A row outside the
+    /// range, or dated before the period being built, is left out.
+    fn add(&mut self, row: RollupRef<'_>) {
+        while self.at < self.cuts.len() && row.date > self.cuts[self.at].1 {
+            self.close_period();
         }
-        let (unique_users, unique_users_exact) = match (rows.as_slice(), &sketch) {
-            ([only], _) => (u64::try_from(only.unique_users).ok(), true),
+        let Some(&(start, _)) = self.cuts.get(self.at) else {
+            return;
+        };
+        if row.date < start {
+            return;
+        }
+        self.open.add(row);
+    }
+}
+
+impl PeriodParts {
+    fn add(&mut self, row: RollupRef<'_>) {
+        if self.rows == 0 {
+            self.first_row_users = row.unique_users;
+        }
+        self.rows += 1;
+        if row.users_hll.is_none() {
+            let date = row.date.to_string();
+            if !self.missing.contains(&date) {
+                self.missing.push(date);
+            }
+        }
+        let event = match self.events.get_mut(row.event) {
+            Some(event) => event,
+            None => self
+                .events
+                .entry(row.event.to_owned())
+                .or_insert(EventParts {
+                    count: 0,
+                    rows: 0,
+                    first_row_users: row.unique_users,
+                    sketch: Some(Sketch::new()),
+                    meta: MetaMerge::default(),
+                }),
+        };
+        event.count += row.count;
+        event.rows += 1;
+        if let Some(sketch) = &mut event.sketch {
+            let merged = row.users_hll.map(|bytes| sketch.union_bytes(bytes));
+            if !matches!(merged, Some(Ok(()))) {
+                event.sketch = None;
+            }
+        }
+        event.meta.add(row.meta);
+    }
+
+    fn into_report(self, start: Date, end: Date, top_k: usize) -> PeriodReport {
+        let mut total_sketch = Some(Sketch::new());
+        let mut reports = Vec::with_capacity(self.events.len());
+        for (name, event) in self.events {
+            match (&mut total_sketch, &event.sketch) {
+                (Some(total), Some(sketch)) => total.union(sketch),
+                _ => total_sketch = None,
+            }
+            let (unique_users, unique_users_exact) = match (event.rows, &event.sketch) {
+                (1, _) => (u64::try_from(event.first_row_users).ok(), true),
+                (_, Some(sketch)) => (Some(sketch.cardinality().round() as u64), false),
+                (_, None) => (None, false),
+            };
+            reports.push(EventReport {
+                event: name,
+                count: event.count,
+                unique_users,
+                unique_users_exact,
+                meta: event.meta.to_json(top_k),
+            });
+        }
+        reports.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
+        let (unique_users, unique_users_exact) = match (self.rows, &total_sketch) {
+            (0, _) => (Some(0), true),
+            (1, _) => (u64::try_from(self.first_row_users).ok(), true),
             (_, Some(sketch)) => (Some(sketch.cardinality().round() as u64), false),
             (_, None) => (None, false),
         };
-        reports.push(EventReport {
-            event: (*name).to_owned(),
-            count: rows.iter().map(|r| r.count).sum(),
-            unique_users,
-            unique_users_exact,
-            meta: merge_meta(rows, top_k),
-        });
+        let mut missing = self.missing;
+        missing.sort_unstable();
+        PeriodReport {
+            start: start.to_string(),
+            end: end.to_string(),
+            total: Total {
+                count: reports.iter().map(|e| e.count).sum(),
+                unique_users,
+                unique_users_exact,
+            },
+            events: reports,
+            missing_sketches: missing,
+        }
     }
-    reports.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
-    let (unique_users, unique_users_exact) = match (rows, &total_sketch) {
-        ([], _) => (Some(0), true),
-        ([only], _) => (u64::try_from(only.unique_users).ok(), true),
-        (_, Some(sketch)) => (Some(sketch.cardinality().round() as u64), false),
-        (_, None) => (None, false),
-    };
-    PeriodReport {
-        start: start.to_string(),
-        end: end.to_string(),
-        total: Total {
-            count: reports.iter().map(|e| e.count).sum(),
-            unique_users,
-            unique_users_exact,
-        },
-        events: reports,
-        missing_sketches: missing,
-    }
-}
-
-/// The union of the rows' sketches; `None` if a row has none (or one this version
-/// cannot read).
-fn union(rows: &[&StoredRollup]) -> Option<Sketch> {
-    let mut sketch = Sketch::new();
-    for row in rows {
-        sketch.union_bytes(row.users_hll.as_deref()?).ok()?;
-    }
-    Some(sketch)
 }
 
 /// One key's summaries merged over days.
@@ -253,23 +352,27 @@ struct MergedKey {
     max: Option<f64>,
 }
 
-/// The rows' metadata summaries merged: `n`, `sum`, `min`, `max` exact; `values`
-/// summed over the days and ranked again (top K, ties by byte order), with
+/// Rows' metadata summaries merged: `n`, `sum`, `min`, `max` exact; `values` summed
+/// over the days and ranked again (top K, ties by byte order), with
 /// `"valuesExact": false` when some day had left values in `other`.
-fn merge_meta(rows: &[&StoredRollup], top_k: usize) -> Value {
-    let mut keys: BTreeMap<String, MergedKey> = BTreeMap::new();
-    let mut dropped = 0u64;
-    for row in rows {
+#[derive(Debug, Default)]
+struct MetaMerge {
+    keys: BTreeMap<String, MergedKey>,
+    dropped: u64,
+}
+
+impl MetaMerge {
+    fn add(&mut self, meta: &str) {
         // Written by this crate; a summary that does not parse adds nothing.
-        let Ok(Value::Object(summary)) = serde_json::from_str::<Value>(&row.meta) else {
-            continue;
+        let Ok(Value::Object(summary)) = serde_json::from_str::<Value>(meta) else {
+            return;
         };
         for (key, stats) in summary {
             if key == DROPPED_KEYS {
-                dropped += stats.as_u64().unwrap_or(0);
+                self.dropped += stats.as_u64().unwrap_or(0);
                 continue;
             }
-            let merged = keys.entry(key).or_default();
+            let merged = self.keys.entry(key).or_default();
             merged.n += stats["n"].as_u64().unwrap_or(0);
             if let Some(values) = stats["values"].as_object() {
                 merged.has_values = true;
@@ -299,18 +402,22 @@ fn merge_meta(rows: &[&StoredRollup], top_k: usize) -> Value {
             }
         }
     }
-    let mut ranked: Vec<(&str, u64)> = keys.iter().map(|(k, m)| (k.as_str(), m.n)).collect();
-    ranked.sort_unstable_by(key_order);
-    dropped += ranked.len().saturating_sub(MAX_KEYS) as u64;
-    ranked.truncate(MAX_KEYS);
-    let mut out = Map::new();
-    for (key, _) in ranked {
-        out.insert(key.to_owned(), merged_json(&keys[key], top_k));
+
+    fn to_json(&self, top_k: usize) -> Value {
+        let mut ranked: Vec<(&str, u64)> =
+            self.keys.iter().map(|(k, m)| (k.as_str(), m.n)).collect();
+        ranked.sort_unstable_by(key_order);
+        let dropped = self.dropped + ranked.len().saturating_sub(MAX_KEYS) as u64;
+        ranked.truncate(MAX_KEYS);
+        let mut out = Map::new();
+        for (key, _) in ranked {
+            out.insert(key.to_owned(), merged_json(&self.keys[key], top_k));
+        }
+        if dropped > 0 {
+            out.insert(DROPPED_KEYS.into(), Value::from(dropped));
+        }
+        Value::Object(out)
     }
-    if dropped > 0 {
-        out.insert(DROPPED_KEYS.into(), Value::from(dropped));
-    }
-    Value::Object(out)
 }
 
 fn merged_json(key: &MergedKey, top_k: usize) -> Value {
@@ -352,7 +459,20 @@ impl TelemetryReport {
     /// The report of `range`, its days grouped `by` day, week or month, from its
     /// stored `rows` (in any order), keeping `top_k` values per metadata key.
     pub fn from_rows(range: &DayRange, by: Grouping, rows: &[StoredRollup], top_k: usize) -> Self {
-        build(range, by, rows, top_k)
+        let mut rows: Vec<&StoredRollup> = rows.iter().collect();
+        rows.sort_by_key(|row| row.date);
+        let mut builder = ReportBuilder::new(range, by, top_k);
+        for row in rows {
+            builder.add(RollupRef {
+                date: row.date,
+                event: &row.event,
+                count: row.count,
+                unique_users: row.unique_users,
+                meta: &row.meta,
+                users_hll: row.users_hll.as_deref(),
+            });
+        }
+        builder.finish()
     }
 
     /// The report as a readable table: a line per event and period, and the period's
@@ -520,7 +640,12 @@ mod tests {
             ),
             row("2024-01-02", "click", &["a"], "{}"),
         ];
-        let report = build(&range("2024-01-01", "2024-01-07"), Grouping::Week, &rows, 1);
+        let report = TelemetryReport::from_rows(
+            &range("2024-01-01", "2024-01-07"),
+            Grouping::Week,
+            &rows,
+            1,
+        );
         let week = &report.periods[0];
         assert_eq!(
             (week.start.as_str(), week.end.as_str()),
@@ -540,7 +665,8 @@ mod tests {
             })
         );
         assert_eq!((week.total.count, week.total.unique_users), (10, Some(3)));
-        let day = build(&range("2024-01-02", "2024-01-02"), Grouping::Day, &rows, 1);
+        let day =
+            TelemetryReport::from_rows(&range("2024-01-02", "2024-01-02"), Grouping::Day, &rows, 1);
         let click = day.periods[0]
             .events
             .iter()
@@ -557,12 +683,18 @@ mod tests {
         let mut old = row("2024-01-01", "view", &["a"], "{}");
         old.users_hll = None;
         let rows = [old, row("2024-01-02", "view", &["b"], "{}")];
-        let report = build(&range("2024-01-01", "2024-01-07"), Grouping::Week, &rows, 5);
+        let report = TelemetryReport::from_rows(
+            &range("2024-01-01", "2024-01-07"),
+            Grouping::Week,
+            &rows,
+            5,
+        );
         let week = &report.periods[0];
         assert_eq!(week.events[0].unique_users, None);
         assert_eq!(week.total.unique_users, None);
         assert_eq!(week.missing_sketches, ["2024-01-01"]);
-        let days = build(&range("2024-01-01", "2024-01-02"), Grouping::Day, &rows, 5);
+        let days =
+            TelemetryReport::from_rows(&range("2024-01-01", "2024-01-02"), Grouping::Day, &rows, 5);
         assert_eq!(
             days.periods[0].events[0].unique_users,
             Some(1),

@@ -53,8 +53,8 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::model::{
-    DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupRow, RunRecord, RunReport,
-    StoredRollup,
+    DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupFold, RollupRow, RunRecord,
+    RunReport,
 };
 
 pub use self::clickhouse::ClickHouseSource;
@@ -130,17 +130,19 @@ pub trait RollupStore {
         date: Date,
     ) -> impl Future<Output = Result<Vec<RollupRow>, StoreError>> + Send;
 
-    /// The stored rows of the days `range` covers, for the events named (all when
-    /// `events` is empty), ordered by date and event.
+    /// Hands `fold` the stored rows of the days `range` covers, for the events
+    /// named (all when `events` is empty), ordered by date and event, one at a time
+    /// as they are read; gives `fold` back.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the rows cannot be read.
-    fn rollups(
+    fn fold_rollups<F: RollupFold>(
         &self,
         range: &DayRange,
         events: &[String],
-    ) -> impl Future<Output = Result<Vec<StoredRollup>, StoreError>> + Send;
+        fold: F,
+    ) -> impl Future<Output = Result<F, StoreError>> + Send;
 
     /// Applies `changes` to the rows of `date` in one transaction: readers see the
     /// old day or the new day, never a mix.
@@ -448,10 +450,18 @@ impl RollupStore for Store {
     forward! {
         fn migrate(&self) -> Result<(), StoreError>;
         fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError>;
-        fn rollups(&self, range: &DayRange, events: &[String]) -> Result<Vec<StoredRollup>, StoreError>;
         fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
         fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError>;
         fn check_reachable(&self) -> Result<(), StoreError>;
+    }
+
+    async fn fold_rollups<F: RollupFold>(
+        &self,
+        range: &DayRange,
+        events: &[String],
+        fold: F,
+    ) -> Result<F, StoreError> {
+        dispatch!(self, s => s.fold_rollups(range, events, fold).await)
     }
 
     /// Both the database and, when there is one, the events' source.

@@ -18,7 +18,9 @@ use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
     DayLocks, EventSource, RollupStore, StoreError, TableName, day_lock, redact_url, rows,
 };
-use crate::model::{DayChanges, DayRange, DayWindow, MergeableSink, RollupRow, StoredRollup};
+use crate::model::{
+    DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRef, RollupRow,
+};
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -281,24 +283,41 @@ impl RollupStore for PgStore {
         .map_err(query_error(&action))
     }
 
-    async fn rollups(
+    async fn fold_rollups<F: RollupFold>(
         &self,
         range: &DayRange,
         events: &[String],
-    ) -> Result<Vec<StoredRollup>, StoreError> {
-        sqlx::query(concat!(
+        mut fold: F,
+    ) -> Result<F, StoreError> {
+        use sqlx::Row as _;
+
+        let action = super::rollups_action(range);
+        let (first, last) = (range.start().to_string(), range.end().to_string());
+        let query = sqlx::query(concat!(
             "SELECT date::text, event, count, unique_users, meta::text, users_hll FROM ",
             rollup_table!(),
             " WHERE date BETWEEN $1::date AND $2::date \
              AND (cardinality($3::text[]) = 0 OR event = ANY($3::text[])) ORDER BY date, event"
         ))
-        .bind(range.start().to_string())
-        .bind(range.end().to_string())
-        .bind(events)
-        .fetch_all(&self.pool)
-        .await
-        .and_then(|found| found.iter().map(rows::stored_rollup).collect())
-        .map_err(query_error(&super::rollups_action(range)))
+        .bind(&first)
+        .bind(&last)
+        .bind(events);
+        let mut found = query.fetch(&self.pool);
+        // Each row is folded from the driver's buffer as it arrives.
+        while let Some(row) = found.try_next().await.map_err(query_error(&action))? {
+            let read = || -> Result<RollupRef<'_>, sqlx::Error> {
+                Ok(RollupRef {
+                    date: rows::date_column(&row, 0)?,
+                    event: row.try_get(1)?,
+                    count: row.try_get(2)?,
+                    unique_users: row.try_get(3)?,
+                    meta: row.try_get(4)?,
+                    users_hll: row.try_get(5)?,
+                })
+            };
+            fold.add(read().map_err(query_error(&action))?);
+        }
+        Ok(fold)
     }
 
     async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {

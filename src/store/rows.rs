@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::model::{RollupRow, RunRecord, StoredRollup};
+use crate::model::{RollupRow, RunRecord};
 
 /// Reads a `telemetry_daily` row selected as (event, count, unique_users, meta,
 /// users_hll).
@@ -24,26 +24,6 @@ where
         unique_users: row.try_get(2)?,
         meta: row.try_get(3)?,
         users_hll: row.try_get(4)?,
-    })
-}
-
-/// Reads a `telemetry_daily` row selected as (date as text, event, count,
-/// unique_users, meta, users_hll).
-pub(super) fn stored_rollup<'r, R>(row: &'r R) -> Result<StoredRollup, sqlx::Error>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
-{
-    Ok(StoredRollup {
-        date: date_column(row, 0)?,
-        event: row.try_get(1)?,
-        count: row.try_get(2)?,
-        unique_users: row.try_get(3)?,
-        meta: row.try_get(4)?,
-        users_hll: row.try_get(5)?,
     })
 }
 
