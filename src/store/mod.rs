@@ -35,6 +35,7 @@ macro_rules! dispatch {
 
 mod clickhouse;
 mod day_lock;
+mod deal;
 mod demo;
 mod error;
 mod history;

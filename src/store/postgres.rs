@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt as _, PgPoolOptions
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
 use tokio::sync::OnceCell;
 
+use super::deal::Dealer;
 use super::error::query_error;
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
@@ -200,11 +201,26 @@ impl EventSource for PgStore {
             .copy_out_raw(&sql)
             .await
             .map_err(query_error(&action))?;
+        // Parsing the stream keeps this task busy; the rows are dealt out to
+        // aggregators on the other cores, whose work would otherwise wait for it.
+        let (mut dealer, parts) = Dealer::start(&*sink);
         let mut reader = CopyReader::new(meta_is_jsonb);
         while let Some(chunk) = chunks.try_next().await.map_err(query_error(&action))? {
-            reader.feed(&chunk, sink).map_err(copy_error(&action))?;
+            reader
+                .feed(&chunk, &mut dealer)
+                .map_err(copy_error(&action))?;
         }
-        reader.finish().map_err(copy_error(&action))
+        reader.finish().map_err(copy_error(&action))?;
+        let own = dealer.finish();
+        for part in parts {
+            match part.await {
+                Ok(part) => sink.merge(part),
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => return Err(StoreError::Aborted(format!("{action} was cancelled"))),
+            }
+        }
+        sink.merge(own);
+        Ok(())
     }
 
     async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {

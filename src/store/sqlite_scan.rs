@@ -1,16 +1,7 @@
-//! Reading a window of SQLite source events fast.
-//!
-//! A day is read on a blocking thread of its own with a plain read-only SQLite
-//! connection, and its rows are handed out in batches (one buffer per few thousand
-//! rows) to aggregating threads, one on each other core (up to four), each taking
-//! the rows of its own share of the users. When an aggregator falls behind and
-//! its queue is full, the reader aggregates that batch itself instead of waiting, so
-//! the reader never sits idle while there is work. Each thread fills a part of
-//! the sink, and the parts are merged at the end; no value is copied or freed one by
-//! one across threads.
+//! Reading a window of SQLite source events fast: on a blocking thread of its own,
+//! with a plain read-only SQLite connection, its rows dealt out to aggregating
+//! threads (`deal.rs`).
 
-use std::hash::BuildHasher as _;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,57 +9,9 @@ use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
-use super::rows::lenient_utf8;
-use crate::model::{EventSink, MergeableSink, SourceEvent};
-
-/// Rows per batch: large enough that handing a batch over costs nothing per row.
-const BATCH_ROWS: usize = 4096;
-/// Batches in flight per aggregating thread: bounds the memory of a day being read.
-const BATCHES_IN_FLIGHT: usize = 4;
-/// Most threads that aggregate one window beside the reader.
-const MAX_AGGREGATORS: usize = 4;
-
-/// The three source columns of a batch of rows, as ranges into one text buffer.
-/// The reader thread checks (and if need be repairs) the UTF-8 as it copies, so
-/// that the aggregator, the busier side, does not have to.
-#[derive(Debug, Default)]
-pub(super) struct RowBatch {
-    text: String,
-    rows: Vec<[Option<Range<u32>>; 3]>,
-}
-
-impl RowBatch {
-    fn push_row(&mut self, fields: [Option<&[u8]>; 3]) {
-        let ranges = fields.map(|field| {
-            field.map(|bytes| {
-                let start = self.text.len() as u32;
-                self.text.push_str(&lenient_utf8(bytes));
-                start..self.text.len() as u32
-            })
-        });
-        self.rows.push(ranges);
-    }
-
-    /// Pushes every row of the batch into `sink`.
-    pub(super) fn drain_into(&self, sink: &mut (dyn EventSink + Send)) {
-        // Ranges were taken at string lengths after whole pushes: on char boundaries.
-        let text = |range: &Option<Range<u32>>| {
-            range
-                .as_ref()
-                .and_then(|r| self.text.get(r.start as usize..r.end as usize))
-        };
-        for [event, user_id, meta] in &self.rows {
-            sink.push(SourceEvent {
-                event: text(event),
-                user_id: text(user_id),
-                meta: text(meta),
-            });
-        }
-    }
-}
+use super::deal::Dealer;
+use crate::model::MergeableSink;
 
 /// Starts reading `sql` (bound to `start` and `end`) from the database at `path` on a
 /// blocking thread, and aggregating its batches there and on others, each into a
@@ -85,45 +28,21 @@ pub(super) fn read_parts<K: MergeableSink>(
     Vec<tokio::task::JoinHandle<K>>,
     tokio::task::JoinHandle<rusqlite::Result<K>>,
 ) {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let aggregators = (cores - 1).min(MAX_AGGREGATORS);
-    let (senders, parts): (Vec<_>, Vec<_>) = (0..aggregators)
-        .map(|_| {
-            let (tx, mut rx) = mpsc::channel::<RowBatch>(BATCHES_IN_FLIGHT);
-            let mut part = sink.part(aggregators + 1);
-            let part = tokio::task::spawn_blocking(move || {
-                while let Some(batch) = rx.blocking_recv() {
-                    batch.drain_into(&mut part);
-                }
-                part
-            });
-            (tx, part)
-        })
-        .unzip();
+    let (dealer, parts) = Dealer::start(sink);
     let (path, sql) = (path.to_owned(), sql.to_owned());
-    let own = sink.part(aggregators + 1);
     let stop = Arc::clone(stop);
     let reader = tokio::task::spawn_blocking(move || {
-        read(
-            own,
-            &path,
-            &sql,
-            (&start, &end),
-            busy_timeout,
-            &senders,
-            &stop,
-        )
+        read(dealer, &path, &sql, (&start, &end), busy_timeout, &stop)
     });
     (parts, reader)
 }
 
 fn read<K: MergeableSink>(
-    mut own: K,
+    mut dealer: Dealer<K>,
     path: &Path,
     sql: &str,
     (start, end): (&str, &str),
     busy_timeout: Duration,
-    senders: &[mpsc::Sender<RowBatch>],
     stop: &AtomicBool,
 ) -> rusqlite::Result<K> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -131,52 +50,14 @@ fn read<K: MergeableSink>(
     conn.busy_timeout(busy_timeout)?;
     let mut statement = conn.prepare(sql)?;
     let mut rows = statement.query([start, end])?;
-    let mut batches: Vec<RowBatch> = (0..senders.len().max(1))
-        .map(|_| RowBatch::default())
-        .collect();
-    // Rows are dealt out by user, so that each aggregator sees only its own users and
-    // keeps a table of them a fraction of the size: fewer cache misses per row.
-    let users = foldhash::fast::FixedState::with_seed(0);
-    let mut anonymous = 0usize;
     while let Some(row) = rows.next()? {
         let fields = [field(row, 0)?, field(row, 1)?, field(row, 2)?];
-        let shard = match fields[1] {
-            _ if batches.len() == 1 => 0,
-            Some(user) if !user.is_empty() => users.hash_one(user) as usize % batches.len(),
-            _ => {
-                anonymous = anonymous.wrapping_add(1);
-                anonymous % batches.len()
-            }
-        };
-        let batch = &mut batches[shard];
-        batch.push_row(fields);
-        if batch.rows.len() == BATCH_ROWS {
-            // No one waits for the result any more (the run was stopped).
-            if stop.load(Ordering::Relaxed) {
-                return Ok(own);
-            }
-            let next = RowBatch {
-                text: String::with_capacity(batch.text.capacity()),
-                rows: Vec::with_capacity(BATCH_ROWS),
-            };
-            let full = std::mem::replace(batch, next);
-            let Some(tx) = senders.get(shard) else {
-                full.drain_into(&mut own); // a single core: the reader does it all
-                continue;
-            };
-            match tx.try_send(full) {
-                Ok(()) => {}
-                Err(TrySendError::Full(full)) => full.drain_into(&mut own),
-                // The aggregators have gone (the run was cancelled): stop quietly.
-                Err(TrySendError::Closed(_)) => return Ok(own),
-            }
+        // No one waits for the result any more (the run was stopped or cancelled).
+        if dealer.deal_bytes(fields) && (stop.load(Ordering::Relaxed) || dealer.deserted()) {
+            break;
         }
     }
-    // The rest is small, and the reader has nothing else to do.
-    for batch in batches {
-        batch.drain_into(&mut own);
-    }
-    Ok(own)
+    Ok(dealer.finish())
 }
 
 /// Column `i` of `row` as bytes, `None` for NULL.
@@ -193,7 +74,9 @@ fn field<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DayAggregate;
+    use crate::model::{DayAggregate, EventSink as _, SourceEvent};
+    use crate::store::deal::{BATCH_ROWS, RowBatch};
+    use tokio::sync::mpsc;
 
     const SQL: &str = "SELECT event, user_id, meta FROM events WHERE at >= ?1 AND at < ?2";
 
@@ -245,12 +128,11 @@ mod tests {
     fn the_reader_alone_aggregates_everything() {
         let file = events_file(3 * BATCH_ROWS + 17);
         let read = read(
-            DayAggregate::new(),
+            Dealer::new(DayAggregate::new(), Vec::new()),
             file.path(),
             SQL,
             ("a", "c"),
             Duration::ZERO,
-            &[],
             &AtomicBool::new(false),
         )
         .expect("read");
@@ -268,12 +150,11 @@ mod tests {
         // reader must aggregate the others itself.
         let (tx, mut rx) = mpsc::channel::<RowBatch>(1);
         let mut read = read(
-            DayAggregate::new(),
+            Dealer::new(DayAggregate::new(), vec![tx]),
             file.path(),
             SQL,
             ("a", "c"),
             Duration::ZERO,
-            &[tx],
             &AtomicBool::new(false),
         )
         .expect("read");
