@@ -67,6 +67,15 @@ pub trait MergeableSink: EventSink + Send + 'static {
 
     /// Folds in `other`, filled with other events of the same window.
     fn merge(&mut self, other: Self);
+
+    /// Whether this sink has outgrown its memory and written part of itself to
+    /// disk: a day that big is work enough to spread over the cores.
+    fn spilled(&self) -> bool;
+
+    /// Keeps only `1/of` of this sink's share of any memory limit from now on (and
+    /// spills at once if it holds more): it is to be filled alongside `of - 1`
+    /// parts made by [`MergeableSink::part`] with the same `of`.
+    fn share_with(&mut self, of: usize);
 }
 
 /// The longest event name kept, in bytes. Longer names cannot be a real event's
@@ -271,6 +280,14 @@ impl DayAggregate {
         self.events_read
     }
 
+    /// Whether nothing at all was pushed into it.
+    fn is_empty(&self) -> bool {
+        self.events_read == 0
+            && self.groups.is_empty()
+            && self.spilled.is_none()
+            && self.failure.is_none()
+    }
+
     /// The number of the group of events named `name`, made if new.
     fn group(&mut self, name: &str) -> u32 {
         if let Some(&group) = self.index.get(name) {
@@ -462,8 +479,28 @@ impl MergeableSink for DayAggregate {
         }
     }
 
+    fn spilled(&self) -> bool {
+        self.spilled.is_some()
+    }
+
+    fn share_with(&mut self, of: usize) {
+        self.budget = (self.budget / of.max(1)).max(1);
+        self.keep_within_limit();
+    }
+
     /// Folds `other`, an aggregate of other events of the same day, into this one.
     fn merge(&mut self, mut other: DayAggregate) {
+        if self.is_empty() {
+            // A source's part merged into the empty sink it was given: taken whole,
+            // not copied entry by entry, which would hold both for a moment.
+            let (limit, budget) = (self.limit.take(), self.budget);
+            *self = other;
+            if limit.is_some() {
+                (self.limit, self.budget) = (limit, budget);
+            }
+            self.keep_within_limit();
+            return;
+        }
         self.events_read += other.events_read;
         self.skipped.add(&other.skipped);
         if self.failure.is_none() {

@@ -63,15 +63,31 @@ impl RowBatch {
     }
 }
 
+/// When a dealer starts dealing rows out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spread {
+    /// From the first row: the source hands rows over faster than one thread
+    /// aggregates them (SQLite's scan).
+    Always,
+    /// Once its own part has spilled: until then one thread keeps up with the
+    /// source (PostgreSQL's `COPY`, paced by the server), and a second part would
+    /// hold a second copy of the day's users.
+    OnceSpilled,
+}
+
 /// Deals rows out in batches to aggregating threads, and aggregates into a part of
 /// its own the batches they have no room for.
 #[derive(Debug)]
 pub(super) struct Dealer<K> {
     own: K,
+    /// Whether rows go out yet, or all stay here.
+    dealing: bool,
     batches: Vec<RowBatch>,
     senders: Vec<mpsc::Sender<RowBatch>>,
     users: foldhash::fast::FixedState,
     anonymous: usize,
+    /// Rows kept here before dealing started.
+    kept: usize,
     /// The aggregators have gone (their tasks were cancelled): everything is
     /// aggregated here from then on.
     alone: bool,
@@ -81,7 +97,7 @@ impl<K: MergeableSink> Dealer<K> {
     /// A dealer over parts of `sink`, one on each core, and the aggregating tasks
     /// (on the blocking threads), each giving its part once the dealer is finished
     /// or dropped.
-    pub(super) fn start(sink: &K) -> (Self, Vec<tokio::task::JoinHandle<K>>) {
+    pub(super) fn start(sink: &K, spread: Spread) -> (Self, Vec<tokio::task::JoinHandle<K>>) {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let aggregators = (cores - 1).min(MAX_AGGREGATORS);
         let (senders, parts): (Vec<_>, Vec<_>) = (0..aggregators)
@@ -97,13 +113,20 @@ impl<K: MergeableSink> Dealer<K> {
                 (tx, part)
             })
             .unzip();
-        (Self::new(sink.part(aggregators + 1), senders), parts)
+        // Until it deals, the dealer's own part is the only one filling: it has the
+        // whole share, and gives all but its part of it up when dealing starts.
+        let own = match spread {
+            Spread::Always => sink.part(aggregators + 1),
+            Spread::OnceSpilled => sink.part(1),
+        };
+        (Self::new(own, senders, spread), parts)
     }
 
     /// A dealer that sends batches to `senders` and aggregates the rest into `own`.
-    pub(super) fn new(own: K, senders: Vec<mpsc::Sender<RowBatch>>) -> Self {
+    pub(super) fn new(own: K, senders: Vec<mpsc::Sender<RowBatch>>, spread: Spread) -> Self {
         Self {
             own,
+            dealing: spread == Spread::Always,
             batches: (0..senders.len().max(1))
                 .map(|_| RowBatch::default())
                 .collect(),
@@ -113,6 +136,7 @@ impl<K: MergeableSink> Dealer<K> {
             // misses per row.
             users: foldhash::fast::FixedState::with_seed(0),
             anonymous: 0,
+            kept: 0,
             alone: false,
         }
     }
@@ -121,6 +145,14 @@ impl<K: MergeableSink> Dealer<K> {
     /// Returns whether a batch went out or was aggregated (a moment to check
     /// whether to go on).
     pub(super) fn deal_bytes(&mut self, fields: [Option<&[u8]>; 3]) -> bool {
+        if !self.dealing {
+            let [event, user_id, meta] = fields.map(|field| field.map(lenient_utf8));
+            return self.keep(SourceEvent {
+                event: event.as_deref(),
+                user_id: user_id.as_deref(),
+                meta: meta.as_deref(),
+            });
+        }
         let shard = self.shard(fields[1]);
         self.batches[shard].push_row(fields);
         self.hand_over(shard)
@@ -128,12 +160,31 @@ impl<K: MergeableSink> Dealer<K> {
 
     /// Deals one row already in UTF-8.
     fn deal_text(&mut self, event: SourceEvent<'_>) -> bool {
+        if !self.dealing {
+            return self.keep(event);
+        }
         let shard = self.shard(event.user_id.map(str::as_bytes));
         let batch = &mut self.batches[shard];
         let ranges = [event.event, event.user_id, event.meta]
             .map(|field| field.map(|text| batch.push_text(text)));
         batch.rows.push(ranges);
         self.hand_over(shard)
+    }
+
+    /// Aggregates a row here, before dealing has started; every [`BATCH_ROWS`]
+    /// rows, starts dealing if the part here has spilled. Returns true then, as
+    /// [`Dealer::hand_over`] does for a batch.
+    fn keep(&mut self, event: SourceEvent<'_>) -> bool {
+        self.own.push(event);
+        self.kept = self.kept.wrapping_add(1);
+        if !self.kept.is_multiple_of(BATCH_ROWS) {
+            return false;
+        }
+        if self.own.spilled() && !self.senders.is_empty() {
+            self.dealing = true;
+            self.own.share_with(self.senders.len() + 1);
+        }
+        true
     }
 
     fn shard(&mut self, user: Option<&[u8]>) -> usize {

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt as _, PgPoolOptions
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
 use tokio::sync::OnceCell;
 
-use super::deal::Dealer;
+use super::deal::{Dealer, Spread};
 use super::error::query_error;
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{
@@ -203,7 +203,7 @@ impl EventSource for PgStore {
             .map_err(query_error(&action))?;
         // Parsing the stream keeps this task busy; the rows are dealt out to
         // aggregators on the other cores, whose work would otherwise wait for it.
-        let (mut dealer, parts) = Dealer::start(&*sink);
+        let (mut dealer, parts) = Dealer::start(&*sink, Spread::OnceSpilled);
         let mut reader = CopyReader::new(meta_is_jsonb);
         while let Some(chunk) = chunks.try_next().await.map_err(query_error(&action))? {
             reader

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::deal::Dealer;
+use super::deal::{Dealer, Spread};
 use crate::model::MergeableSink;
 
 /// Starts reading `sql` (bound to `start` and `end`) from the database at `path` on a
@@ -28,7 +28,7 @@ pub(super) fn read_parts<K: MergeableSink>(
     Vec<tokio::task::JoinHandle<K>>,
     tokio::task::JoinHandle<rusqlite::Result<K>>,
 ) {
-    let (dealer, parts) = Dealer::start(sink);
+    let (dealer, parts) = Dealer::start(sink, Spread::Always);
     let (path, sql) = (path.to_owned(), sql.to_owned());
     let stop = Arc::clone(stop);
     let reader = tokio::task::spawn_blocking(move || {
@@ -128,7 +128,7 @@ mod tests {
     fn the_reader_alone_aggregates_everything() {
         let file = events_file(3 * BATCH_ROWS + 17);
         let read = read(
-            Dealer::new(DayAggregate::new(), Vec::new()),
+            Dealer::new(DayAggregate::new(), Vec::new(), Spread::Always),
             file.path(),
             SQL,
             ("a", "c"),
@@ -150,7 +150,7 @@ mod tests {
         // reader must aggregate the others itself.
         let (tx, mut rx) = mpsc::channel::<RowBatch>(1);
         let mut read = read(
-            Dealer::new(DayAggregate::new(), vec![tx]),
+            Dealer::new(DayAggregate::new(), vec![tx], Spread::Always),
             file.path(),
             SQL,
             ("a", "c"),
