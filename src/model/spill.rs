@@ -70,6 +70,10 @@ const MAX_SPLITS: u32 = 3;
 pub(super) type EachPartition<'a, R> =
     dyn FnMut(&mut dyn Iterator<Item = io::Result<R>>) -> io::Result<()> + 'a;
 
+/// What is made of the records of one partition, on any thread.
+pub(super) type MapPartition<'a, R, T> =
+    dyn Fn(&mut dyn Iterator<Item = io::Result<R>>) -> io::Result<T> + Sync + 'a;
+
 /// A partition's file opened for reading, with the group numbers it needs mapped.
 type OpenFile = (BufReader<Box<dyn Scratch>>, Option<Arc<Vec<u32>>>);
 
@@ -329,18 +333,78 @@ impl<R: Record> Partitions<R> {
         }
     }
 
-    /// Reads back each partition in turn, calling `each` with an iterator over its
-    /// records. A partition whose records would take more than `budget` bytes of
-    /// tables is split again first.
-    pub(super) fn for_each_partition(
+    /// Reads back the partitions on up to `threads` threads at once, each with
+    /// `budget / threads` bytes of tables, mapping each partition's records with
+    /// `map` there; `reduce` takes the results on the calling thread, in no
+    /// particular order. A partition whose records would take more than its thread's
+    /// share is split again first.
+    pub(super) fn map_partitions<T: Send>(
         self,
         budget: usize,
         space: &dyn SpillSpace,
-        each: &mut EachPartition<'_, R>,
-    ) -> io::Result<()> {
-        self.for_each_at_depth(budget, space, each, 0)
+        threads: usize,
+        map: &MapPartition<'_, R, T>,
+        reduce: &mut dyn FnMut(T),
+    ) -> io::Result<()>
+    where
+        R: Send,
+    {
+        let threads = threads.clamp(1, FANOUT);
+        let share = (budget / threads).max(1);
+        let seed = self.seed;
+        let work = std::sync::Mutex::new(self.files);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let next = || {
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
+            // A worker that panicked poisons the lock; the scope re-raises its panic.
+            let mut work = work.lock().ok()?;
+            std::iter::from_fn(|| work.pop()).find(|files| !files.is_empty())
+        };
+        let (sent, results) = std::sync::mpsc::channel::<io::Result<T>>();
+        let mut first_error = None;
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let sent = sent.clone();
+                let next = &next;
+                scope.spawn(move || {
+                    while let Some(files) = next() {
+                        let one = Partitions::<R> {
+                            seed,
+                            files: vec![files],
+                            written: 0,
+                            record: std::marker::PhantomData,
+                        };
+                        let mut each = |records: &mut dyn Iterator<Item = io::Result<R>>| {
+                            // The receiver outlives the scope: a send cannot fail.
+                            let _ = sent.send(map(records));
+                            Ok(())
+                        };
+                        if let Err(error) = one.for_each_at_depth(share, space, &mut each, 0) {
+                            let _ = sent.send(Err(error));
+                        }
+                        release_freed_memory();
+                    }
+                });
+            }
+            drop(sent);
+            for result in results {
+                match result {
+                    Ok(value) => reduce(value),
+                    Err(error) => {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        });
+        first_error.map_or(Ok(()), Err)
     }
 
+    /// Reads back each partition in turn, calling `each` with an iterator over its
+    /// records. A partition whose records would take more than `budget` bytes of
+    /// tables is split again first.
     fn for_each_at_depth(
         self,
         budget: usize,
@@ -377,11 +441,14 @@ impl<R: Record> Partitions<R> {
 struct PartitionReader<R> {
     files: std::vec::IntoIter<OpenFile>,
     current: Option<OpenFile>,
+    /// Records not read yet, as the files were written: a size for the tables.
+    left: u64,
     record: std::marker::PhantomData<fn() -> R>,
 }
 
 impl<R: Record> PartitionReader<R> {
     fn open(files: Vec<PartFile>) -> io::Result<Self> {
+        let left = files.iter().map(|f| f.records).sum();
         let files = files
             .into_iter()
             .map(|part| {
@@ -396,6 +463,7 @@ impl<R: Record> PartitionReader<R> {
         Ok(Self {
             files: files.into_iter(),
             current: None,
+            left,
             record: std::marker::PhantomData,
         })
     }
@@ -416,12 +484,17 @@ impl<R: Record> Iterator for PartitionReader<R> {
                         let group = record.group_mut();
                         *group = groups[*group as usize];
                     }
+                    self.left = self.left.saturating_sub(1);
                     return Some(Ok(record));
                 }
                 Ok(None) => self.current = None,
                 Err(error) => return Some(Err(error)),
             }
         }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::try_from(self.left).unwrap_or(usize::MAX), None)
     }
 }
 
@@ -560,17 +633,40 @@ fn count_users(
     space: &dyn SpillSpace,
 ) -> io::Result<Vec<u64>> {
     let mut unique = vec![0u64; groups];
-    users.for_each_partition(budget, space, &mut |records| {
+    let count = |records: &mut dyn Iterator<Item = io::Result<UserRecord>>| {
         let mut seen = super::FastSet::default();
+        seen.reserve(records.size_hint().0);
         for record in records {
             seen.insert(record?);
         }
+        let mut counts = vec![0u64; groups];
         for record in &seen {
-            unique[record.group as usize] += 1;
+            counts[record.group as usize] += 1;
         }
-        Ok(())
+        Ok(counts)
+    };
+    users.map_partitions(budget, space, threads(), &count, &mut |counts| {
+        for (total, count) in unique.iter_mut().zip(counts) {
+            *total += count;
+        }
     })?;
     Ok(unique)
+}
+
+/// Gives the memory freed by a partition's tables back to the system: glibc keeps
+/// what each thread frees in that thread's own arena, where the next partition,
+/// read on another thread, cannot reuse it.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Threads that read spilled partitions back at once: the cores, up to four.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// A group's kept keys (at most [`MAX_KEYS`](super::summary::MAX_KEYS), in key
@@ -590,8 +686,11 @@ fn rank_keys(
     space: &dyn SpillSpace,
 ) -> io::Result<Vec<GroupKeys>> {
     use super::summary::{MAX_KEYS, key_order};
+    let by_order = |a: &(CompactString, KeyStats), b: &(CompactString, KeyStats)| {
+        key_order(&(&a.0, a.1.n), &(&b.0, b.1.n))
+    };
     let mut ranked: Vec<GroupKeys> = (0..groups).map(|_| GroupKeys::default()).collect();
-    keys.for_each_partition(budget, space, &mut |records| {
+    let merge = |records: &mut dyn Iterator<Item = io::Result<KeyRecord>>| {
         let mut merged: super::FastMap<(u32, CompactString), KeyStats> = super::FastMap::default();
         for record in records {
             let record = record?;
@@ -600,6 +699,9 @@ fn rank_keys(
                 .or_default()
                 .merge_counts(&record.stats);
         }
+        Ok(merged)
+    };
+    keys.map_partitions(budget, space, threads(), &merge, &mut |merged| {
         for ((group, key), stats) in merged {
             let entry = &mut ranked[group as usize];
             entry.distinct += 1;
@@ -607,14 +709,15 @@ fn rank_keys(
         }
         for entry in &mut ranked {
             if entry.kept.len() > MAX_KEYS {
-                entry
-                    .kept
-                    .sort_unstable_by(|a, b| key_order(&(&a.0, a.1.n), &(&b.0, b.1.n)));
+                entry.kept.sort_unstable_by(by_order);
                 entry.kept.truncate(MAX_KEYS);
             }
         }
-        Ok(())
     })?;
+    // Partitions come back in any order: the kept keys are put in one.
+    for entry in &mut ranked {
+        entry.kept.sort_unstable_by(by_order);
+    }
     Ok(ranked)
 }
 
@@ -629,6 +732,9 @@ fn summarize(
     space: &dyn SpillSpace,
 ) -> io::Result<Vec<String>> {
     use super::summary::{key_json, summary_json, value_order};
+    let by_order = |a: &(CompactString, u64), b: &(CompactString, u64)| {
+        value_order(&(&a.0, a.1), &(&b.0, b.1))
+    };
     let mut index: super::FastMap<(u32, CompactString), usize> = super::FastMap::default();
     for (group, entry) in keys.iter().enumerate() {
         for (key, _) in &entry.kept {
@@ -636,8 +742,10 @@ fn summarize(
         }
     }
     let mut top: Vec<Vec<(CompactString, u64)>> = vec![Vec::new(); index.len()];
-    values.for_each_partition(budget, space, &mut |records| {
+    // Each partition's own best `top_k` of each kept key.
+    let best = |records: &mut dyn Iterator<Item = io::Result<ValueRecord>>| {
         let mut counts: super::FastMap<(usize, CompactString), u64> = super::FastMap::default();
+        counts.reserve(records.size_hint().0);
         for record in records {
             let record = record?;
             // Values of keys that were dropped are not needed.
@@ -645,16 +753,26 @@ fn summarize(
                 *counts.entry((at, record.value)).or_default() += record.count;
             }
         }
+        let mut best: super::FastMap<usize, Vec<(CompactString, u64)>> = super::FastMap::default();
         for ((at, value), count) in counts {
-            top[at].push((value, count));
-        }
-        for candidates in &mut top {
-            if candidates.len() > top_k {
-                candidates.sort_unstable_by(|a, b| value_order(&(&a.0, a.1), &(&b.0, b.1)));
+            let candidates = best.entry(at).or_default();
+            candidates.push((value, count));
+            if candidates.len() > 2 * top_k.max(1) {
+                candidates.sort_unstable_by(by_order);
                 candidates.truncate(top_k);
             }
         }
-        Ok(())
+        Ok(best)
+    };
+    values.map_partitions(budget, space, threads(), &best, &mut |best| {
+        for (at, candidates) in best {
+            let mine = &mut top[at];
+            mine.extend(candidates);
+            if mine.len() > top_k {
+                mine.sort_unstable_by(by_order);
+                mine.truncate(top_k);
+            }
+        }
     })?;
     Ok(keys
         .into_iter()
