@@ -94,6 +94,19 @@ impl TestServer {
 
 pub const JOB: &str = "/api/jobs/telemetry-daily";
 
+/// A client of the binary's server on `port`, and its base URL, once it answers
+/// (within 20 s).
+async fn server_on(port: u16) -> (reqwest::Client, String) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the server came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (client, base)
+}
+
 async fn body(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     (
@@ -650,13 +663,7 @@ async fn the_binary_refuses_a_missing_or_short_secret_and_never_logs_the_secret(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the server came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (client, base) = server_on(port).await;
     let ok = client
         .post(format!("{base}{JOB}"))
         .bearer_auth(SECRET)
@@ -799,13 +806,7 @@ async fn an_unreadable_sqlite_file_answers_503_until_it_is_readable_again() {
     let mut server = command(&["serve", "--bind", &format!("127.0.0.1:{port}")])
         .spawn()
         .unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "the server came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (client, base) = server_on(port).await;
     let ask = async |path: &str| {
         let post = client
             .post(format!("{base}{path}"))
