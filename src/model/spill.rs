@@ -377,7 +377,8 @@ impl<R: Record> Partitions<R> {
                             record: std::marker::PhantomData,
                         };
                         let mut each = |records: &mut dyn Iterator<Item = io::Result<R>>| {
-                            // The receiver outlives the scope: a send cannot fail.
+                            // The calling thread receives until every worker has
+                            // finished: a send cannot fail.
                             let _ = sent.send(map(records));
                             Ok(())
                         };
