@@ -238,6 +238,34 @@ pub struct DayAggregate {
     spilled: Option<Box<Spilled>>,
     /// The first spill that failed; the aggregate stops taking events then.
     failure: Option<SpillError>,
+    /// Users pushed into the users table since the last spill.
+    user_pushes: u64,
+    /// Users still to write straight to the spill files rather than through the
+    /// table: set after a spill found that the table had folded hardly any together.
+    users_passing: u64,
+}
+
+/// Pushes a table must have taken since the last spill before it is judged.
+const PASS_MIN_PUSHES: u64 = 1024;
+/// How many times its last span's pushes a table that did not pay passes on before
+/// it is tried again.
+const PASS_SPANS: u64 = 8;
+
+/// How many of the next entries to write straight to the spill files, for a table
+/// that took `pushes` entries since the last spill and holds `distinct` of them.
+///
+/// Once a day spills, everything a table holds is written out and counted again
+/// from the files: a table pays only for the entries it folds together. One that
+/// folded fewer than a tenth (a trace id, a device id) passes its next entries on,
+/// as databases skip a partial aggregation that does not reduce; then it is tried
+/// again, should the day change. The rows are the same either way: the partitions
+/// count what they read, however often it was written.
+fn entries_to_pass(pushes: u64, distinct: u64) -> u64 {
+    if pushes >= PASS_MIN_PUSHES && distinct.saturating_mul(10) >= pushes.saturating_mul(9) {
+        pushes.saturating_mul(PASS_SPANS)
+    } else {
+        0
+    }
 }
 
 /// A finished day: its rollup rows sorted by event, and what was read.
@@ -304,6 +332,14 @@ impl DayAggregate {
     /// Counts `user` among the distinct users of `group`; returns whether it is new
     /// there (since the last spill).
     fn add_user(&mut self, group: u32, user: &str) -> bool {
+        if self.users_passing > 0 {
+            self.users_passing -= 1;
+            self.pass_user(group, user);
+            // Whether it is new is for the partitions to say; the sketch may see
+            // a user twice.
+            return true;
+        }
+        self.user_pushes += 1;
         let (id, first, grew) = self.users.see(user, group);
         self.bytes += grew;
         let target = &mut self.groups[group as usize].1;
@@ -316,6 +352,24 @@ impl DayAggregate {
             self.bytes +=
                 table_bytes::<u32, ()>(target.users.capacity()) - table_bytes::<u32, ()>(before);
             new
+        }
+    }
+
+    /// Writes `user` of `group` straight to the spill files.
+    fn pass_user(&mut self, group: u32, user: &str) {
+        // Only an aggregate that has spilled passes entries on.
+        let (Some(spilled), Some(limit)) = (self.spilled.as_deref_mut(), &self.limit) else {
+            return;
+        };
+        let record = UserRecord {
+            group,
+            user: user.into(),
+        };
+        if let Err(source) = spilled.users.write(&*limit.space, &record) {
+            self.failure = Some(SpillError {
+                place: limit.space.describe(),
+                source,
+            });
         }
     }
 
@@ -376,7 +430,15 @@ impl DayAggregate {
                 }
                 event_group.users = FastSet::default();
                 for (key, mut stats) in event_group.meta.take_keys() {
-                    for (value, count) in std::mem::take(&mut stats.values) {
+                    let values = std::mem::take(&mut stats.values);
+                    let passing = match stats.passing {
+                        0 => entries_to_pass(values.values().sum(), values.len() as u64),
+                        still => still,
+                    };
+                    if passing > 0 {
+                        event_group.meta.pass_values(key.clone(), passing);
+                    }
+                    for (value, count) in values {
                         let record = ValueRecord {
                             group,
                             key: key.clone(),
@@ -398,6 +460,10 @@ impl DayAggregate {
                 source,
             });
         }
+        if self.users_passing == 0 {
+            self.users_passing = entries_to_pass(self.user_pushes, self.users.ids.len() as u64);
+        }
+        self.user_pushes = 0;
         self.users = UserIds::default();
         self.bytes = self.measure();
     }
@@ -580,10 +646,37 @@ impl DayAggregate {
 
     /// Summarises the metadata of `times` events of `group`.
     fn add_meta(&mut self, group: u32, meta: Option<&str>, times: u64) {
-        let group = &mut self.groups[group as usize].1;
+        let Self {
+            groups,
+            spilled,
+            limit,
+            failure,
+            ..
+        } = self;
+        let mut pass = |key: &str, value: &str, count: u64| {
+            // Only an aggregate that has spilled passes values on.
+            let (Some(spilled), Some(limit)) = (spilled.as_deref_mut(), &*limit) else {
+                return;
+            };
+            let record = ValueRecord {
+                group,
+                key: key.into(),
+                value: value.into(),
+                count,
+            };
+            if let Err(source) = spilled.values.write(&*limit.space, &record)
+                && failure.is_none()
+            {
+                *failure = Some(SpillError {
+                    place: limit.space.describe(),
+                    source,
+                });
+            }
+        };
+        let summary = &mut groups[group as usize].1.meta;
         match parse_meta(meta) {
             ParsedMeta::Absent => {}
-            ParsedMeta::Object(entries) => self.bytes += group.meta.add(&entries, times),
+            ParsedMeta::Object(entries) => self.bytes += summary.add(&entries, times, &mut pass),
             ParsedMeta::NonObject => self.skipped.non_object_meta += times,
             ParsedMeta::Invalid => self.skipped.invalid_meta += times,
         }
@@ -860,6 +953,52 @@ mod tests {
             whole.rows[0].meta.contains(DROPPED_KEYS),
             "over 100 keys: some dropped"
         );
+    }
+
+    #[test]
+    fn entries_that_do_not_fold_pass_straight_to_disk_and_the_rows_stay_the_same() {
+        // Every user and trace id new at first, then a few users and values again
+        // and again: the tables that do not pay pass entries on, then count again.
+        let mut events: Vec<OwnedEvent> = (0..40_000)
+            .map(|i| OwnedEvent {
+                event: Some(format!("e{}", i % 7)),
+                user: Some(format!("device-{i}")),
+                meta: Some(format!(r#"{{"trace":"t{i}","plan":"p{}"}}"#, i % 3)),
+            })
+            .collect();
+        events.extend((0..200_000).map(|i| OwnedEvent {
+            event: Some(format!("e{}", i % 7)),
+            user: Some(format!("regular-{}", i % 50)),
+            meta: Some(format!(r#"{{"trace":"t{}","plan":"p{}"}}"#, i % 20, i % 3)),
+        }));
+        let whole = aggregate(&events).finish(5).unwrap();
+        let mut limited = limited(8 << 20, Arc::new(MemorySpace::default()));
+        let (distinct, regular) = events.split_at(40_000);
+        let push = |agg: &mut DayAggregate, events: &[OwnedEvent]| {
+            for e in events {
+                agg.push(event(
+                    e.event.as_deref(),
+                    e.user.as_deref(),
+                    e.meta.as_deref(),
+                ));
+            }
+        };
+        push(&mut limited, distinct);
+        assert!(
+            limited.users_passing > 0,
+            "users pass on once they do not fold"
+        );
+        let trace_passing: u64 = limited
+            .groups
+            .iter()
+            .map(|(_, group)| group.meta.passing("trace"))
+            .sum();
+        assert!(trace_passing > 0, "trace ids pass on once they do not fold");
+        push(&mut limited, regular);
+        assert_eq!(limited.users_passing, 0, "users are counted again");
+        let limited = limited.finish(5).unwrap();
+        assert!(limited.spilled_bytes > 0);
+        assert_eq!(limited.rows, whole.rows);
     }
 
     #[test]

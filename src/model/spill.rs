@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher as _;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use super::CompactString;
@@ -88,7 +88,7 @@ pub(super) trait Record: Sized {
     /// Bytes its strings take on the heap when read back.
     fn heap(&self) -> usize;
     fn write(&self, out: &mut impl Write) -> io::Result<()>;
-    fn read(input: &mut impl Read) -> io::Result<Option<Self>>;
+    fn read(input: &mut impl BufRead) -> io::Result<Option<Self>>;
 }
 
 /// One of a group's users.
@@ -135,7 +135,7 @@ impl Record for UserRecord {
         write_u32(out, self.group)?;
         write_text(out, &self.user)
     }
-    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+    fn read(input: &mut impl BufRead) -> io::Result<Option<Self>> {
         let Some(group) = read_u32_or_end(input)? else {
             return Ok(None);
         };
@@ -183,7 +183,7 @@ impl Record for KeyRecord {
             }
         }
     }
-    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+    fn read(input: &mut impl BufRead) -> io::Result<Option<Self>> {
         let Some(group) = read_u32_or_end(input)? else {
             return Ok(None);
         };
@@ -233,7 +233,7 @@ impl Record for ValueRecord {
         write_text(out, &self.value)?;
         write_u64(out, self.count)
     }
-    fn read(input: &mut impl Read) -> io::Result<Option<Self>> {
+    fn read(input: &mut impl BufRead) -> io::Result<Option<Self>> {
         let Some(group) = read_u32_or_end(input)? else {
             return Ok(None);
         };
@@ -568,14 +568,22 @@ fn read_f64(input: &mut impl Read) -> io::Result<f64> {
     read_u64(input).map(f64::from_bits)
 }
 
-fn read_text(input: &mut impl Read) -> io::Result<CompactString> {
+fn read_text(input: &mut impl BufRead) -> io::Result<CompactString> {
     let len = read_u32(input)? as usize;
+    // Written from a `str` by this module, so it is UTF-8 unless the file was damaged.
+    let damaged = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+    // Most strings lie whole in the reader's buffer: taken from there, they cost
+    // no copy and no allocation beyond the string's own, if it has one.
+    if let Some(bytes) = input.fill_buf()?.get(..len) {
+        let text = CompactString::from_utf8(bytes).map_err(damaged)?;
+        input.consume(len);
+        return Ok(text);
+    }
     let mut bytes = vec![0u8; len];
     input.read_exact(&mut bytes)?;
-    // Written from a `str` by this module, so it is UTF-8 unless the file was damaged.
     String::from_utf8(bytes)
         .map(CompactString::from)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        .map_err(|e| damaged(e.utf8_error()))
 }
 
 /// Everything an aggregate has spilled, by kind.
@@ -626,6 +634,31 @@ impl Spilled {
     }
 }
 
+/// Bytes of table that stay in one core's cache while a bucket is counted.
+const BUCKET_TABLE_BYTES: usize = 1 << 20;
+
+/// A partition's records, split by a hash of their own into buckets whose tables
+/// fit in a core's cache: counted in one table, the records of a large partition
+/// would each cost a cache miss. Records that must meet land in the same bucket.
+fn cache_sized_buckets<R: Record>(
+    records: &mut dyn Iterator<Item = io::Result<R>>,
+) -> io::Result<Vec<Vec<R>>> {
+    const BUCKET_SEED: u64 = 0x6275_636b;
+    let expected = records.size_hint().0;
+    let buckets = (expected.saturating_mul(R::ENTRY_BYTES) / BUCKET_TABLE_BYTES).max(1);
+    if buckets == 1 {
+        return Ok(vec![records.collect::<io::Result<_>>()?]);
+    }
+    let mut split: Vec<Vec<R>> = (0..buckets)
+        .map(|_| Vec::with_capacity(expected / buckets + expected / buckets / 8))
+        .collect();
+    for record in records {
+        let record = record?;
+        split[(record.hash(BUCKET_SEED) % buckets as u64) as usize].push(record);
+    }
+    Ok(split)
+}
+
 /// Distinct users per group: each partition holds all of its users' records.
 fn count_users(
     users: Partitions<UserRecord>,
@@ -635,14 +668,14 @@ fn count_users(
 ) -> io::Result<Vec<u64>> {
     let mut unique = vec![0u64; groups];
     let count = |records: &mut dyn Iterator<Item = io::Result<UserRecord>>| {
-        let mut seen = super::FastSet::default();
-        seen.reserve(records.size_hint().0);
-        for record in records {
-            seen.insert(record?);
-        }
         let mut counts = vec![0u64; groups];
-        for record in &seen {
-            counts[record.group as usize] += 1;
+        for bucket in cache_sized_buckets(records)? {
+            let mut seen = super::FastSet::default();
+            seen.reserve(bucket.len());
+            seen.extend(bucket);
+            for record in &seen {
+                counts[record.group as usize] += 1;
+            }
         }
         Ok(counts)
     };
@@ -745,22 +778,23 @@ fn summarize(
     let mut top: Vec<Vec<(CompactString, u64)>> = vec![Vec::new(); index.len()];
     // Each partition's own best `top_k` of each kept key.
     let best = |records: &mut dyn Iterator<Item = io::Result<ValueRecord>>| {
-        let mut counts: super::FastMap<(usize, CompactString), u64> = super::FastMap::default();
-        counts.reserve(records.size_hint().0);
-        for record in records {
-            let record = record?;
-            // Values of keys that were dropped are not needed.
-            if let Some(&at) = index.get(&(record.group, record.key)) {
-                *counts.entry((at, record.value)).or_default() += record.count;
-            }
-        }
         let mut best: super::FastMap<usize, Vec<(CompactString, u64)>> = super::FastMap::default();
-        for ((at, value), count) in counts {
-            let candidates = best.entry(at).or_default();
-            candidates.push((value, count));
-            if candidates.len() > 2 * top_k.max(1) {
-                candidates.sort_unstable_by(by_order);
-                candidates.truncate(top_k);
+        for bucket in cache_sized_buckets(records)? {
+            let mut counts: super::FastMap<(usize, CompactString), u64> = super::FastMap::default();
+            counts.reserve(bucket.len());
+            for record in bucket {
+                // Values of keys that were dropped are not needed.
+                if let Some(&at) = index.get(&(record.group, record.key)) {
+                    *counts.entry((at, record.value)).or_default() += record.count;
+                }
+            }
+            for ((at, value), count) in counts {
+                let candidates = best.entry(at).or_default();
+                candidates.push((value, count));
+                if candidates.len() > 2 * top_k.max(1) {
+                    candidates.sort_unstable_by(by_order);
+                    candidates.truncate(top_k);
+                }
             }
         }
         Ok(best)

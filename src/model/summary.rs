@@ -31,6 +31,9 @@ pub(super) struct KeyStats {
     /// Occurrences of each string, boolean or nested value.
     pub(super) values: FastMap<CompactString, u64>,
     pub(super) numbers: Option<NumberStats>,
+    /// Values still to hand straight to the spill files instead of counting them
+    /// here: set after a spill found that this key's values hardly repeat.
+    pub(super) passing: u64,
 }
 
 /// Sum, minimum and maximum of a key's numbers.
@@ -67,7 +70,8 @@ impl NumberStats {
 
 impl KeyStats {
     /// Adds one value, seen `times` times; returns the bytes the key's table grew by.
-    fn add(&mut self, value: &MetaValue<'_>, times: u64) -> usize {
+    /// While the key is passing its values on, `pass` takes the value's text instead.
+    fn add(&mut self, value: &MetaValue<'_>, times: u64, pass: impl FnOnce(&str)) -> usize {
         let text: &str = match value {
             MetaValue::Null => return 0,
             MetaValue::Bool(true) => "true",
@@ -85,6 +89,11 @@ impl KeyStats {
         };
         self.n += times;
         self.value_total += times;
+        if self.passing > 0 {
+            self.passing -= 1;
+            pass(text);
+            return 0;
+        }
         count_value(&mut self.values, text, times)
     }
 
@@ -188,11 +197,13 @@ pub struct MetaSummary {
 
 impl MetaSummary {
     /// Adds the metadata entries of `times` events that all had them; returns the
-    /// bytes the summary grew by.
+    /// bytes the summary grew by. The values of keys that pass them on go to `pass`
+    /// as (key, value, times).
     pub(super) fn add(
         &mut self,
         entries: &[(std::borrow::Cow<'_, str>, MetaValue<'_>)],
         times: u64,
+        pass: &mut dyn FnMut(&str, &str, u64),
     ) -> usize {
         let mut grew = 0;
         for (key, value) in entries {
@@ -200,10 +211,11 @@ impl MetaSummary {
                 continue;
             }
             match self.keys.get_mut(&**key) {
-                Some(stats) => grew += stats.add(value, times),
+                Some(stats) => grew += stats.add(value, times, |text| pass(key, text, times)),
                 None => {
                     let mut stats = KeyStats::default();
-                    grew += stats.add(value, times);
+                    // A new key counts its values: none passes them on yet.
+                    grew += stats.add(value, times, |_| {});
                     let before = self.keys.capacity();
                     let key = CompactString::from(&**key);
                     grew += heap_bytes(&key);
@@ -242,6 +254,22 @@ impl MetaSummary {
     /// freed): for writing them to disk.
     pub(super) fn take_keys(&mut self) -> FastMap<CompactString, KeyStats> {
         std::mem::take(&mut self.keys)
+    }
+
+    /// How many more values `key` passes on.
+    #[cfg(test)]
+    pub(super) fn passing(&self, key: &str) -> u64 {
+        self.keys.get(key).map_or(0, |stats| stats.passing)
+    }
+
+    /// Makes `key`, just taken out, pass its next `values` values on rather than
+    /// count them.
+    pub(super) fn pass_values(&mut self, key: CompactString, values: u64) {
+        let stats = KeyStats {
+            passing: values,
+            ..KeyStats::default()
+        };
+        self.keys.insert(key, stats);
     }
 
     /// The summary as canonical JSON text, keeping `top_k` values per key.
@@ -423,7 +451,7 @@ mod tests {
         for meta in metas {
             match parse_meta(Some(meta)) {
                 ParsedMeta::Object(entries) => {
-                    summary.add(&entries, 1);
+                    summary.add(&entries, 1, &mut |_, _, _| {});
                 }
                 other => panic!("{meta} parsed as {other:?}"),
             }
@@ -580,9 +608,9 @@ mod tests {
             let ParsedMeta::Object(entries) = parse_meta(Some(meta)) else {
                 panic!("{meta} is an object");
             };
-            weighted.add(&entries, times);
+            weighted.add(&entries, times, &mut |_, _, _| {});
             for _ in 0..times {
-                single.add(&entries, 1);
+                single.add(&entries, 1, &mut |_, _, _| {});
             }
         }
         assert_eq!(weighted.to_json(5), single.to_json(5));
