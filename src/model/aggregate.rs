@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::hll::{Sketch, hash_user};
 use super::memory::{heap_bytes, table_bytes};
 use super::meta::{ParsedMeta, parse_meta};
-use super::spill::{KeyRecord, MemoryLimit, SpillError, Spilled, UserRecord, ValueRecord};
+use super::spill::{KeyRecord, MemoryLimit, PassOn, SpillError, Spilled, UserRecord, ValueRecord};
 use super::summary::MetaSummary;
 use super::{CompactString, FastMap, FastSet};
 
@@ -240,32 +240,8 @@ pub struct DayAggregate {
     failure: Option<SpillError>,
     /// Users pushed into the users table since the last spill.
     user_pushes: u64,
-    /// Users still to write straight to the spill files rather than through the
-    /// table: set after a spill found that the table had folded hardly any together.
-    users_passing: u64,
-}
-
-/// Pushes a table must have taken since the last spill before it is judged.
-const PASS_MIN_PUSHES: u64 = 1024;
-/// How many times its last span's pushes a table that did not pay passes on before
-/// it is tried again.
-const PASS_SPANS: u64 = 8;
-
-/// How many of the next entries to write straight to the spill files, for a table
-/// that took `pushes` entries since the last spill and holds `distinct` of them.
-///
-/// Once a day spills, everything a table holds is written out and counted again
-/// from the files: a table pays only for the entries it folds together. One that
-/// folded fewer than a tenth (a trace id, a device id) passes its next entries on,
-/// as databases skip a partial aggregation that does not reduce; then it is tried
-/// again, should the day change. The rows are the same either way: the partitions
-/// count what they read, however often it was written.
-fn entries_to_pass(pushes: u64, distinct: u64) -> u64 {
-    if pushes >= PASS_MIN_PUSHES && distinct.saturating_mul(10) >= pushes.saturating_mul(9) {
-        pushes.saturating_mul(PASS_SPANS)
-    } else {
-        0
-    }
+    /// Whether users go through the users table or straight to the spill files.
+    users_pass: PassOn,
 }
 
 /// A finished day: its rollup rows sorted by event, and what was read.
@@ -332,8 +308,7 @@ impl DayAggregate {
     /// Counts `user` among the distinct users of `group`; returns whether it is new
     /// there (since the last spill).
     fn add_user(&mut self, group: u32, user: &str) -> bool {
-        if self.users_passing > 0 {
-            self.users_passing -= 1;
+        if self.users_pass.take() {
             self.pass_user(group, user);
             // Whether it is new is for the partitions to say; the sketch may see
             // a user twice.
@@ -431,12 +406,9 @@ impl DayAggregate {
                 event_group.users = FastSet::default();
                 for (key, mut stats) in event_group.meta.take_keys() {
                     let values = std::mem::take(&mut stats.values);
-                    let passing = match stats.passing {
-                        0 => entries_to_pass(values.values().sum(), values.len() as u64),
-                        still => still,
-                    };
-                    if passing > 0 {
-                        event_group.meta.pass_values(key.clone(), passing);
+                    stats.pass.judge(values.values().sum(), values.len() as u64);
+                    if stats.pass.is_passing() {
+                        event_group.meta.pass_values(key.clone(), stats.pass);
                     }
                     for (value, count) in values {
                         let record = ValueRecord {
@@ -460,9 +432,8 @@ impl DayAggregate {
                 source,
             });
         }
-        if self.users_passing == 0 {
-            self.users_passing = entries_to_pass(self.user_pushes, self.users.ids.len() as u64);
-        }
+        self.users_pass
+            .judge(self.user_pushes, self.users.ids.len() as u64);
         self.user_pushes = 0;
         self.users = UserIds::default();
         self.bytes = self.measure();
@@ -985,17 +956,17 @@ mod tests {
         };
         push(&mut limited, distinct);
         assert!(
-            limited.users_passing > 0,
+            limited.users_pass.is_passing(),
             "users pass on once they do not fold"
         );
-        let trace_passing: u64 = limited
+        let trace_passing = limited
             .groups
             .iter()
-            .map(|(_, group)| group.meta.passing("trace"))
-            .sum();
+            .filter(|(_, group)| group.meta.passes("trace"))
+            .count();
         assert!(trace_passing > 0, "trace ids pass on once they do not fold");
         push(&mut limited, regular);
-        assert_eq!(limited.users_passing, 0, "users are counted again");
+        assert!(!limited.users_pass.is_passing(), "users are counted again");
         let limited = limited.finish(5).unwrap();
         assert!(limited.spilled_bytes > 0);
         assert_eq!(limited.rows, whole.rows);

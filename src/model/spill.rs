@@ -59,6 +59,62 @@ pub struct SpillError {
     pub source: io::Error,
 }
 
+/// Pushes a table must have taken since the last spill before it is judged.
+const PASS_MIN_PUSHES: u64 = 1024;
+/// A table that did not pay passes on at least this many times the entries it
+/// took, before it is tried again.
+const PASS_SPANS: u64 = 8;
+
+/// Whether a table of an aggregate that has spilled takes its entries, or passes
+/// them straight on to the spill files.
+///
+/// Once a day spills, everything a table holds is written out and counted again
+/// from the files: a table pays only for the entries it folds together. One that
+/// folded fewer than a tenth of those it took since the last spill (trace ids,
+/// device ids) passes the next ones on, as databases skip a partial aggregation
+/// that does not reduce. It is tried again after a span of at least eight times
+/// what it took, twice the last span when that did not pay either, so that a
+/// day that changes is noticed and one that does not soon runs without the table.
+/// The rows are the same either way: the partitions count what they read,
+/// however often it was written.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PassOn {
+    /// Entries still to pass on.
+    left: u64,
+    /// The length of the last span passed on; 0 once the table paid.
+    span: u64,
+}
+
+impl PassOn {
+    /// Whether the next entry goes straight to the files (and counts it).
+    pub(super) fn take(&mut self) -> bool {
+        let passes = self.left > 0;
+        self.left -= u64::from(passes);
+        passes
+    }
+
+    pub(super) fn is_passing(self) -> bool {
+        self.left > 0
+    }
+
+    /// Judges, at a spill, a table that took `pushes` entries since the last one
+    /// and holds `distinct` of them.
+    pub(super) fn judge(&mut self, pushes: u64, distinct: u64) {
+        if self.is_passing() {
+            // It took nothing since the last spill: nothing to judge by.
+            return;
+        }
+        if pushes >= PASS_MIN_PUSHES && distinct.saturating_mul(10) >= pushes.saturating_mul(9) {
+            self.span = pushes
+                .saturating_mul(PASS_SPANS)
+                .max(self.span.saturating_mul(2));
+            self.left = self.span;
+        } else {
+            self.span = 0;
+        }
+    }
+}
+
 /// Partitions each spill splits records into.
 const FANOUT: usize = 32;
 
@@ -521,12 +577,26 @@ fn len_u32(len: usize) -> io::Result<u32> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a record field over 4 GiB"))
 }
 
+/// Integers go out as LEB128, seven bits a byte, low bits first: group numbers,
+/// lengths and counts are mostly small, and a byte not written is a byte not read.
+fn write_varint(out: &mut impl Write, mut n: u64) -> io::Result<()> {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
+    while n >= 0x80 {
+        bytes[len] = (n as u8) | 0x80;
+        n >>= 7;
+        len += 1;
+    }
+    bytes[len] = n as u8;
+    out.write_all(&bytes[..=len])
+}
+
 fn write_u32(out: &mut impl Write, n: u32) -> io::Result<()> {
-    out.write_all(&n.to_le_bytes())
+    write_varint(out, u64::from(n))
 }
 
 fn write_u64(out: &mut impl Write, n: u64) -> io::Result<()> {
-    out.write_all(&n.to_le_bytes())
+    write_varint(out, n)
 }
 
 fn write_f64(out: &mut impl Write, x: f64) -> io::Result<()> {
@@ -538,34 +608,46 @@ fn write_text(out: &mut impl Write, text: &str) -> io::Result<()> {
     out.write_all(text.as_bytes())
 }
 
-/// A `u32`, or `None` at a clean end of the file (between records).
-fn read_u32_or_end(input: &mut impl Read) -> io::Result<Option<u32>> {
-    let mut bytes = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match input.read(&mut bytes[got..])? {
-            0 if got == 0 => return Ok(None),
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => got += n,
+/// An integer, or `None` at a clean end of the file (between records).
+fn read_varint_or_end(input: &mut impl BufRead) -> io::Result<Option<u64>> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some(&byte) = input.fill_buf()?.first() else {
+            return match shift {
+                0 => Ok(None),
+                _ => Err(io::ErrorKind::UnexpectedEof.into()),
+            };
+        };
+        input.consume(1);
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(Some(n));
         }
     }
-    Ok(Some(u32::from_le_bytes(bytes)))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "an integer of over 64 bits",
+    ))
 }
 
-fn read_u32(input: &mut impl Read) -> io::Result<u32> {
-    let mut bytes = [0u8; 4];
-    input.read_exact(&mut bytes)?;
-    Ok(u32::from_le_bytes(bytes))
+fn read_u32_or_end(input: &mut impl BufRead) -> io::Result<Option<u32>> {
+    read_varint_or_end(input)?
+        .map(|n| u32::try_from(n).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)))
+        .transpose()
 }
 
-fn read_u64(input: &mut impl Read) -> io::Result<u64> {
-    let mut bytes = [0u8; 8];
-    input.read_exact(&mut bytes)?;
-    Ok(u64::from_le_bytes(bytes))
+fn read_u32(input: &mut impl BufRead) -> io::Result<u32> {
+    read_u32_or_end(input)?.ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
+}
+
+fn read_u64(input: &mut impl BufRead) -> io::Result<u64> {
+    read_varint_or_end(input)?.ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
 }
 
 fn read_f64(input: &mut impl Read) -> io::Result<f64> {
-    read_u64(input).map(f64::from_bits)
+    let mut bytes = [0u8; 8];
+    input.read_exact(&mut bytes)?;
+    Ok(f64::from_le_bytes(bytes))
 }
 
 fn read_text(input: &mut impl BufRead) -> io::Result<CompactString> {
@@ -824,4 +906,54 @@ fn summarize(
             summary_json(parts, dropped)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_read_back_as_written_and_a_cut_one_is_an_error() {
+        let numbers = [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX];
+        let mut bytes = Vec::new();
+        for &n in &numbers {
+            write_varint(&mut bytes, n).unwrap();
+        }
+        assert_eq!(bytes.len(), 1 + 1 + 1 + 2 + 2 + 5 + 10);
+        let mut input = &bytes[..];
+        for &n in &numbers {
+            assert_eq!(read_varint_or_end(&mut input).unwrap(), Some(n));
+        }
+        assert_eq!(read_varint_or_end(&mut input).unwrap(), None, "a clean end");
+        let mut cut = &bytes[bytes.len() - 10..bytes.len() - 7];
+        assert_eq!(
+            read_varint_or_end(&mut cut).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let mut too_big = &[0xffu8; 11][..];
+        assert_eq!(
+            read_varint_or_end(&mut too_big).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn a_table_that_folds_nothing_passes_on_for_longer_each_time_until_it_folds() {
+        let mut pass = PassOn::default();
+        pass.judge(PASS_MIN_PUSHES - 1, PASS_MIN_PUSHES - 1);
+        assert!(!pass.is_passing(), "too few pushes to judge by");
+        pass.judge(10_000, 8_999);
+        assert!(!pass.is_passing(), "a table that folds a tenth pays");
+        pass.judge(10_000, 9_000);
+        let passed = std::iter::from_fn(|| pass.take().then_some(())).count();
+        assert_eq!(passed, 80_000, "eight times what it took");
+        pass.judge(10_000, 10_000);
+        let passed = std::iter::from_fn(|| pass.take().then_some(())).count();
+        assert_eq!(passed, 160_000, "then twice the last span");
+        pass.judge(10_000, 100);
+        assert!(!pass.is_passing());
+        pass.judge(10_000, 10_000);
+        let passed = std::iter::from_fn(|| pass.take().then_some(())).count();
+        assert_eq!(passed, 80_000, "a table that paid starts again");
+    }
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::memory::{heap_bytes, table_bytes};
 use super::meta::{MetaValue, json_number};
+use super::spill::PassOn;
 use super::{CompactString, FastMap};
 
 /// Most keys one rollup row's summary keeps; the rest are counted in `$dropped_keys`.
@@ -31,9 +32,8 @@ pub(super) struct KeyStats {
     /// Occurrences of each string, boolean or nested value.
     pub(super) values: FastMap<CompactString, u64>,
     pub(super) numbers: Option<NumberStats>,
-    /// Values still to hand straight to the spill files instead of counting them
-    /// here: set after a spill found that this key's values hardly repeat.
-    pub(super) passing: u64,
+    /// Whether its values are counted here or go straight to the spill files.
+    pub(super) pass: PassOn,
 }
 
 /// Sum, minimum and maximum of a key's numbers.
@@ -89,8 +89,7 @@ impl KeyStats {
         };
         self.n += times;
         self.value_total += times;
-        if self.passing > 0 {
-            self.passing -= 1;
+        if self.pass.take() {
             pass(text);
             return 0;
         }
@@ -256,17 +255,18 @@ impl MetaSummary {
         std::mem::take(&mut self.keys)
     }
 
-    /// How many more values `key` passes on.
+    /// Whether `key` passes its values on.
     #[cfg(test)]
-    pub(super) fn passing(&self, key: &str) -> u64 {
-        self.keys.get(key).map_or(0, |stats| stats.passing)
+    pub(super) fn passes(&self, key: &str) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|stats| stats.pass.is_passing())
     }
 
-    /// Makes `key`, just taken out, pass its next `values` values on rather than
-    /// count them.
-    pub(super) fn pass_values(&mut self, key: CompactString, values: u64) {
+    /// Makes `key`, just taken out, pass its next values on as `pass` says.
+    pub(super) fn pass_values(&mut self, key: CompactString, pass: PassOn) {
         let stats = KeyStats {
-            passing: values,
+            pass,
             ..KeyStats::default()
         };
         self.keys.insert(key, stats);
