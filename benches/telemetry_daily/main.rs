@@ -1034,27 +1034,29 @@ async fn accuracy(args: &Args) {
             .execute(pg.pool())
             .await
             .unwrap();
-        let written = tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || {
-                run_binary(
-                    &url,
-                    &[
-                        "telemetry-daily",
-                        "--start-date",
-                        START,
-                        "--end-date",
-                        END,
-                        "--json",
-                    ],
-                )
-            }
-        })
-        .await
-        .unwrap();
-        eprintln!("rolled up {} events", written.0);
         store
     };
+    // Rolled up on every run, not only after loading: the job rewrites what an
+    // earlier build wrote differently (sketches of other parameters, say).
+    let written = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            run_binary(
+                &url,
+                &[
+                    "telemetry-daily",
+                    "--start-date",
+                    START,
+                    "--end-date",
+                    END,
+                    "--json",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("rolled up {} events", written.0);
     let Database::Postgres(pg) = store.database() else {
         unreachable!()
     };

@@ -349,7 +349,7 @@ impl DayAggregate {
     }
 
     /// What the tables that can spill hold, counted afresh. The groups themselves
-    /// and their sketches (at most 16 KiB each) stay in memory: they grow with the
+    /// and their sketches (at most 32 KiB each) stay in memory: they grow with the
     /// day's event names, that is with its rows.
     fn measure(&self) -> usize {
         let groups: usize = self

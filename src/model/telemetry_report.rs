@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::days::DayRange;
-use super::hll::Sketch;
+use super::hll::{Sketch, has_our_parameters};
 use super::meta::json_number;
 use super::summary::{DROPPED_KEYS, ExactSum, MAX_KEYS, key_order, value_order};
 
@@ -185,7 +185,7 @@ struct PeriodParts {
     /// The stored exact count of the period's first row, which is the total's
     /// when it is the only row.
     first_row_users: i64,
-    /// Dates of rows without a sketch.
+    /// Dates of rows without a sketch this version can read.
     missing: Vec<String>,
 }
 
@@ -260,7 +260,9 @@ impl PeriodParts {
             self.first_row_users = row.unique_users;
         }
         self.rows += 1;
-        if row.users_hll.is_none() {
+        // A row written before sketches were kept, or with other parameters (by an
+        // earlier version), until its day is re-run.
+        if !row.users_hll.is_some_and(has_our_parameters) {
             let date = row.date.to_string();
             if !self.missing.contains(&date) {
                 self.missing.push(date);
@@ -700,5 +702,36 @@ mod tests {
             Some(1),
             "one row: exact"
         );
+    }
+
+    #[test]
+    fn sketches_of_other_parameters_count_as_missing_until_re_run() {
+        // Three users as an explicit sketch of log2m 14, as an earlier version wrote.
+        let log2m_14 = "128e7ffdd790a5b1612198497692bff289820e71fbbbfe8a7b7c71";
+        let bytes: Vec<u8> = (0..log2m_14.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&log2m_14[at..at + 2], 16).unwrap())
+            .collect();
+        let mut earlier = [
+            row("2024-01-01", "view", &["a"], "{}"),
+            row("2024-01-02", "view", &["b"], "{}"),
+        ];
+        for row in &mut earlier {
+            row.users_hll = Some(bytes.clone());
+        }
+        let rows = [
+            earlier[0].clone(),
+            earlier[1].clone(),
+            row("2024-01-03", "view", &["c"], "{}"),
+        ];
+        let week = TelemetryReport::from_rows(
+            &range("2024-01-01", "2024-01-07"),
+            Grouping::Week,
+            &rows,
+            5,
+        );
+        let week = &week.periods[0];
+        assert_eq!(week.events[0].unique_users, None);
+        assert_eq!(week.missing_sketches, ["2024-01-01", "2024-01-02"]);
     }
 }

@@ -232,7 +232,7 @@ fn events(seed: u64, count: usize, invalid_json: bool) -> Vec<NewEvent> {
         .map(|_| {
             let name = names[rng.random_range(0..names.len())];
             let users = match name {
-                "page_view" => 4_000,
+                "page_view" => 40_000,
                 "click" => 300,
                 _ => 40,
             };
@@ -382,12 +382,12 @@ async fn compare(kind: Kind, events: &[NewEvent]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_events_roll_up_to_the_same_bytes_as_from_postgresql() {
-    compare(Kind::Postgres, &events(1, 30_000, false)).await;
+    compare(Kind::Postgres, &events(1, 60_000, false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_events_roll_up_to_the_same_bytes_as_from_sqlite_invalid_json_included() {
-    compare(Kind::Sqlite, &events(2, 30_000, true)).await;
+    compare(Kind::Sqlite, &events(2, 60_000, true)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
