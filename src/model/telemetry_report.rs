@@ -509,7 +509,7 @@ impl TelemetryReport {
             if !period.missing_sketches.is_empty() {
                 let _ = writeln!(
                     out,
-                    "{span:<23}  rows without a sketch on {} (run those days again)",
+                    "{span:<23}  rows with no usable sketch on {} (run those days again)",
                     period.missing_sketches.join(", ")
                 );
             }
