@@ -706,24 +706,16 @@ mod tests {
 
     #[test]
     fn sketches_of_other_parameters_count_as_missing_until_re_run() {
-        // Three users as an explicit sketch of log2m 14, as an earlier version wrote.
-        let log2m_14 = "128e7ffdd790a5b1612198497692bff289820e71fbbbfe8a7b7c71";
-        let bytes: Vec<u8> = (0..log2m_14.len())
-            .step_by(2)
-            .map(|at| u8::from_str_radix(&log2m_14[at..at + 2], 16).unwrap())
-            .collect();
-        let mut earlier = [
+        let mut rows = [
             row("2024-01-01", "view", &["a"], "{}"),
             row("2024-01-02", "view", &["b"], "{}"),
-        ];
-        for row in &mut earlier {
-            row.users_hll = Some(bytes.clone());
-        }
-        let rows = [
-            earlier[0].clone(),
-            earlier[1].clone(),
             row("2024-01-03", "view", &["c"], "{}"),
         ];
+        // The first two as an earlier version wrote them: log2m 14, regwidth 5 in
+        // the parameter byte.
+        for row in &mut rows[..2] {
+            row.users_hll.as_mut().unwrap()[1] = (4 << 5) | 14;
+        }
         let week = TelemetryReport::from_rows(
             &range("2024-01-01", "2024-01-07"),
             Grouping::Week,
