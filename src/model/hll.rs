@@ -143,9 +143,7 @@ impl Sketch {
             (Repr::Explicit(mine), Repr::Explicit(theirs)) => {
                 // Past the threshold the result is the registers of all the hashes,
                 // which do not depend on which came first.
-                let mut all: Vec<i64> = mine.iter().chain(theirs).copied().collect();
-                all.sort_unstable();
-                all.dedup();
+                let all = merge_ascending(mine, theirs);
                 self.repr = if all.len() > EXPLICIT_MAX {
                     Repr::Registers(registers_of(&all))
                 } else {
@@ -353,6 +351,21 @@ fn spread_registers(bits: u64) -> u64 {
     let quarters =
         (halves & 0x0000_03FF_0000_03FF) | ((halves >> 10) & 0x0000_03FF_0000_03FF) << 16;
     (quarters & 0x001F_001F_001F_001F) | ((quarters >> 5) & 0x001F_001F_001F_001F) << 8
+}
+
+/// The distinct hashes of two ascending lists, ascending: one pass, since a year's
+/// report merges thousands of explicit sketches.
+fn merge_ascending(a: &[i64], b: &[i64]) -> Vec<i64> {
+    let mut all = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
+        all.push(x.min(y));
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
+    }
+    all.extend_from_slice(&a[i..]);
+    all.extend_from_slice(&b[j..]);
+    all
 }
 
 /// The registers of `hashes`.
@@ -588,33 +601,46 @@ mod tests {
     }
 
     #[test]
-    fn a_union_of_bytes_is_the_union_of_their_sketches() {
-        let sketch = |from: u32, to: u32| {
+    fn a_union_is_the_sketch_of_both_sets_of_users_from_sketches_or_bytes() {
+        let sketch = |ranges: &[(u32, u32)]| {
             let mut s = Sketch::new();
-            for n in from..to {
-                s.add_user(&n.to_string());
+            for &(from, to) in ranges {
+                for n in from..to {
+                    s.add_user(&n.to_string());
+                }
             }
             s
         };
-        // Full, sparse and explicit, each merged into each.
+        // Full, sparse and explicit, each merged into each; two explicit ones that
+        // overlap, and two whose union passes the explicit limit.
         let parts = [
-            sketch(0, 30_000),
-            sketch(20_000, 21_500),
-            sketch(40_000, 40_010),
-            Sketch::new(),
+            (0, 30_000),
+            (20_000, 26_000),
+            (40_000, 40_010),
+            (40_005, 40_020),
+            (50_000, 52_000),
+            (51_000, 53_000),
+            (0, 0),
         ];
-        for first in &parts {
-            for second in &parts {
-                let mut by_sketch = first.clone();
-                by_sketch.union(second);
-                let mut by_bytes = first.clone();
-                by_bytes.union_bytes(&second.to_bytes()).unwrap();
-                assert_eq!(by_bytes.to_bytes(), by_sketch.to_bytes());
+        assert!(matches!(sketch(&[parts[4]]).repr, Repr::Explicit(_)));
+        assert!(matches!(
+            sketch(&[parts[4], parts[5]]).repr,
+            Repr::Registers(_)
+        ));
+        for first in parts {
+            for second in parts {
+                let both = sketch(&[first, second]).to_bytes();
+                let mut by_sketch = sketch(&[first]);
+                by_sketch.union(&sketch(&[second]));
+                assert_eq!(by_sketch.to_bytes(), both, "{first:?} with {second:?}");
+                let mut by_bytes = sketch(&[first]);
+                by_bytes.union_bytes(&sketch(&[second]).to_bytes()).unwrap();
+                assert_eq!(by_bytes.to_bytes(), both, "{first:?} with {second:?}");
             }
         }
-        let mut unchanged = sketch(0, 30_000);
+        let mut unchanged = sketch(&[(0, 30_000)]);
         assert!(unchanged.union_bytes(&[0x14, 0x8d]).is_err());
-        assert_eq!(unchanged.to_bytes(), sketch(0, 30_000).to_bytes());
+        assert_eq!(unchanged.to_bytes(), sketch(&[(0, 30_000)]).to_bytes());
     }
 
     #[test]

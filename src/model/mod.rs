@@ -39,7 +39,7 @@ pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};
 pub use self::summary::{DROPPED_KEYS, MAX_KEYS};
 pub use self::telemetry_report::{
     EventReport, Grouping, PeriodReport, ReportBuilder, RollupFold, RollupRef, StoredRollup,
-    TelemetryReport, Total, periods,
+    TelemetryReport, Total, periods, split_by_periods,
 };
 
 /// Hash maps keyed by event data. foldhash is several times faster than the

@@ -3,14 +3,17 @@
 //! metadata summaries merged. It is computed from the rollups alone, never from raw
 //! events.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
 use jiff::civil::Date;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::FastMap;
 use super::days::DayRange;
 use super::hll::{Sketch, has_our_parameters};
 use super::meta::json_number;
@@ -160,6 +163,21 @@ pub fn periods(range: &DayRange, by: Grouping) -> Vec<(Date, Date)> {
             _ => return out,
         }
     }
+}
+
+/// `range` cut into at most `parts` ranges of whole periods, in order, each about as
+/// many periods long, so that each can be read and built on its own and the reports
+/// joined with [`TelemetryReport::joined`].
+pub fn split_by_periods(range: &DayRange, by: Grouping, parts: usize) -> Vec<DayRange> {
+    let cuts = periods(range, by);
+    let per_part = cuts.len().div_ceil(parts.max(1));
+    cuts.chunks(per_part)
+        .filter_map(|chunk| {
+            let (first, last) = (chunk.first()?, chunk.last()?);
+            // A chunk's days are within `range`, so in order and in bounds.
+            DayRange::new(first.0, last.1).ok()
+        })
+        .collect()
 }
 
 /// The report of a range, built from its rows as they are read, in memory that
@@ -340,7 +358,7 @@ impl PeriodParts {
 #[derive(Debug, Default)]
 struct MergedKey {
     n: u64,
-    values: BTreeMap<String, u64>,
+    values: FastMap<String, u64>,
     /// Occurrences of all values, kept or not.
     value_total: u64,
     /// Whether some day left values in `other`, so that the merged ranking may miss
@@ -366,40 +384,45 @@ struct MetaMerge {
 impl MetaMerge {
     fn add(&mut self, meta: &str) {
         // Written by this crate; a summary that does not parse adds nothing.
-        let Ok(Value::Object(summary)) = serde_json::from_str::<Value>(meta) else {
+        let Ok(StoredSummary(keys)) = serde_json::from_str::<StoredSummary>(meta) else {
             return;
         };
-        for (key, stats) in summary {
-            if key == DROPPED_KEYS {
-                self.dropped += stats.as_u64().unwrap_or(0);
-                continue;
-            }
-            let merged = self.keys.entry(key).or_default();
-            merged.n += stats["n"].as_u64().unwrap_or(0);
-            if let Some(values) = stats["values"].as_object() {
+        for entry in keys {
+            let (key, stats) = match entry {
+                StoredEntry::Dropped(dropped) => {
+                    self.dropped += dropped;
+                    continue;
+                }
+                StoredEntry::Key(key, stats) => (key, stats),
+            };
+            let merged = match self.keys.get_mut(&*key.0) {
+                Some(merged) => merged,
+                None => self.keys.entry(key.0.into_owned()).or_default(),
+            };
+            merged.n += stats.n;
+            if let Some(values) = stats.values {
                 merged.has_values = true;
-                let other = stats["other"].as_u64().unwrap_or(0);
-                merged.values_cut |= other > 0;
-                merged.value_total += other;
+                merged.values_cut |= stats.other > 0;
+                merged.value_total += stats.other;
                 for (value, count) in values {
-                    let count = count.as_u64().unwrap_or(0);
-                    *merged.values.entry(value.clone()).or_default() += count;
+                    match merged.values.get_mut(&*value.0) {
+                        Some(total) => *total += count,
+                        None => {
+                            merged.values.insert(value.0.into_owned(), count);
+                        }
+                    }
                     merged.value_total += count;
                 }
             }
-            match stats.get("sum") {
-                Some(Value::Null) => merged.sum_overflowed = true,
-                Some(sum) => {
-                    if let Some(x) = sum.as_f64() {
-                        merged.sum.get_or_insert_with(ExactSum::default).add(x);
-                    }
-                }
+            match stats.sum {
+                Some(None) => merged.sum_overflowed = true,
+                Some(Some(x)) => merged.sum.get_or_insert_with(ExactSum::default).add(x),
                 None => {}
             }
-            if let Some(x) = stats.get("min").and_then(Value::as_f64) {
+            if let Some(x) = stats.min {
                 merged.min = Some(merged.min.map_or(x, |m| m.min(x)));
             }
-            if let Some(x) = stats.get("max").and_then(Value::as_f64) {
+            if let Some(x) = stats.max {
                 merged.max = Some(merged.max.map_or(x, |m| m.max(x)));
             }
         }
@@ -420,6 +443,85 @@ impl MetaMerge {
         }
         Value::Object(out)
     }
+}
+
+/// A stored metadata summary, read with its strings borrowed from the text where
+/// they hold no escapes: a year's report reads tens of thousands.
+struct StoredSummary<'a>(Vec<StoredEntry<'a>>);
+
+enum StoredEntry<'a> {
+    Key(Text<'a>, StoredKey<'a>),
+    /// `$dropped_keys`.
+    Dropped(u64),
+}
+
+#[derive(Deserialize, PartialEq, Eq, Hash)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// One key of a stored summary.
+#[derive(Deserialize)]
+struct StoredKey<'a> {
+    #[serde(default)]
+    n: u64,
+    #[serde(default, borrow, deserialize_with = "entries")]
+    values: Option<Vec<(Text<'a>, u64)>>,
+    #[serde(default)]
+    other: u64,
+    /// Absent, or `null` when the day's sum overflowed.
+    #[serde(default, deserialize_with = "present")]
+    sum: Option<Option<f64>>,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for StoredSummary<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = StoredSummary<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a metadata summary")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    keys.push(if key.0 == DROPPED_KEYS {
+                        StoredEntry::Dropped(map.next_value()?)
+                    } else {
+                        StoredEntry::Key(key, map.next_value()?)
+                    });
+                }
+                Ok(StoredSummary(keys))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// A JSON object's entries in their order, without building a map.
+fn entries<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<(Text<'de>, u64)>>, D::Error> {
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(Text<'de>, u64)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("values and their counts")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+            while let Some(entry) = map.next_entry()? {
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_map(Entries).map(Some)
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::deserialize(deserializer).map(Some)
 }
 
 fn merged_json(key: &MergedKey, top_k: usize) -> Value {
@@ -458,6 +560,17 @@ fn merged_json(key: &MergedKey, top_k: usize) -> Value {
 }
 
 impl TelemetryReport {
+    /// The report of `range` from the reports of the parts
+    /// [`split_by_periods`] cut it into, in their order.
+    pub fn joined(range: &DayRange, by: Grouping, parts: Vec<TelemetryReport>) -> Self {
+        TelemetryReport {
+            start_date: range.start().to_string(),
+            end_date: range.end().to_string(),
+            by,
+            periods: parts.into_iter().flat_map(|part| part.periods).collect(),
+        }
+    }
+
     /// The report of `range`, its days grouped `by` day, week or month, from its
     /// stored `rows` (in any order), keeping `top_k` values per metadata key.
     pub fn from_rows(range: &DayRange, by: Grouping, rows: &[StoredRollup], top_k: usize) -> Self {
@@ -678,6 +791,91 @@ mod tests {
             (click.unique_users, click.unique_users_exact),
             (Some(1), true)
         );
+    }
+
+    #[test]
+    fn summaries_merge_dropped_keys_overflowed_sums_and_escaped_values() {
+        let rows = [
+            row(
+                "2024-01-01",
+                "view",
+                &["a"],
+                r#"{"$dropped_keys":2,"path":{"n":2,"values":{"/a\"b":1,"/c":1},"other":0},"amount":{"n":1,"sum":null,"min":1,"max":1}}"#,
+            ),
+            row(
+                "2024-01-02",
+                "view",
+                &["b"],
+                r#"{"$dropped_keys":1,"path":{"n":1,"values":{"/a\"b":1},"other":0},"amount":{"n":1,"sum":5,"min":-3,"max":4}}"#,
+            ),
+            // Not a summary: adds nothing, not even its first keys.
+            row(
+                "2024-01-03",
+                "view",
+                &["c"],
+                r#"{"path":{"n":5},"amount":[1]}"#,
+            ),
+        ];
+        let report = TelemetryReport::from_rows(
+            &range("2024-01-01", "2024-01-07"),
+            Grouping::Week,
+            &rows,
+            1,
+        );
+        assert_eq!(
+            report.periods[0].events[0].meta,
+            serde_json::json!({
+                "$dropped_keys": 3,
+                "amount": {"n": 2, "sum": null, "min": -3, "max": 4},
+                "path": {"n": 3, "values": {"/a\"b": 2}, "other": 1}
+            })
+        );
+    }
+
+    #[test]
+    fn a_range_read_in_parts_of_whole_periods_gives_the_same_report() {
+        let rows: Vec<StoredRollup> = (0..75)
+            .map(|day| {
+                let date = date(2024, 1, 3)
+                    .checked_add(jiff::Span::new().days(day))
+                    .unwrap();
+                let users: Vec<String> = (day..day + 40).map(|u| format!("u{}", u % 60)).collect();
+                let users: Vec<&str> = users.iter().map(String::as_str).collect();
+                let meta = format!(
+                    r#"{{"plan":{{"n":1,"values":{{"p{}":1}},"other":0}}}}"#,
+                    day % 7
+                );
+                row(&date.to_string(), "view", &users, &meta)
+            })
+            .collect();
+        let whole = range("2024-01-03", "2024-03-17");
+        for by in [
+            Grouping::Day,
+            Grouping::Week,
+            Grouping::Month,
+            Grouping::Range,
+        ] {
+            let expected = TelemetryReport::from_rows(&whole, by, &rows, 3);
+            for parts in [1, 2, 3, 4, 100] {
+                let cut = split_by_periods(&whole, by, parts);
+                assert!(cut.len() <= parts, "{by} in {parts}");
+                assert_eq!(cut.first().unwrap().start(), whole.start());
+                assert_eq!(cut.last().unwrap().end(), whole.end());
+                for pair in cut.windows(2) {
+                    assert_eq!(pair[0].end().tomorrow().unwrap(), pair[1].start());
+                }
+                let reports = cut
+                    .iter()
+                    .map(|part| TelemetryReport::from_rows(part, by, &rows, 3))
+                    .collect();
+                let joined = TelemetryReport::joined(&whole, by, reports);
+                assert_eq!(
+                    serde_json::to_value(&joined).unwrap(),
+                    serde_json::to_value(&expected).unwrap(),
+                    "{by} in {parts}"
+                );
+            }
+        }
     }
 
     #[test]
