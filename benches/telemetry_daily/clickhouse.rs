@@ -162,7 +162,8 @@ impl Cluster {
         }
         let step = "multiIf(position(query, 'uniqExactIf') > 0, '1. names: events, distinct users, registers', \
              position(query, 'groupUniqArray') > 0, '2. explicit sketches', \
-             position(query, 'arrayJoin') > 0, '3. metadata', 'other')";
+             position(query, 'arrayJoin') > 0, '3. metadata', \
+             position(query, 'DISTINCT') > 0, '0. names of the day', 'other')";
         let ids = self
             .sql(
                 0,

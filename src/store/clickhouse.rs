@@ -1,9 +1,13 @@
 //! Raw events from ClickHouse, over its HTTP interface.
 //!
 //! A day is read as aggregates, computed where the events are (on every shard of a
-//! `Distributed` table, merged by the server the job talks to), in at most three
+//! `Distributed` table, merged by the server the job talks to), in at most four
 //! queries:
 //!
+//! 0. the day's event names. Up to [`MAX_CODED_NAMES`] of them, each is given a
+//!    one-byte code (`transform`) that the next steps group by in its place: a
+//!    single number or string key groups several times faster in ClickHouse than
+//!    a name and a second key. With more names, the steps group by the names.
 //! 1. per event name and HyperLogLog register (the low bits of the user id's
 //!    `murmurHash3_128`, the hash `hll_hash_text` uses): the events, the exact
 //!    distinct users (`uniqExact`) and the register's value. A user falls in one
@@ -65,6 +69,14 @@ const FLAT: &str = concat!(
     r#"^\{(?:"[ !#-+\x2D-9;-\[\]-~]*":(?:"[ !#-+\x2D-9;-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?)"#,
     r#"(?:,"[ !#-+\x2D-9;-\[\]-~]*":(?:"[ !#-+\x2D-9;-\[\]-~]*"|true|false|null|-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?))*)?\}$"#
 );
+
+/// Names coded in one byte each: codes 2 to 255; 1 is a name that was not among the
+/// day's names (`transform`'s default), and 0 cannot be a byte of a string
+/// (`reinterpretAsString` drops it).
+const MAX_CODED_NAMES: usize = 254;
+
+/// The code of a name that was not among the day's names.
+const UNKNOWN_NAME: u8 = 1;
 
 /// A user id's 64-bit hash, as `hll_hash_text` computes it.
 const HASH: &str = "reinterpretAsUInt64(murmurHash3_128(ifNull(user_id, '')))";
@@ -274,36 +286,92 @@ impl ClickHouseSource {
         )
     }
 
+    /// Step 0: the day's names (cut as step 1 keys them) with their codes, or
+    /// `None` when there are too many to code.
+    async fn coding(&self, window: &DayWindow, action: &str) -> Result<Option<Coding>, StoreError> {
+        let sql = format!(
+            "SELECT DISTINCT {name} FROM {table} WHERE {window} LIMIT {limit}",
+            name = cut_name(),
+            table = self.table.quoted(),
+            window = Self::window(window),
+            limit = MAX_CODED_NAMES + 1,
+        );
+        let mut names = Vec::new();
+        self.rows(&sql, action, |c| {
+            let Some(name) = c.string()? else {
+                return Ok(None);
+            };
+            names.push(name.to_vec());
+            Ok(Some(()))
+        })
+        .await?;
+        Ok(Coding::new(names))
+    }
+
     /// Step 1: every name of the day with its events, distinct users and, from
     /// the registers, the sketch it has when it has more than [`EXPLICIT_MAX`]
     /// users. Names too long to keep come back cut one byte past the limit, so they
     /// still read as too long without crossing the network whole.
-    async fn names(&self, window: &DayWindow, action: &str) -> Result<Vec<Name>, StoreError> {
+    async fn names(
+        &self,
+        window: &DayWindow,
+        coding: Option<&Coding>,
+        action: &str,
+    ) -> Result<Vec<Name>, StoreError> {
         let user = "ifNull(user_id, '')";
-        let sql = format!(
-            "SELECT if(length(event) > {max}, substring(event, 1, {cut}), event) AS name, \
-                    toUInt64(if({user} != '', bitAnd({HASH} AS h, {registers}), {anonymous})) AS index, \
-                    count(), uniqExactIf({user}, {user} != ''), \
-                    toUInt64(max(if({user} != '', bitAnd(bitShiftRight(h, {LOG2M}) AS rest, bitNot(rest) + 1), 0))) \
-             FROM {table} WHERE {window} GROUP BY name, index",
-            max = MAX_EVENT_NAME_BYTES,
-            cut = MAX_EVENT_NAME_BYTES + 1,
+        let index = format!(
+            "toUInt64(if({user} != '', bitAnd({HASH} AS h, {registers}), {anonymous}))",
             registers = REGISTERS - 1,
             anonymous = REGISTERS,
+        );
+        // The code and the register in one number: registers take 16 bits.
+        let key = match coding {
+            Some(coding) => format!(
+                "toUInt64({}) * 65536 + {index} AS key",
+                coding.code(&cut_name())
+            ),
+            None => format!("{} AS name, {index} AS index", cut_name()),
+        };
+        let sql = format!(
+            "SELECT {key}, count(), uniqExactIf({user}, {user} != ''), \
+                    toUInt64(max(if({user} != '', bitAnd(bitShiftRight(h, {LOG2M}) AS rest, bitNot(rest) + 1), 0))) \
+             FROM {table} WHERE {window} GROUP BY {group}",
             table = self.table.quoted(),
             window = Self::window(window),
+            group = if coding.is_some() {
+                "key"
+            } else {
+                "name, index"
+            },
         );
         let mut names: HashMap<Vec<u8>, Name> = HashMap::new();
         self.rows(&sql, action, |c| {
-            let Some(bytes) = c.string()? else {
+            let (name, index) = match coding {
+                Some(coding) => {
+                    let Some(key) = c.u64() else {
+                        return Ok(None);
+                    };
+                    // Below 256 by the key's making.
+                    let code = (key >> 16) as u8;
+                    (coding.name(code)?, key & 0xFFFF)
+                }
+                None => {
+                    let Some(name) = c.string()? else {
+                        return Ok(None);
+                    };
+                    let Some(index) = c.u64() else {
+                        return Ok(None);
+                    };
+                    (name, index)
+                }
+            };
+            let (Some(events), Some(users), Some(lowest_bit)) = (c.u64(), c.u64(), c.u64()) else {
                 return Ok(None);
             };
-            let (Some(index), Some(events), Some(users), Some(lowest_bit)) =
-                (c.u64(), c.u64(), c.u64(), c.u64())
-            else {
-                return Ok(None);
+            let name = match names.get_mut(name) {
+                Some(known) => known,
+                None => names.entry(name.to_vec()).or_default(),
             };
-            let name = names.entry(bytes.to_vec()).or_default();
             name.events += events;
             name.users += users;
             // The hash's low bits pick the register; the lowest set bit of the
@@ -360,7 +428,7 @@ impl ClickHouseSource {
     }
 
     /// Step 3: the metadata, as flat objects' pairs and as whole texts.
-    fn metadata_sql(&self, window: &DayWindow) -> String {
+    fn metadata_sql(&self, window: &DayWindow, coding: Option<&Coding>) -> String {
         let meta = "ifNull(meta, '')";
         let inside = format!("substring({meta}, 2, length({meta}) - 2)");
         let pairs = format!("if({inside} = '', emptyArrayString(), splitByChar(',', {inside}))");
@@ -370,11 +438,25 @@ impl ClickHouseSource {
             "match({meta}, '{}') AND arrayUniq(arrayMap(p -> splitByChar(':', p)[1], {pairs})) = length({pairs})",
             sql_string(FLAT.as_bytes())
         );
-        format!(
-            "SELECT event, arrayJoin(if({flat}, {pairs}, [concat('{whole}', {meta})])) AS item, count() \
-             FROM {table} WHERE {window} AND event != '' AND length(event) <= {MAX_EVENT_NAME_BYTES} \
-             AND {meta} != '' GROUP BY event, item FORMAT RowBinary",
+        let item = format!(
+            "arrayJoin(if({flat}, {pairs}, [concat('{whole}', {meta})]))",
             whole = WHOLE_TEXT as char,
+        );
+        // Coded, the name is the item's first byte.
+        let (key, group) = match coding {
+            Some(coding) => (
+                format!(
+                    "concat(reinterpretAsString({}), {item}) AS item",
+                    coding.code("event")
+                ),
+                "item",
+            ),
+            None => (format!("event, {item} AS item"), "event, item"),
+        };
+        format!(
+            "SELECT {key}, count() \
+             FROM {table} WHERE {window} AND event != '' AND length(event) <= {MAX_EVENT_NAME_BYTES} \
+             AND {meta} != '' GROUP BY {group} FORMAT RowBinary",
             table = self.table.quoted(),
             window = Self::window(window),
         )
@@ -384,16 +466,31 @@ impl ClickHouseSource {
     async fn read_metadata<K: MergeableSink>(
         &self,
         answer: Response<Incoming>,
+        coding: Option<&Coding>,
         sink: &mut K,
         action: &str,
     ) -> Result<(), StoreError> {
         let mut object = String::new();
         self.read(answer, action, |c| {
-            let Some(name) = c.string()? else {
-                return Ok(None);
-            };
-            let Some(item) = c.string()? else {
-                return Ok(None);
+            let (name, item) = match coding {
+                Some(coding) => {
+                    let Some(coded) = c.string()? else {
+                        return Ok(None);
+                    };
+                    let Some((&code, item)) = coded.split_first() else {
+                        return Err(Malformed("an item without its name's code"));
+                    };
+                    (coding.name(code)?, item)
+                }
+                None => {
+                    let Some(name) = c.string()? else {
+                        return Ok(None);
+                    };
+                    let Some(item) = c.string()? else {
+                        return Ok(None);
+                    };
+                    (name, item)
+                }
             };
             let Some(times) = c.u64() else {
                 return Ok(None);
@@ -448,9 +545,11 @@ impl EventSource for ClickHouseSource {
         // seen differently by each. Days are rolled up once they are over.
         // The metadata is computed meanwhile; the server holds its answer
         // (`wait_end_of_query`) until the names are counted, which must come first.
+        let coding = self.coding(window, &action).await?;
+        let coding = coding.as_ref();
         let (names, metadata) = tokio::join!(
-            self.names(window, &action),
-            self.send(self.metadata_sql(window), &action)
+            self.names(window, coding, &action),
+            self.send(self.metadata_sql(window, coding), &action)
         );
         let (mut names, metadata) = (names?, metadata?);
         let explicit = self.explicit_sketches(window, &names, &action).await?;
@@ -476,7 +575,7 @@ impl EventSource for ClickHouseSource {
                 sketch,
             });
         }
-        self.read_metadata(metadata, sink, &action).await
+        self.read_metadata(metadata, coding, sink, &action).await
     }
 
     async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
@@ -535,6 +634,61 @@ impl EventSource for ClickHouseSource {
                     })
             })
             .collect()
+    }
+}
+
+/// A name as step 1 keys it: cut one byte past the limit when too long.
+fn cut_name() -> String {
+    format!(
+        "if(length(event) > {max}, substring(event, 1, {cut}), event)",
+        max = MAX_EVENT_NAME_BYTES,
+        cut = MAX_EVENT_NAME_BYTES + 1,
+    )
+}
+
+/// The day's names with a one-byte code each, which steps 1 and 3 group by.
+struct Coding {
+    /// The name of code `c` at `c - 2`.
+    names: Vec<Vec<u8>>,
+    /// `transform`'s arrays: the names, then their codes.
+    arrays: String,
+}
+
+impl Coding {
+    /// The coding of `names`, unless there are too many for a byte or for a query,
+    /// or none (`transform` takes no empty arrays).
+    fn new(names: Vec<Vec<u8>>) -> Option<Self> {
+        if names.is_empty() || names.len() > MAX_CODED_NAMES {
+            return None;
+        }
+        let literals: Vec<String> = names
+            .iter()
+            .map(|name| format!("'{}'", sql_string(name)))
+            .collect();
+        let codes: Vec<String> = (0..names.len()).map(|i| (i + 2).to_string()).collect();
+        let arrays = format!("[{}], [{}]", literals.join(", "), codes.join(", "));
+        (arrays.len() <= NAMES_PER_QUERY_BYTES).then_some(Self { names, arrays })
+    }
+
+    /// SQL for the code of the name `expression` gives.
+    fn code(&self, expression: &str) -> String {
+        format!(
+            "toUInt8(transform({expression}, {}, {UNKNOWN_NAME}))",
+            self.arrays
+        )
+    }
+
+    /// The name of `code`; a name that was not among the day's names when they were
+    /// read means that the day is still receiving events.
+    fn name(&self, code: u8) -> Result<&[u8], Malformed> {
+        usize::from(code)
+            .checked_sub(2)
+            .and_then(|at| self.names.get(at))
+            .map(Vec::as_slice)
+            .ok_or(Malformed(
+                "an event name that was not among the day's names a moment before: \
+                 the day is still receiving events; roll it up once it is over",
+            ))
     }
 }
 
@@ -676,6 +830,31 @@ mod tests {
             assert!(error.contains(says), "{url}: {error}");
             assert!(!error.contains("pw@"), "{error}");
         }
+    }
+
+    #[test]
+    fn up_to_254_names_are_coded_in_a_byte_and_unknown_codes_are_refused() {
+        let names = |n: usize| (0..n).map(|i| format!("n{i}").into_bytes()).collect();
+        assert!(
+            Coding::new(Vec::new()).is_none(),
+            "no names, nothing to code"
+        );
+        assert!(Coding::new(names(255)).is_none());
+        let coding = Coding::new(names(254)).unwrap();
+        assert_eq!(coding.name(2).unwrap(), b"n0");
+        assert_eq!(coding.name(255).unwrap(), b"n253");
+        for code in [0, UNKNOWN_NAME] {
+            assert!(coding.name(code).is_err(), "{code}");
+        }
+        assert!(
+            coding
+                .code("event")
+                .starts_with("toUInt8(transform(event, ['n0', 'n1'")
+        );
+        assert!(coding.code("event").ends_with("254, 255], 1))"));
+        // Names too long for one query's literal go uncoded.
+        let long = vec![vec![b'x'; 300]; 254];
+        assert!(Coding::new(long).is_none());
     }
 
     #[test]

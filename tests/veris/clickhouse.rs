@@ -183,7 +183,8 @@ fn tsv(value: &str) -> String {
 /// into pairs, and escapes, spaces, nesting, duplicate keys, commas and colons inside
 /// strings, exponents, non-objects
 /// and (when `invalid_json`) text that is not JSON, which the job reads whole.
-fn events(seed: u64, count: usize, invalid_json: bool) -> Vec<NewEvent> {
+/// With `features`, a third of the events are of that many more names.
+fn events(seed: u64, count: usize, invalid_json: bool, features: u32) -> Vec<NewEvent> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let long_name = "x".repeat(1100);
     let names = [
@@ -230,7 +231,13 @@ fn events(seed: u64, count: usize, invalid_json: bool) -> Vec<NewEvent> {
     let start = Timestamp::from_second(1_704_067_200).expect("2024-01-01"); // 2024-01-01T00:00:00Z
     (0..count)
         .map(|_| {
-            let name = names[rng.random_range(0..names.len())];
+            let feature;
+            let name = if features > 0 && rng.random_range(0..3) == 0 {
+                feature = format!("feature-{}", rng.random_range(0..features));
+                feature.as_str()
+            } else {
+                names[rng.random_range(0..names.len())]
+            };
             let users = match name {
                 "page_view" => 40_000,
                 "click" => 300,
@@ -382,12 +389,18 @@ async fn compare(kind: Kind, events: &[NewEvent]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_events_roll_up_to_the_same_bytes_as_from_postgresql() {
-    compare(Kind::Postgres, &events(1, 60_000, false)).await;
+    compare(Kind::Postgres, &events(1, 60_000, false, 0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_events_roll_up_to_the_same_bytes_as_from_sqlite_invalid_json_included() {
-    compare(Kind::Sqlite, &events(2, 60_000, true)).await;
+    compare(Kind::Sqlite, &events(2, 60_000, true, 0)).await;
+}
+
+/// More names than one-byte codes: the steps group by the names themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_of_more_names_than_codes_rolls_up_to_the_same_bytes() {
+    compare(Kind::Postgres, &events(4, 60_000, false, 400)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +410,7 @@ async fn dry_runs_the_retention_guard_and_changed_work_from_clickhouse() {
         return;
     };
     let ch = ChDb::new(cluster).await;
-    let all = events(3, 6_000, false);
+    let all = events(3, 6_000, false, 0);
     ch.insert(&all, 1).await;
     let store = db.store.clone().with_source(ch.source());
     let days = range_options("2024-01-01", "2024-01-03");
@@ -557,7 +570,7 @@ async fn a_source_that_refuses_or_is_gone_fails_the_days_with_its_words() {
 async fn the_command_line_reads_clickhouse_and_writes_sqlite() {
     let Some(cluster) = cluster() else { return };
     let ch = ChDb::new(cluster).await;
-    ch.insert(&events(4, 2_000, false), 1).await;
+    ch.insert(&events(4, 2_000, false, 0), 1).await;
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("rollups.db").display());
     let run = |args: &[&str]| {
