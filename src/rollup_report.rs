@@ -10,9 +10,10 @@ use crate::store::{RollupStore, StoreError};
 /// Days a report covers when not told: the 30 ending yesterday.
 pub const DEFAULT_REPORT_DAYS: u32 = 30;
 
-/// Queries a report runs at once at most, so that one report does not take all of
-/// a database's connections.
-const MAX_PARTS: usize = 4;
+/// Queries a report runs at once at most. Two keep the database's cores and the
+/// report's busy on a small machine, and leave most of a pool's eight connections to
+/// the other requests of a dashboard that loads a few reports at once.
+const MAX_PARTS: usize = 2;
 
 /// What a report covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,17 +37,33 @@ pub struct ReportRequest {
 /// # Errors
 ///
 /// [`StoreError`] when the rollups cannot be read.
-pub async fn telemetry_report<S: RollupStore>(
+pub async fn telemetry_report<S>(
     store: &S,
     request: &ReportRequest,
-) -> Result<TelemetryReport, StoreError> {
+) -> Result<TelemetryReport, StoreError>
+where
+    S: RollupStore + Clone + Send + Sync + 'static,
+{
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let parts = split_by_periods(&request.range, request.by, cores.min(MAX_PARTS));
-    let reports = try_join_all(parts.iter().map(|part| async move {
-        let builder = ReportBuilder::new(part, request.by, request.top_k);
-        let builder = store.fold_rollups(part, &request.events, builder).await?;
-        Ok::<_, StoreError>(builder.finish())
-    }))
-    .await?;
+    // Each part on a task of its own, so that the parts are merged on as many
+    // threads as they are read.
+    let reading = parts.into_iter().map(|part| {
+        let (store, events) = (store.clone(), request.events.clone());
+        let builder = ReportBuilder::new(&part, request.by, request.top_k);
+        tokio::spawn(async move {
+            let builder = store.fold_rollups(&part, &events, builder).await?;
+            Ok::<_, StoreError>(builder.finish())
+        })
+    });
+    let mut reports = Vec::new();
+    for read in try_join_all(reading).await.map_err(|error| {
+        if error.is_panic() {
+            std::panic::resume_unwind(error.into_panic());
+        }
+        StoreError::Aborted("the report was cancelled".to_owned())
+    })? {
+        reports.push(read?);
+    }
     Ok(TelemetryReport::joined(&request.range, request.by, reports))
 }

@@ -486,7 +486,10 @@ impl<'de> Deserialize<'de> for StoredSummary<'de> {
                 let mut keys = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     keys.push(if key.0 == DROPPED_KEYS {
-                        StoredEntry::Dropped(map.next_value()?)
+                        // An event's own key of that name, stored when nothing was
+                        // dropped, counts nothing.
+                        let dropped: Value = map.next_value()?;
+                        StoredEntry::Dropped(dropped.as_u64().unwrap_or(0))
                     } else {
                         StoredEntry::Key(key, map.next_value()?)
                     });
@@ -808,6 +811,13 @@ mod tests {
                 &["b"],
                 r#"{"$dropped_keys":1,"path":{"n":1,"values":{"/a\"b":1},"other":0},"amount":{"n":1,"sum":5,"min":-3,"max":4}}"#,
             ),
+            // An event's own `$dropped_keys` key counts nothing and hides nothing.
+            row(
+                "2024-01-04",
+                "view",
+                &["d"],
+                r#"{"$dropped_keys":{"n":1,"values":{"x":1},"other":0},"path":{"n":1,"values":{"/c":1},"other":0}}"#,
+            ),
             // Not a summary: adds nothing, not even its first keys.
             row(
                 "2024-01-03",
@@ -827,7 +837,7 @@ mod tests {
             serde_json::json!({
                 "$dropped_keys": 3,
                 "amount": {"n": 2, "sum": null, "min": -3, "max": 4},
-                "path": {"n": 3, "values": {"/a\"b": 2}, "other": 1}
+                "path": {"n": 4, "values": {"/a\"b": 2}, "other": 2}
             })
         );
     }

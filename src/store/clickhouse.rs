@@ -7,7 +7,9 @@
 //! 0. the day's event names. Up to [`MAX_CODED_NAMES`] of them, each is given a
 //!    one-byte code (`transform`) that the next steps group by in its place: a
 //!    single number or string key groups several times faster in ClickHouse than
-//!    a name and a second key. With more names, the steps group by the names.
+//!    a name and a second key. With more names, the steps group by the names, as
+//!    they do again when step 1 meets a name step 0 did not list (events still
+//!    arriving, or a server that answered short).
 //! 1. per event name and HyperLogLog register (the low bits of the user id's
 //!    `murmurHash3_128`, the hash `hll_hash_text` uses): the events, the exact
 //!    distinct users (`uniqExact`) and the register's value. A user falls in one
@@ -312,12 +314,14 @@ impl ClickHouseSource {
     /// the registers, the sketch it has when it has more than [`EXPLICIT_MAX`]
     /// users. Names too long to keep come back cut one byte past the limit, so they
     /// still read as too long without crossing the network whole.
+    /// `None` when a coded name is not among the day's names (see
+    /// [`ClickHouseSource::names_and_metadata`]).
     async fn names(
         &self,
         window: &DayWindow,
         coding: Option<&Coding>,
         action: &str,
-    ) -> Result<Vec<Name>, StoreError> {
+    ) -> Result<Option<Vec<Name>>, StoreError> {
         let user = "ifNull(user_id, '')";
         let index = format!(
             "toUInt64(if({user} != '', bitAnd({HASH} AS h, {registers}), {anonymous}))",
@@ -345,6 +349,7 @@ impl ClickHouseSource {
             },
         );
         let mut names: HashMap<Vec<u8>, Name> = HashMap::new();
+        let mut unknown = false;
         self.rows(&sql, action, |c| {
             let (name, index) = match coding {
                 Some(coding) => {
@@ -353,7 +358,7 @@ impl ClickHouseSource {
                     };
                     // Below 256 by the key's making.
                     let code = (key >> 16) as u8;
-                    (coding.name(code)?, key & 0xFFFF)
+                    (coding.name(code), key & 0xFFFF)
                 }
                 None => {
                     let Some(name) = c.string()? else {
@@ -362,11 +367,15 @@ impl ClickHouseSource {
                     let Some(index) = c.u64() else {
                         return Ok(None);
                     };
-                    (name, index)
+                    (Some(name), index)
                 }
             };
             let (Some(events), Some(users), Some(lowest_bit)) = (c.u64(), c.u64(), c.u64()) else {
                 return Ok(None);
+            };
+            let Some(name) = name else {
+                unknown = true;
+                return Ok(Some(()));
             };
             let name = match names.get_mut(name) {
                 Some(known) => known,
@@ -383,10 +392,29 @@ impl ClickHouseSource {
             Ok(Some(()))
         })
         .await?;
-        Ok(names
-            .into_iter()
-            .map(|(bytes, name)| Name { bytes, ..name })
-            .collect())
+        Ok((!unknown).then(|| {
+            names
+                .into_iter()
+                .map(|(bytes, name)| Name { bytes, ..name })
+                .collect()
+        }))
+    }
+
+    /// Steps 1 and 3 at once: the day's names, and step 3's answer, which the
+    /// server holds until it is read. `None` when step 1 met a name that step 0 did
+    /// not list: events still arriving, or a server that answered step 0 short.
+    async fn names_and_metadata(
+        &self,
+        window: &DayWindow,
+        coding: Option<&Coding>,
+        action: &str,
+    ) -> Result<Option<(Vec<Name>, Response<Incoming>)>, StoreError> {
+        let (names, metadata) = tokio::join!(
+            self.names(window, coding, action),
+            self.send(self.metadata_sql(window, coding), action)
+        );
+        let (names, metadata) = (names?, metadata?);
+        Ok(names.map(|names| (names, metadata)))
     }
 
     /// Step 2: the hashes of the users of the kept names with at most
@@ -480,7 +508,12 @@ impl ClickHouseSource {
                     let Some((&code, item)) = coded.split_first() else {
                         return Err(Malformed("an item without its name's code"));
                     };
-                    (coding.name(code)?, item)
+                    // A name step 1 did not count (an event that came after it
+                    // read) has no row to count its metadata in, as uncoded.
+                    let Some(name) = coding.name(code) else {
+                        return Ok(Some(()));
+                    };
+                    (name, item)
                 }
                 None => {
                     let Some(name) = c.string()? else {
@@ -545,13 +578,23 @@ impl EventSource for ClickHouseSource {
         // seen differently by each. Days are rolled up once they are over.
         // The metadata is computed meanwhile; the server holds its answer
         // (`wait_end_of_query`) until the names are counted, which must come first.
-        let coding = self.coding(window, &action).await?;
+        let mut coding = self.coding(window, &action).await?;
+        let read = match self
+            .names_and_metadata(window, coding.as_ref(), &action)
+            .await?
+        {
+            Some(read) => Some(read),
+            // Read by the names themselves, which step 1 always counts.
+            None => {
+                coding = None;
+                self.names_and_metadata(window, None, &action).await?
+            }
+        };
+        let (mut names, metadata) = read.ok_or_else(|| StoreError::Source {
+            action: action.clone(),
+            message: "the day's names could not be counted".to_owned(),
+        })?;
         let coding = coding.as_ref();
-        let (names, metadata) = tokio::join!(
-            self.names(window, coding, &action),
-            self.send(self.metadata_sql(window, coding), &action)
-        );
-        let (mut names, metadata) = (names?, metadata?);
         let explicit = self.explicit_sketches(window, &names, &action).await?;
         let empty = Sketch::new();
         for name in &mut names {
@@ -678,17 +721,12 @@ impl Coding {
         )
     }
 
-    /// The name of `code`; a name that was not among the day's names when they were
-    /// read means that the day is still receiving events.
-    fn name(&self, code: u8) -> Result<&[u8], Malformed> {
+    /// The name of `code`; `None` for a name that was not among the day's names.
+    fn name(&self, code: u8) -> Option<&[u8]> {
         usize::from(code)
             .checked_sub(2)
             .and_then(|at| self.names.get(at))
             .map(Vec::as_slice)
-            .ok_or(Malformed(
-                "an event name that was not among the day's names a moment before: \
-                 the day is still receiving events; roll it up once it is over",
-            ))
     }
 }
 
@@ -833,7 +871,7 @@ mod tests {
     }
 
     #[test]
-    fn up_to_254_names_are_coded_in_a_byte_and_unknown_codes_are_refused() {
+    fn up_to_254_names_are_coded_in_a_byte_and_unknown_codes_name_nothing() {
         let names = |n: usize| (0..n).map(|i| format!("n{i}").into_bytes()).collect();
         assert!(
             Coding::new(Vec::new()).is_none(),
@@ -844,7 +882,7 @@ mod tests {
         assert_eq!(coding.name(2).unwrap(), b"n0");
         assert_eq!(coding.name(255).unwrap(), b"n253");
         for code in [0, UNKNOWN_NAME] {
-            assert!(coding.name(code).is_err(), "{code}");
+            assert!(coding.name(code).is_none(), "{code}");
         }
         assert!(
             coding

@@ -397,10 +397,12 @@ async fn the_same_events_roll_up_to_the_same_bytes_as_from_sqlite_invalid_json_i
     compare(Kind::Sqlite, &events(2, 60_000, true, 0)).await;
 }
 
-/// More names than one-byte codes: the steps group by the names themselves.
+/// Names coded in a byte up to the last codes (a day of about 210 names), and more
+/// names than codes, which the steps group by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_day_of_more_names_than_codes_rolls_up_to_the_same_bytes() {
-    compare(Kind::Postgres, &events(4, 60_000, false, 400)).await;
+async fn days_of_many_names_roll_up_to_the_same_bytes_coded_or_not() {
+    compare(Kind::Postgres, &events(4, 60_000, false, 200)).await;
+    compare(Kind::Postgres, &events(5, 60_000, false, 400)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
