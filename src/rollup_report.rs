@@ -3,6 +3,7 @@
 //! `telemetry_daily`, never the raw events.
 
 use futures_util::future::try_join_all;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::{DayRange, Grouping, ReportBuilder, TelemetryReport, split_by_periods};
 use crate::store::{RollupStore, StoreError};
@@ -47,14 +48,15 @@ where
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let parts = split_by_periods(&request.range, request.by, cores.min(MAX_PARTS));
     // Each part on a task of its own, so that the parts are merged on as many
-    // threads as they are read.
+    // threads as they are read; the tasks end with the report (a client that hangs
+    // up stops them).
     let reading = parts.into_iter().map(|part| {
         let (store, events) = (store.clone(), request.events.clone());
         let builder = ReportBuilder::new(&part, request.by, request.top_k);
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             let builder = store.fold_rollups(&part, &events, builder).await?;
             Ok::<_, StoreError>(builder.finish())
-        })
+        }))
     });
     let mut reports = Vec::new();
     for read in try_join_all(reading).await.map_err(|error| {
