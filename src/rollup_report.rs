@@ -58,14 +58,12 @@ where
             Ok::<_, StoreError>(builder.finish())
         }))
     });
-    let mut reports = Vec::new();
-    for read in try_join_all(reading).await.map_err(|error| {
+    let reports = try_join_all(reading).await.map_err(|error| {
         if error.is_panic() {
             std::panic::resume_unwind(error.into_panic());
         }
         StoreError::Aborted("the report was cancelled".to_owned())
-    })? {
-        reports.push(read?);
-    }
+    })?;
+    let reports = reports.into_iter().collect::<Result<_, _>>()?;
     Ok(TelemetryReport::joined(&request.range, request.by, reports))
 }

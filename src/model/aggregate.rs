@@ -12,7 +12,9 @@ use std::sync::Arc;
 use super::hll::{Sketch, hash_user};
 use super::memory::{heap_bytes, table_bytes};
 use super::meta::{ParsedMeta, parse_meta};
-use super::spill::{KeyRecord, MemoryLimit, PassOn, SpillError, Spilled, UserRecord, ValueRecord};
+use super::spill::{
+    KeyRecord, MemoryLimit, PassOn, SpillError, SpillSpace, Spilled, UserRecord, ValueRecord,
+};
 use super::summary::MetaSummary;
 use super::{CompactString, FastMap, FastSet};
 
@@ -332,20 +334,16 @@ impl DayAggregate {
 
     /// Writes `user` of `group` straight to the spill files.
     fn pass_user(&mut self, group: u32, user: &str) {
-        // Only an aggregate that has spilled passes entries on.
-        let (Some(spilled), Some(limit)) = (self.spilled.as_deref_mut(), &self.limit) else {
-            return;
-        };
         let record = UserRecord {
             group,
             user: user.into(),
         };
-        if let Err(source) = spilled.users.write(&*limit.space, &record) {
-            self.failure = Some(SpillError {
-                place: limit.space.describe(),
-                source,
-            });
-        }
+        write_passed(
+            &mut self.spilled,
+            self.limit.as_ref(),
+            &mut self.failure,
+            |spilled, space| spilled.users.write(space, &record),
+        );
     }
 
     /// What the tables that can spill hold, counted afresh. The groups themselves
@@ -625,24 +623,15 @@ impl DayAggregate {
             ..
         } = self;
         let mut pass = |key: &str, value: &str, count: u64| {
-            // Only an aggregate that has spilled passes values on.
-            let (Some(spilled), Some(limit)) = (spilled.as_deref_mut(), &*limit) else {
-                return;
-            };
             let record = ValueRecord {
                 group,
                 key: key.into(),
                 value: value.into(),
                 count,
             };
-            if let Err(source) = spilled.values.write(&*limit.space, &record)
-                && failure.is_none()
-            {
-                *failure = Some(SpillError {
-                    place: limit.space.describe(),
-                    source,
-                });
-            }
+            write_passed(spilled, limit.as_ref(), failure, |spilled, space| {
+                spilled.values.write(space, &record)
+            });
         };
         let summary = &mut groups[group as usize].1.meta;
         match parse_meta(meta) {
@@ -652,6 +641,28 @@ impl DayAggregate {
             ParsedMeta::Invalid => self.skipped.invalid_meta += times,
         }
         self.keep_within_limit();
+    }
+}
+
+/// Writes an entry that a table passes on straight to the spill files with `write`,
+/// keeping the first write that fails as the day's failure. Only an aggregate that
+/// has spilled passes entries on: before, there is nowhere to write them.
+fn write_passed(
+    spilled: &mut Option<Box<Spilled>>,
+    limit: Option<&MemoryLimit>,
+    failure: &mut Option<SpillError>,
+    write: impl FnOnce(&mut Spilled, &dyn SpillSpace) -> std::io::Result<()>,
+) {
+    let (Some(spilled), Some(limit)) = (spilled.as_deref_mut(), limit) else {
+        return;
+    };
+    if let Err(source) = write(spilled, &*limit.space)
+        && failure.is_none()
+    {
+        *failure = Some(SpillError {
+            place: limit.space.describe(),
+            source,
+        });
     }
 }
 

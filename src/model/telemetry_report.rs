@@ -455,7 +455,8 @@ enum StoredEntry<'a> {
     Dropped(u64),
 }
 
-#[derive(Deserialize, PartialEq, Eq, Hash)]
+/// A string of a stored summary, borrowed unless it holds escapes.
+#[derive(Deserialize)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// One key of a stored summary.
