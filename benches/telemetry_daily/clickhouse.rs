@@ -10,6 +10,9 @@ use std::process::Command;
 
 use crate::generator::{Generator, Shape};
 
+/// The README's sorting key: a day's events of one name lie together.
+const SORTING_KEY: &str = "event, created_at, id";
+
 /// The cluster, started for this process (its watchdog stops the servers when the
 /// benchmark exits; the data stays).
 pub struct Cluster {
@@ -81,7 +84,8 @@ impl Cluster {
             .sql(
                 0,
                 format!(
-                    "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'telemetry_events'"
+                    "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'telemetry_events_local' \
+                     AND sorting_key = '{SORTING_KEY}'"
                 ),
             )
             .await;
@@ -104,7 +108,7 @@ impl Cluster {
                 format!(
                     "CREATE TABLE {db}.telemetry_events_local (event String, user_id Nullable(String), \
                      created_at DateTime('UTC'), meta String, id UInt64) \
-                     ENGINE = MergeTree PARTITION BY toYYYYMMDD(created_at) ORDER BY (created_at, id)"
+                     ENGINE = MergeTree PARTITION BY toYYYYMMDD(created_at) ORDER BY ({SORTING_KEY})"
                 ),
             )
             .await;

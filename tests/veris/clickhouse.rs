@@ -99,7 +99,7 @@ impl ChDb {
                 &format!(
                     "CREATE TABLE {n}.telemetry_events_local (event String, user_id Nullable(String), \
                      created_at DateTime('UTC'), meta String, id UInt64) \
-                     ENGINE = MergeTree PARTITION BY toYYYYMMDD(created_at) ORDER BY (created_at, id)"
+                     ENGINE = MergeTree PARTITION BY toYYYYMMDD(created_at) ORDER BY (event, created_at, id)"
                 ),
             )
             .await;
