@@ -928,9 +928,10 @@ where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    // A day after another, as the job writes them.
     let copies = "INSERT INTO telemetry_daily (date, event, count, unique_users, meta, updated_at, users_hll) \
          SELECT date {plus}, event, count, unique_users, meta, updated_at, users_hll \
-         FROM telemetry_daily, {series} WHERE date = {day}";
+         FROM telemetry_daily, {series} WHERE date = {day} ORDER BY n, event";
     execute(copies.to_owned()).await;
     for (how, url) in urls {
         let url = url.clone();
