@@ -137,9 +137,15 @@ impl ChDb {
     /// The events, through the distributed table (synchronously, so that they are
     /// on their shards when this returns), with ids from `first_id`.
     async fn insert(&self, events: &[NewEvent], first_id: u64) {
+        self.insert_into(0, "telemetry_events", events, first_id)
+            .await;
+    }
+
+    /// The events into `table` on `server`.
+    async fn insert_into(&self, server: usize, table: &str, events: &[NewEvent], first_id: u64) {
         for (chunk_at, chunk) in events.chunks(20_000).enumerate() {
             let mut body = format!(
-                "INSERT INTO {}.telemetry_events (event, user_id, created_at, meta, id) FORMAT TabSeparated\n",
+                "INSERT INTO {}.{table} (event, user_id, created_at, meta, id) FORMAT TabSeparated\n",
                 self.name
             );
             for (i, e) in chunk.iter().enumerate() {
@@ -153,7 +159,7 @@ impl ChDb {
                     tsv(e.meta.as_deref().unwrap_or(""))
                 );
             }
-            self.sql(0, &body).await;
+            self.sql(server, &body).await;
         }
     }
 
@@ -403,6 +409,127 @@ async fn the_same_events_roll_up_to_the_same_bytes_as_from_sqlite_invalid_json_i
 async fn days_of_many_names_roll_up_to_the_same_bytes_coded_or_not() {
     compare(Kind::Postgres, &events(4, 60_000, false, 200)).await;
     compare(Kind::Postgres, &events(5, 60_000, false, 400)).await;
+}
+
+/// A name that arrives after step 0 has read the day's names, before step 1 counts
+/// them: step 1 meets a name without a code, and the day is read again by names, so
+/// the late event is counted like any other. The source is a view of one server's
+/// table that sleeps a millisecond a row as it reads, so that the event can be
+/// inserted while step 0 reads, after it chose the parts it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_comes_after_the_names_were_read_is_counted_by_reading_the_day_again() {
+    let Some(cluster) = cluster() else { return };
+    let Some(direct) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let Some(via_clickhouse) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    let ch = ChDb::new(cluster).await;
+    let early: Vec<NewEvent> = events(6, 3_000, false, 0)
+        .into_iter()
+        .filter(|e| e.created_at.strftime("%F").to_string() == "2024-01-02")
+        .collect();
+    let late = NewEvent {
+        event: Some("late_name".to_owned()),
+        user_id: Some("user-late".to_owned()),
+        created_at: "2024-01-02T12:00:00Z".parse().expect("a time"),
+        meta: Some(r#"{"plan":"late"}"#.to_owned()),
+    };
+    ch.insert_into(0, "telemetry_events_local", &early, 1).await;
+    let view = format!("slow_{}", ch.name);
+    ch.sql(
+        0,
+        &format!(
+            "CREATE VIEW {n}.{view} AS SELECT * FROM {n}.telemetry_events_local \
+             WHERE sleepEachRow(0.001) = 0",
+            n = ch.name
+        ),
+    )
+    .await;
+    let source = ClickHouseSource::new(&ch.url(), &TableName::parse(&view).expect("a name"))
+        .expect("a valid URL");
+    let store = via_clickhouse.store.clone().with_source(source);
+    let options = range_options("2024-01-02", "2024-01-02");
+    let job = tokio::spawn({
+        let options = options.clone();
+        async move { telemetry_daily::run(&store, &options).await }
+    });
+    // Step 0, the job's first query on the view, has started reading.
+    let step_0 = format!(
+        "SELECT count() FROM system.processes WHERE position(query, 'SELECT DISTINCT') = 1 \
+         AND position(query, '{view}') > 0 AND read_rows > 0"
+    );
+    let started = std::time::Instant::now();
+    while ch.sql(0, &step_0).await.trim() == "0" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "step 0 never read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    ch.insert_into(
+        0,
+        "telemetry_events_local",
+        std::slice::from_ref(&late),
+        1_000_000,
+    )
+    .await;
+    let got = job.await.expect("the job's task").expect("run starts");
+    assert!(got.ok, "{:?}", got.days);
+
+    // Step 0 did not see the name, step 1 did: step 1 ran with codes, then by names.
+    ch.sql(0, "SYSTEM FLUSH LOGS").await;
+    let logged = |sql: &str| {
+        format!(
+            "SELECT {sql} FROM system.query_log WHERE type = 2 AND is_initial_query \
+             AND position(query, '{view}') > 0"
+        )
+    };
+    let step_0_names = ch
+        .sql(
+            0,
+            &logged("groupArrayIf(result_rows, position(query, 'SELECT DISTINCT') = 1)"),
+        )
+        .await;
+    let step_1 = ch
+        .sql(
+            0,
+            &logged(
+                "countIf(position(query, 'uniqExactIf') > 0 AND position(query, 'transform(') > 0), \
+                 countIf(position(query, 'uniqExactIf') > 0 AND position(query, 'transform(') = 0)",
+            ),
+        )
+        .await;
+    let names_before = early
+        .iter()
+        .map(|e| {
+            e.event
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(1025)
+                .collect::<String>()
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(
+        step_0_names.trim(),
+        format!("[{names_before}]"),
+        "step 0's names"
+    );
+    assert_eq!(step_1.trim(), "1\t1", "step 1 with codes, then by names");
+
+    let mut all = early;
+    all.push(late);
+    direct.insert(&all).await;
+    direct.run(&options).await;
+    let (want, have) = (stored(&direct).await, stored(&via_clickhouse).await);
+    assert!(
+        want.iter().any(|r| r.1 == "late_name" && r.2 == 1),
+        "the late event has its row"
+    );
+    assert_eq!(have, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
