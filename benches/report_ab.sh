@@ -1,56 +1,93 @@
 #!/usr/bin/env bash
 # Two or more builds of `veris-jobs report` side by side over the same database:
-# each run of each build in turn, then the medians of the wall time, the command's
-# CPU time (user + system) and, when PostgreSQL runs on this machine, the CPU time
-# its processes spent meanwhile (from /proc, which needs root or the postgres user).
+# one discarded run of each, then each run of each build in turn (every other round
+# in reverse order), then the medians of the wall time, the command's CPU time (user
+# + system) and, when PostgreSQL runs on this machine as PG_USER (default postgres),
+# the CPU time its processes spent meanwhile, read from /proc.
 #
 #   DATABASE_URL=... benches/report_ab.sh BUILD_A BUILD_B [...]
 #
 # RUNS (default 9) and REPORT_ARGS (default: a year by week before 2024-03-12, as
-# the benchmark's year report) change what is run. Each build's last answer is
-# left in $TMPDIR/report-ab-N.json for comparing.
+# the benchmark's year report) change what is run. It fails when the builds' answers
+# differ; each build's last answer is left in $TMPDIR/report-ab-N.json.
 set -euo pipefail
 : "${DATABASE_URL:?set DATABASE_URL to the database to report on}"
+if (($# < 2)); then
+    echo "usage: DATABASE_URL=... $0 BUILD_A BUILD_B [...]" >&2
+    exit 2
+fi
 RUNS=${RUNS:-9}
-REPORT_ARGS=${REPORT_ARGS:-"--start-date 2023-03-13 --end-date 2024-03-11 --by week --json"}
+((RUNS >= 1)) || { echo "RUNS must be at least 1" >&2; exit 2; }
+PG_USER=${PG_USER:-postgres}
+read -ra report_args <<< "${REPORT_ARGS:-"--start-date 2023-03-13 --end-date 2024-03-11 --by week --json"}"
 OUT=$(mktemp)
-trap 'rm -f "$OUT"' EXIT
+trap 'rm -f "$OUT" "$OUT.time"' EXIT
+builds=("$@")
 
-# Clock ticks used by every postgres process, ended children included.
+# Clock ticks used by PostgreSQL's processes, ended children included, or "n/a".
+# The postmaster is read last, so that a backend that ends meanwhile is still counted
+# in its children's time.
 server_ticks() {
-    local total=0 pid
-    for pid in $(pgrep -u postgres 2>/dev/null || true); do
+    local postmaster total=0 pid
+    postmaster=$(pgrep -o -u "$PG_USER" postgres 2>/dev/null || true)
+    if [[ -z $postmaster ]]; then
+        echo n/a
+        return
+    fi
+    for pid in $(pgrep -u "$PG_USER" 2>/dev/null | grep -vx "$postmaster" || true) "$postmaster"; do
         total=$((total + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
     echo "$total"
 }
 
-for _ in $(seq "$RUNS"); do
-    n=0
-    for build in "$@"; do
-        n=$((n + 1))
-        before=$(server_ticks)
-        # shellcheck disable=SC2086 # REPORT_ARGS is a list of arguments
-        /usr/bin/time -f "%e %U %S" -o "$OUT.time" "$build" report $REPORT_ARGS \
-            > "${TMPDIR:-/tmp}/report-ab-$n.json"
-        after=$(server_ticks)
+# Runs build number $1 once, appending "n wall user system ticks" to $OUT.
+run() {
+    local n=$1 before after
+    before=$(server_ticks)
+    /usr/bin/time -f "%e %U %S" -o "$OUT.time" "${builds[n - 1]}" report "${report_args[@]}" \
+        > "${TMPDIR:-/tmp}/report-ab-$n.json"
+    after=$(server_ticks)
+    if [[ $before == n/a || $after == n/a ]]; then
+        echo "$n $(cat "$OUT.time") n/a" >> "$OUT"
+    else
         echo "$n $(cat "$OUT.time") $((after - before))" >> "$OUT"
+    fi
+}
+
+for n in $(seq ${#builds[@]}); do
+    run "$n"
+done
+: > "$OUT"
+for round in $(seq "$RUNS"); do
+    order=$(seq ${#builds[@]})
+    ((round % 2 == 0)) && order=$(seq ${#builds[@]} -1 1)
+    for n in $order; do
+        run "$n"
     done
 done
-rm -f "$OUT.time"
 
-python3 - "$OUT" "$(getconf CLK_TCK)" "$@" <<'PY'
+for n in $(seq 2 ${#builds[@]}); do
+    if ! cmp -s "${TMPDIR:-/tmp}/report-ab-1.json" "${TMPDIR:-/tmp}/report-ab-$n.json"; then
+        echo "the answers of ${builds[0]} and ${builds[n - 1]} differ" >&2
+        exit 1
+    fi
+done
+
+python3 - "$OUT" "$(getconf CLK_TCK)" "${builds[@]}" <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     n, wall, user, system, ticks = line.split()
-    runs[int(n)].append((float(wall), float(user) + float(system), int(ticks)))
+    runs[int(n)].append((float(wall), float(user) + float(system), None if ticks == "n/a" else int(ticks)))
 tick = 1.0 / int(sys.argv[2])
 print("| build | wall | the command's CPU | PostgreSQL's CPU meanwhile |")
 print("|---|---:|---:|---:|")
 for n, build in enumerate(sys.argv[3:], start=1):
     got = runs[n]
-    median = lambda i: statistics.median(r[i] for r in got)
-    print(f"| {build} | {median(0):.3f} s | {median(1):.3f} s | {median(2) * tick:.3f} s |")
-print(f"\nmedians of {len(runs[1])} runs each, the builds alternated")
+    wall = statistics.median(r[0] for r in got)
+    cpu = statistics.median(r[1] for r in got)
+    ticks = [r[2] for r in got if r[2] is not None]
+    server = f"{statistics.median(ticks) * tick:.3f} s" if len(ticks) == len(got) else "n/a"
+    print(f"| {build} | {wall:.3f} s | {cpu:.3f} s | {server} |")
+print(f"\nmedians of {len(runs[1])} runs each, the builds alternated, the same answers")
 PY

@@ -7,9 +7,10 @@
 //! 0. the day's event names. Up to [`MAX_CODED_NAMES`] of them, each is given a
 //!    one-byte code (`transform`) that the next steps group by in its place:
 //!    ClickHouse 18.16 groups by a single number or string faster than by a name
-//!    and a second key (steps 1 and 3 together took a fifth less time). With more names, the steps group by the names, as
-//!    they do again when step 1 meets a name step 0 did not list (events still
-//!    arriving, or a server that answered short).
+//!    and a second key (steps 1 and 3 together took a fifth less time, on a table
+//!    sorted by time). With more names, the steps group by the names, as they do
+//!    again when step 1 meets a name step 0 did not list (events still arriving,
+//!    or a server that answered short).
 //! 1. per event name and HyperLogLog register (the low bits of the user id's
 //!    `murmurHash3_128`, the hash `hll_hash_text` uses): the events, the exact
 //!    distinct users (`uniqExact`) and the register's value. A user falls in one

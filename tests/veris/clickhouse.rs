@@ -483,7 +483,7 @@ async fn a_name_that_comes_after_the_names_were_read_is_counted_by_reading_the_d
     let logged = |sql: &str| {
         format!(
             "SELECT {sql} FROM system.query_log WHERE type = 2 AND is_initial_query \
-             AND position(query, '{view}') > 0"
+             AND position(http_user_agent, 'veris-jobs/') = 1 AND position(query, '{view}') > 0"
         )
     };
     let step_0_names = ch
@@ -501,16 +501,10 @@ async fn a_name_that_comes_after_the_names_were_read_is_counted_by_reading_the_d
             ),
         )
         .await;
+    // Step 0 cuts names one byte past the limit, which leaves these apart.
     let names_before = early
         .iter()
-        .map(|e| {
-            e.event
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(1025)
-                .collect::<String>()
-        })
+        .map(|e| e.event.as_deref().unwrap_or(""))
         .collect::<std::collections::HashSet<_>>()
         .len();
     assert_eq!(
