@@ -83,9 +83,25 @@ impl PgStore {
     pub async fn connect(url: &str, source: &TableName) -> Result<Self, StoreError> {
         let store = Self::connect_lazy(url, source)?;
         // Connects once now, so that an unreachable server is reported at once (the
-        // pool would retry until its timeout).
-        let conn = store.fresh_connection().await?;
-        let _ = conn.close().await;
+        // pool would retry until its timeout). The pool opens its first connection
+        // meanwhile: over TLS, whose handshake takes this driver about 90 ms, the two
+        // take the time of one.
+        {
+            let pooled = store.pool.acquire();
+            tokio::pin!(pooled);
+            let checked = store.fresh_connection();
+            tokio::pin!(checked);
+            let (conn, opened) = tokio::select! {
+                conn = &mut checked => (conn?, None),
+                opened = &mut pooled => (checked.await?, Some(opened)),
+            };
+            let _ = conn.close().await;
+            // Reachable: the pool's connection follows, and goes back to the pool
+            // for the command's first query.
+            if opened.is_none() {
+                let _ = pooled.await;
+            }
+        }
         Ok(store)
     }
 
