@@ -6,15 +6,13 @@ use futures_util::future::try_join_all;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::{DayRange, Grouping, ReportBuilder, TelemetryReport, split_by_periods};
-use crate::store::{RollupStore, StoreError};
+use crate::store::{READS_AT_ONCE, RollupStore, StoreError};
 
 /// Days a report covers when not told: the 30 ending yesterday.
 pub const DEFAULT_REPORT_DAYS: u32 = 30;
 
-/// Queries a report runs at once at most. Two keep the database's cores and the
-/// report's busy on a small machine, and leave most of a pool's eight connections to
-/// the other requests of a dashboard that loads a few reports at once.
-const MAX_PARTS: usize = 2;
+/// Queries a report runs at once at most.
+const MAX_PARTS: usize = READS_AT_ONCE;
 
 /// What a report covers.
 #[derive(Debug, Clone, PartialEq, Eq)]

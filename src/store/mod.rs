@@ -65,6 +65,12 @@ pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 pub use self::table_name::TableName;
 
+/// Queries one command runs at once on a store at most (a report's parts). Two keep
+/// the database's cores and the command's busy on a small machine, and leave most of
+/// a pool's eight connections to the other requests of a dashboard that loads a few
+/// reports at once.
+pub const READS_AT_ONCE: usize = 2;
+
 /// The rollup table's name (fixed by the contract).
 pub const ROLLUP_TABLE: &str = rollup_table!();
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
+use futures_util::future::join_all;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt as _, PgPoolOptions};
@@ -25,6 +26,10 @@ use crate::model::{
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections a command's pool opens while the server is checked: as many as its
+/// queries run at once, so that none waits for a handshake of its own later.
+const WARM_CONNECTIONS: usize = super::READS_AT_ONCE;
 /// How long a health check waits for the pool.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -83,11 +88,11 @@ impl PgStore {
     pub async fn connect(url: &str, source: &TableName) -> Result<Self, StoreError> {
         let store = Self::connect_lazy(url, source)?;
         // Connects once now, so that an unreachable server is reported at once (the
-        // pool would retry until its timeout). The pool opens its first connection
-        // meanwhile: over TLS, whose handshake takes this driver about 90 ms, the two
-        // take the time of one.
+        // pool would retry until its timeout). The pool opens its first connections
+        // meanwhile: over TLS, whose handshake takes this driver about 90 ms, they
+        // all take the time of one.
         {
-            let pooled = store.pool.acquire();
+            let pooled = join_all((0..WARM_CONNECTIONS).map(|_| store.pool.acquire()));
             tokio::pin!(pooled);
             let checked = store.fresh_connection();
             tokio::pin!(checked);
@@ -96,8 +101,8 @@ impl PgStore {
                 opened = &mut pooled => (checked.await?, Some(opened)),
             };
             let _ = conn.close().await;
-            // Reachable: the pool's connection follows, and goes back to the pool
-            // for the command's first query.
+            // Reachable: the pool's connections follow, and go back to the pool
+            // for the command's first queries.
             if opened.is_none() {
                 let _ = pooled.await;
             }
