@@ -9,7 +9,8 @@
 #
 # RUNS (default 9) and REPORT_ARGS (default: a year by week before 2024-03-12, as
 # the benchmark's year report) change what is run. It fails when the builds' answers
-# differ; each build's last answer is left in $TMPDIR/report-ab-N.json.
+# differ as JSON (whitespace aside); each build's last answer is left in
+# $TMPDIR/report-ab-N.json.
 set -euo pipefail
 : "${DATABASE_URL:?set DATABASE_URL to the database to report on}"
 if (($# < 2)); then
@@ -42,15 +43,18 @@ server_ticks() {
 
 # Runs build number $1 once, appending "n wall user system ticks" to $OUT.
 run() {
-    local n=$1 before after
+    local n=$1 before after started wall
     before=$(server_ticks)
-    /usr/bin/time -f "%e %U %S" -o "$OUT.time" "${builds[n - 1]}" report "${report_args[@]}" \
+    started=$EPOCHREALTIME
+    /usr/bin/time -f "%U %S" -o "$OUT.time" "${builds[n - 1]}" report "${report_args[@]}" \
         > "${TMPDIR:-/tmp}/report-ab-$n.json"
+    # To the microsecond: /usr/bin/time's wall time has only hundredths.
+    wall=$(python3 -c "print($EPOCHREALTIME - $started)")
     after=$(server_ticks)
     if [[ $before == n/a || $after == n/a ]]; then
-        echo "$n $(cat "$OUT.time") n/a" >> "$OUT"
+        echo "$n $wall $(cat "$OUT.time") n/a" >> "$OUT"
     else
-        echo "$n $(cat "$OUT.time") $((after - before))" >> "$OUT"
+        echo "$n $wall $(cat "$OUT.time") $((after - before))" >> "$OUT"
     fi
 }
 
@@ -66,8 +70,16 @@ for round in $(seq "$RUNS"); do
     done
 done
 
+# The same JSON, in the same order, whitespace aside.
+same_json() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+a, b = (json.dumps(json.load(open(p)), separators=(",", ":")) for p in sys.argv[1:])
+sys.exit(a != b)
+PY
+}
 for n in $(seq 2 ${#builds[@]}); do
-    if ! cmp -s "${TMPDIR:-/tmp}/report-ab-1.json" "${TMPDIR:-/tmp}/report-ab-$n.json"; then
+    if ! same_json "${TMPDIR:-/tmp}/report-ab-1.json" "${TMPDIR:-/tmp}/report-ab-$n.json"; then
         echo "the answers of ${builds[0]} and ${builds[n - 1]} differ" >&2
         exit 1
     fi

@@ -38,8 +38,8 @@ pub use self::runs::{
 pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};
 pub use self::summary::{DROPPED_KEYS, MAX_KEYS};
 pub use self::telemetry_report::{
-    EventReport, Grouping, PeriodReport, ReportBuilder, RollupFold, RollupRef, StoredRollup,
-    TelemetryReport, Total, periods, split_by_periods,
+    EventReport, Grouping, MergedMeta, PeriodReport, ReportBuilder, RollupFold, RollupRef,
+    StoredRollup, TelemetryReport, Total, periods, split_by_periods,
 };
 
 /// Hash maps keyed by event data. foldhash is several times faster than the

@@ -10,8 +10,10 @@ use std::str::FromStr;
 
 use jiff::civil::Date;
 use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap as _, Serializer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::{RawValue, to_raw_value};
 
 use super::FastMap;
 use super::days::DayRange;
@@ -128,7 +130,7 @@ pub struct EventReport {
     pub unique_users: Option<u64>,
     pub unique_users_exact: bool,
     /// The rows' metadata summaries merged.
-    pub meta: Value,
+    pub meta: MergedMeta,
 }
 
 /// All the period's events together, a user counted once.
@@ -428,20 +430,115 @@ impl MetaMerge {
         }
     }
 
-    fn to_json(&self, top_k: usize) -> Value {
+    /// The merged summary as JSON text: keys and values in byte order, each key's
+    /// fields by name, as a `serde_json` map of it would give them. Written here, on
+    /// the thread that read the period, so that the report's output copies the
+    /// text: a year's report holds a hundred thousand values.
+    fn to_json(&self, top_k: usize) -> MergedMeta {
         let mut ranked: Vec<(&str, u64)> =
             self.keys.iter().map(|(k, m)| (k.as_str(), m.n)).collect();
         ranked.sort_unstable_by(key_order);
         let dropped = self.dropped + ranked.len().saturating_sub(MAX_KEYS) as u64;
         ranked.truncate(MAX_KEYS);
-        let mut out = Map::new();
-        for (key, _) in ranked {
-            out.insert(key.to_owned(), merged_json(&self.keys[key], top_k));
-        }
+        let mut entries: Vec<(&str, MetaEntry<'_>)> = ranked
+            .into_iter()
+            .map(|(key, _)| (key, MetaEntry::Key(&self.keys[key], top_k)))
+            .collect();
         if dropped > 0 {
-            out.insert(DROPPED_KEYS.into(), Value::from(dropped));
+            entries.push((DROPPED_KEYS, MetaEntry::Dropped(dropped)));
         }
-        Value::Object(out)
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // Strings, integers and finite numbers (`json_number` makes others null),
+        // which always serialize.
+        MergedMeta(to_raw_value(&JsonMap(&entries)).expect("a merged summary serializes"))
+    }
+}
+
+/// An event's metadata summaries merged over a period, as JSON text (an object of
+/// keys, see the contract's report).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MergedMeta(Box<RawValue>);
+
+impl MergedMeta {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The summary as a JSON value, to look into.
+    pub fn to_value(&self) -> Value {
+        // Made from JSON text, or read as JSON.
+        serde_json::from_str(self.get()).expect("a merged summary is JSON")
+    }
+}
+
+impl PartialEq for MergedMeta {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// A key of a merged summary, or the count of keys dropped.
+enum MetaEntry<'a> {
+    Key(&'a MergedKey, usize),
+    Dropped(u64),
+}
+
+/// Entries serialized as a JSON object, in their order.
+struct JsonMap<'a, K, V>(&'a [(K, V)]);
+
+impl<K: Serialize, V: Serialize> Serialize for JsonMap<'_, K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for MetaEntry<'_> {
+    /// A key's fields by name: `max`, `min`, `n`, `other`, `sum`, `values`,
+    /// `valuesExact`, those that apply.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (key, top_k) = match *self {
+            MetaEntry::Dropped(dropped) => return serializer.serialize_u64(dropped),
+            MetaEntry::Key(key, top_k) => (key, top_k),
+        };
+        let has_sum = key.sum.is_some() || key.sum_overflowed;
+        let mut map = serializer.serialize_map(None)?;
+        if has_sum {
+            map.serialize_entry("max", &key.max.map_or(Value::Null, json_number))?;
+            map.serialize_entry("min", &key.min.map_or(Value::Null, json_number))?;
+        }
+        map.serialize_entry("n", &key.n)?;
+        let kept = key.has_values.then(|| {
+            let mut values: Vec<(&str, u64)> =
+                key.values.iter().map(|(v, c)| (v.as_str(), *c)).collect();
+            values.sort_unstable_by(value_order);
+            values.truncate(top_k);
+            values
+        });
+        if let Some(values) = &kept {
+            let kept_total: u64 = values.iter().map(|(_, c)| c).sum();
+            map.serialize_entry("other", &(key.value_total - kept_total))?;
+        }
+        if has_sum {
+            let sum = match (&key.sum, key.sum_overflowed) {
+                (Some(sum), false) => json_number(sum.total()),
+                _ => Value::Null,
+            };
+            map.serialize_entry("sum", &sum)?;
+        }
+        if let Some(mut values) = kept {
+            values.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            map.serialize_entry("values", &JsonMap(&values))?;
+            if key.values_cut {
+                map.serialize_entry("valuesExact", &false)?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -526,41 +623,6 @@ fn entries<'de, D: Deserializer<'de>>(
 /// A field that is present, `null` or not: `Some(None)` for `null`.
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f64>>, D::Error> {
     Option::deserialize(deserializer).map(Some)
-}
-
-fn merged_json(key: &MergedKey, top_k: usize) -> Value {
-    let mut out = Map::new();
-    out.insert("n".into(), Value::from(key.n));
-    if key.has_values {
-        let mut values: Vec<(&str, u64)> =
-            key.values.iter().map(|(v, c)| (v.as_str(), *c)).collect();
-        values.sort_unstable_by(value_order);
-        values.truncate(top_k);
-        let kept: u64 = values.iter().map(|(_, c)| c).sum();
-        out.insert(
-            "values".into(),
-            Value::Object(
-                values
-                    .into_iter()
-                    .map(|(v, c)| (v.to_owned(), Value::from(c)))
-                    .collect(),
-            ),
-        );
-        out.insert("other".into(), Value::from(key.value_total - kept));
-        if key.values_cut {
-            out.insert("valuesExact".into(), Value::Bool(false));
-        }
-    }
-    if key.sum.is_some() || key.sum_overflowed {
-        let sum = match (&key.sum, key.sum_overflowed) {
-            (Some(sum), false) => json_number(sum.total()),
-            _ => Value::Null,
-        };
-        out.insert("sum".into(), sum);
-        out.insert("min".into(), key.min.map_or(Value::Null, json_number));
-        out.insert("max".into(), key.max.map_or(Value::Null, json_number));
-    }
-    Value::Object(out)
 }
 
 impl TelemetryReport {
@@ -777,7 +839,7 @@ mod tests {
             (Some(3), false)
         );
         assert_eq!(
-            view.meta,
+            view.meta.to_value(),
             serde_json::json!({
                 "amount": {"n": 3, "sum": 0.30000000000000004, "min": 0.5, "max": 2},
                 "plan": {"n": 4, "values": {"pro": 3}, "other": 4, "valuesExact": false}
@@ -834,12 +896,41 @@ mod tests {
             1,
         );
         assert_eq!(
-            report.periods[0].events[0].meta,
+            report.periods[0].events[0].meta.to_value(),
             serde_json::json!({
                 "$dropped_keys": 3,
                 "amount": {"n": 2, "sum": null, "min": -3, "max": 4},
                 "path": {"n": 4, "values": {"/a\"b": 2}, "other": 2}
             })
+        );
+    }
+
+    #[test]
+    fn a_merged_summary_is_written_with_keys_values_and_fields_in_byte_order() {
+        let rows = [
+            row(
+                "2024-01-01",
+                "view",
+                &["a"],
+                r#"{"$dropped_keys":1,"zone":{"n":3,"values":{"b":2,"a":1},"other":1},"!first":{"n":1,"sum":2.5,"min":2.5,"max":2.5}}"#,
+            ),
+            row(
+                "2024-01-02",
+                "view",
+                &["b"],
+                r#"{"zone":{"n":1,"values":{"c":1},"other":0},"!first":{"n":1,"sum":1,"min":1,"max":1}}"#,
+            ),
+        ];
+        let report = TelemetryReport::from_rows(
+            &range("2024-01-01", "2024-01-07"),
+            Grouping::Week,
+            &rows,
+            2,
+        );
+        // As a `serde_json` map would order them; `!` comes before `$`.
+        assert_eq!(
+            report.periods[0].events[0].meta.get(),
+            r#"{"!first":{"max":2.5,"min":1,"n":2,"sum":3.5},"$dropped_keys":1,"zone":{"n":4,"other":2,"values":{"a":1,"b":2},"valuesExact":false}}"#
         );
     }
 

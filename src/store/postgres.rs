@@ -30,6 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections a command's pool opens while the server is checked: as many as its
 /// queries run at once, so that none waits for a handshake of its own later.
 const WARM_CONNECTIONS: usize = super::READS_AT_ONCE;
+
 /// How long a health check waits for the pool.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
