@@ -41,20 +41,26 @@ server_ticks() {
     echo "$total"
 }
 
-# Runs build number $1 once, appending "n wall user system ticks" to $OUT.
+# Runs build number $1 once, appending "n wall user system ticks" to $OUT: the
+# command's times to the microsecond (`/usr/bin/time` gives hundredths).
 run() {
-    local n=$1 before after started wall
+    local n=$1 before after
     before=$(server_ticks)
-    started=$EPOCHREALTIME
-    /usr/bin/time -f "%U %S" -o "$OUT.time" "${builds[n - 1]}" report "${report_args[@]}" \
-        > "${TMPDIR:-/tmp}/report-ab-$n.json"
-    # To the microsecond: /usr/bin/time's wall time has only hundredths.
-    wall=$(python3 -c "print($EPOCHREALTIME - $started)")
+    python3 - "$OUT.time" "${builds[n - 1]}" report "${report_args[@]}" \
+        > "${TMPDIR:-/tmp}/report-ab-$n.json" <<'PY'
+import resource, subprocess, sys, time
+started = time.perf_counter()
+subprocess.run(sys.argv[2:], check=True)
+wall = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as out:
+    print(wall, usage.ru_utime, usage.ru_stime, file=out)
+PY
     after=$(server_ticks)
     if [[ $before == n/a || $after == n/a ]]; then
-        echo "$n $wall $(cat "$OUT.time") n/a" >> "$OUT"
+        echo "$n $(cat "$OUT.time") n/a" >> "$OUT"
     else
-        echo "$n $wall $(cat "$OUT.time") $((after - before))" >> "$OUT"
+        echo "$n $(cat "$OUT.time") $((after - before))" >> "$OUT"
     fi
 }
 

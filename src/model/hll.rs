@@ -108,6 +108,14 @@ impl Sketch {
         match header(bytes)? {
             (FULL, data) if data.len() == FULL_BYTES => max_full_into(data, self.registers()),
             (SPARSE, data) => max_sparse_into(data, self.registers()),
+            (EXPLICIT, data) => {
+                let theirs = explicit_hashes(data)?;
+                match &mut self.repr {
+                    Repr::Registers(registers) => theirs.for_each(|h| set_register(registers, h)),
+                    Repr::Explicit(mine) => self.repr = explicit_union(mine, theirs),
+                    Repr::Empty => self.repr = explicit_union(&[], theirs),
+                }
+            }
             _ => self.union(&Self::from_bytes(bytes)?),
         }
         Ok(())
@@ -155,14 +163,7 @@ impl Sketch {
                 self.repr = Repr::Registers(registers);
             }
             (Repr::Explicit(mine), Repr::Explicit(theirs)) => {
-                // Past the threshold the result is the registers of all the hashes,
-                // which do not depend on which came first.
-                let all = merge_ascending(mine, theirs);
-                self.repr = if all.len() > EXPLICIT_MAX {
-                    Repr::Registers(registers_of(&all))
-                } else {
-                    Repr::Explicit(all)
-                };
+                self.repr = explicit_union(mine, theirs.iter().copied());
             }
         }
     }
@@ -273,16 +274,7 @@ impl Sketch {
         let (kind, data) = header(bytes)?;
         let repr = match kind {
             EMPTY if data.is_empty() => Repr::Empty,
-            EXPLICIT if data.len() % 8 == 0 => {
-                let hashes: Vec<i64> = data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                    .collect();
-                if hashes.windows(2).any(|w| w[0] >= w[1]) {
-                    return Err(bad("explicit hashes out of order"));
-                }
-                Repr::Explicit(hashes)
-            }
+            EXPLICIT => Repr::Explicit(explicit_hashes(data)?.collect()),
             SPARSE => {
                 let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
                 max_sparse_into(data, &mut registers);
@@ -374,19 +366,50 @@ fn spread_registers(bits: u64) -> u64 {
     (quarters & 0x001F_001F_001F_001F) | ((quarters >> 5) & 0x001F_001F_001F_001F) << 8
 }
 
-/// The distinct hashes of two ascending lists, ascending: one pass, since a year's
-/// report merges thousands of explicit sketches.
-fn merge_ascending(a: &[i64], b: &[i64]) -> Vec<i64> {
-    let mut all = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while let (Some(&x), Some(&y)) = (a.get(i), b.get(j)) {
+/// The hashes of an explicit sketch's data, once checked to be whole and ascending.
+fn explicit_hashes(
+    data: &[u8],
+) -> Result<impl ExactSizeIterator<Item = i64> + Clone + '_, SketchError> {
+    let hashes = data
+        .chunks_exact(8)
+        // `chunks_exact(8)` gives eight bytes.
+        .map(|c| i64::from_be_bytes(c.try_into().expect("eight bytes")));
+    if !data.len().is_multiple_of(8) {
+        return Err(SketchError(
+            "an explicit sketch of part of a hash".to_owned(),
+        ));
+    }
+    if hashes
+        .clone()
+        .zip(hashes.clone().skip(1))
+        .any(|(a, b)| a >= b)
+    {
+        return Err(SketchError("explicit hashes out of order".to_owned()));
+    }
+    Ok(hashes)
+}
+
+/// The union of two ascending lists of distinct hashes: explicit while there are at
+/// most [`EXPLICIT_MAX`], else the registers of them all (which do not depend on
+/// which came first). One pass, since a year's report merges thousands.
+fn explicit_union(mine: &[i64], theirs: impl ExactSizeIterator<Item = i64>) -> Repr {
+    let mut all = Vec::with_capacity(mine.len() + theirs.len());
+    let mut theirs = theirs.peekable();
+    let mut i = 0;
+    while let (Some(&x), Some(&y)) = (mine.get(i), theirs.peek()) {
         all.push(x.min(y));
         i += usize::from(x <= y);
-        j += usize::from(y <= x);
+        if y <= x {
+            theirs.next();
+        }
     }
-    all.extend_from_slice(&a[i..]);
-    all.extend_from_slice(&b[j..]);
-    all
+    all.extend_from_slice(&mine[i..]);
+    all.extend(theirs);
+    if all.len() > EXPLICIT_MAX {
+        Repr::Registers(registers_of(&all))
+    } else {
+        Repr::Explicit(all)
+    }
 }
 
 /// The registers of `hashes`.

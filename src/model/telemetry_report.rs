@@ -4,7 +4,6 @@
 //! events.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
@@ -200,7 +199,8 @@ pub struct ReportBuilder {
 /// A period's rows so far, by event.
 #[derive(Debug, Default)]
 struct PeriodParts {
-    events: BTreeMap<String, EventParts>,
+    /// In no order: the report ranks them.
+    events: FastMap<String, EventParts>,
     rows: usize,
     /// The stored exact count of the period's first row, which is the total's
     /// when it is the only row.
@@ -379,7 +379,8 @@ struct MergedKey {
 /// `"valuesExact": false` when some day had left values in `other`.
 #[derive(Debug, Default)]
 struct MetaMerge {
-    keys: BTreeMap<String, MergedKey>,
+    /// In no order: the summary ranks them, then writes them by name.
+    keys: FastMap<String, MergedKey>,
     dropped: u64,
 }
 
