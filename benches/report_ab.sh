@@ -25,11 +25,16 @@ OUT=$(mktemp)
 trap 'rm -f "$OUT" "$OUT.time"' EXIT
 builds=("$@")
 
-# Clock ticks used by PostgreSQL's processes, ended children included, or "n/a".
+# Clock ticks used by PostgreSQL's processes, ended children included, or "n/a"
+# (for a database that is not PostgreSQL, or one elsewhere).
 # The postmaster is read last, so that a backend that ends meanwhile is still counted
 # in its children's time.
 server_ticks() {
     local postmaster total=0 pid
+    if [[ $DATABASE_URL != postgres* ]]; then
+        echo n/a
+        return
+    fi
     postmaster=$(pgrep -o -u "$PG_USER" postgres 2>/dev/null || true)
     if [[ -z $postmaster ]]; then
         echo n/a
