@@ -98,8 +98,8 @@ impl Sketch {
     }
 
     /// Folds in the sketch `bytes` hold, as `union(&Sketch::from_bytes(bytes)?)`
-    /// does, but merges a full or sparse sketch into registers as it reads it,
-    /// without building it: a year's report reads thousands.
+    /// does, but merges it as it reads it, without building it: a year's report
+    /// reads thousands.
     ///
     /// # Errors
     ///
@@ -113,7 +113,7 @@ impl Sketch {
                 match &mut self.repr {
                     Repr::Registers(registers) => theirs.for_each(|h| set_register(registers, h)),
                     Repr::Explicit(mine) => self.repr = explicit_union(mine, theirs),
-                    Repr::Empty => self.repr = explicit_union(&[], theirs),
+                    Repr::Empty => self.repr = Repr::Explicit(theirs.collect()),
                 }
             }
             _ => self.union(&Self::from_bytes(bytes)?),
@@ -712,5 +712,21 @@ mod tests {
         ] {
             assert!(Sketch::from_bytes(bytes).is_err(), "{bytes:?}");
         }
+        // Our parameters, but not a sketch: refused alike, and a union with them
+        // leaves the sketch as it was.
+        let explicit = |data: &[u8]| [&[0x12, 0x8f, 0x7f][..], data].concat();
+        let mut sketch = Sketch::new();
+        ["a", "b", "c"].iter().for_each(|u| sketch.add_user(u));
+        let before = sketch.clone();
+        for bytes in [
+            explicit(&[0; 9]), // part of a hash
+            explicit(&[[0, 0, 0, 0, 0, 0, 0, 2], [0, 0, 0, 0, 0, 0, 0, 1]].concat()), // out of order
+            explicit(&[[0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1]].concat()), // twice
+        ] {
+            assert!(Sketch::from_bytes(&bytes).is_err(), "{bytes:?}");
+            assert!(sketch.union_bytes(&bytes).is_err(), "{bytes:?}");
+            assert_eq!(sketch, before, "{bytes:?}");
+        }
+        assert!(Sketch::from_bytes(&explicit(&[0, 0, 0, 0, 0, 0, 0, 1])).is_ok());
     }
 }

@@ -468,12 +468,17 @@ impl MergedMeta {
     }
 
     /// The summary as a JSON value, to look into.
-    pub fn to_value(&self) -> Value {
-        // Made from JSON text, or read as JSON.
-        serde_json::from_str(self.get()).expect("a merged summary is JSON")
+    ///
+    /// # Errors
+    ///
+    /// A summary read from elsewhere may hold a number that a [`Value`] cannot
+    /// (such as `1e400`).
+    pub fn to_value(&self) -> serde_json::Result<Value> {
+        serde_json::from_str(self.get())
     }
 }
 
+/// Equal when their text is.
 impl PartialEq for MergedMeta {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()
@@ -840,7 +845,7 @@ mod tests {
             (Some(3), false)
         );
         assert_eq!(
-            view.meta.to_value(),
+            view.meta.to_value().unwrap(),
             serde_json::json!({
                 "amount": {"n": 3, "sum": 0.30000000000000004, "min": 0.5, "max": 2},
                 "plan": {"n": 4, "values": {"pro": 3}, "other": 4, "valuesExact": false}
@@ -897,7 +902,7 @@ mod tests {
             1,
         );
         assert_eq!(
-            report.periods[0].events[0].meta.to_value(),
+            report.periods[0].events[0].meta.to_value().unwrap(),
             serde_json::json!({
                 "$dropped_keys": 3,
                 "amount": {"n": 2, "sum": null, "min": -3, "max": 4},

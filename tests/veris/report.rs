@@ -92,8 +92,8 @@ async fn the_report_groups_the_rollups_by_day_week_and_month(db: TestDb) {
         (view.unique_users, view.unique_users_exact),
         (Some(12), false)
     );
-    assert_eq!(view.meta.to_value()["plan"]["values"]["pro"], 42);
-    assert_eq!(view.meta.to_value()["amount"]["sum"], 63);
+    assert_eq!(view.meta.to_value().unwrap()["plan"]["values"]["pro"], 42);
+    assert_eq!(view.meta.to_value().unwrap()["amount"]["sum"], 63);
     assert_eq!((week.total.count, week.total.unique_users), (49, Some(12)));
 
     let months = telemetry_report(
