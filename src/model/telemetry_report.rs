@@ -666,7 +666,7 @@ impl TelemetryReport {
     /// total; `~` marks an estimate.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "telemetry  {} .. {}  by {}\n{:<23}  {:<24}  {:>12}  {:>12}\n",
+            "telemetry  {} .. {}  by {}\n{:<24}  {:<24}  {:>12}  {:>12}\n",
             self.start_date, self.end_date, self.by, "period", "event", "count", "users"
         );
         for period in &self.periods {
@@ -678,7 +678,7 @@ impl TelemetryReport {
             for event in &period.events {
                 let _ = writeln!(
                     out,
-                    "{span:<23}  {:<24}  {:>12}  {:>12}",
+                    "{span:<24}  {:<24}  {:>12}  {:>12}",
                     event.event,
                     event.count,
                     users(event.unique_users, event.unique_users_exact)
@@ -686,7 +686,7 @@ impl TelemetryReport {
             }
             let _ = writeln!(
                 out,
-                "{span:<23}  {:<24}  {:>12}  {:>12}",
+                "{span:<24}  {:<24}  {:>12}  {:>12}",
                 "(all events)",
                 period.total.count,
                 users(period.total.unique_users, period.total.unique_users_exact)
@@ -694,7 +694,7 @@ impl TelemetryReport {
             if !period.missing_sketches.is_empty() {
                 let _ = writeln!(
                     out,
-                    "{span:<23}  rows with no usable sketch on {} (run those days again)",
+                    "{span:<24}  rows with no usable sketch on {} (run those days again)",
                     period.missing_sketches.join(", ")
                 );
             }
@@ -938,6 +938,27 @@ mod tests {
             report.periods[0].events[0].meta.get(),
             r#"{"!first":{"max":2.5,"min":1,"n":2,"sum":3.5},"$dropped_keys":1,"zone":{"n":4,"other":2,"values":{"a":1,"b":2},"valuesExact":false}}"#
         );
+    }
+
+    #[test]
+    fn the_table_puts_each_column_under_its_heading_for_days_and_weeks() {
+        let rows = [row("2024-01-02", "view", &["a", "b"], "{}")];
+        for (start, end, by) in [
+            ("2024-01-01", "2024-01-07", Grouping::Week),
+            ("2024-01-02", "2024-01-02", Grouping::Day),
+        ] {
+            let table = TelemetryReport::from_rows(&range(start, end), by, &rows, 5).to_table();
+            let lines: Vec<&str> = table.lines().skip(1).collect();
+            let heading = lines[0];
+            for line in &lines[1..] {
+                assert_eq!(line.len(), heading.len(), "{by}:\n{table}");
+                assert_eq!(
+                    line.find(['v', '(']),
+                    heading.find("event"),
+                    "{by}:\n{table}"
+                );
+            }
+        }
     }
 
     #[test]
