@@ -370,15 +370,15 @@ fn spread_registers(bits: u64) -> u64 {
 fn explicit_hashes(
     data: &[u8],
 ) -> Result<impl ExactSizeIterator<Item = i64> + Clone + '_, SketchError> {
-    let hashes = data
-        .chunks_exact(8)
-        // `chunks_exact(8)` gives eight bytes.
-        .map(|c| i64::from_be_bytes(c.try_into().expect("eight bytes")));
     if !data.len().is_multiple_of(8) {
         return Err(SketchError(
             "an explicit sketch of part of a hash".to_owned(),
         ));
     }
+    // `chunks_exact(8)` gives eight bytes.
+    let hashes = data
+        .chunks_exact(8)
+        .map(|c| i64::from_be_bytes(c.try_into().expect("eight bytes")));
     if hashes
         .clone()
         .zip(hashes.clone().skip(1))
