@@ -11,9 +11,6 @@ use crate::store::{READS_AT_ONCE, RollupStore, StoreError};
 /// Days a report covers when not told: the 30 ending yesterday.
 pub const DEFAULT_REPORT_DAYS: u32 = 30;
 
-/// Queries a report runs at once at most.
-const MAX_PARTS: usize = READS_AT_ONCE;
-
 /// What a report covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportRequest {
@@ -44,7 +41,7 @@ where
     S: RollupStore + Clone + Send + Sync + 'static,
 {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let parts = split_by_periods(&request.range, request.by, cores.min(MAX_PARTS));
+    let parts = split_by_periods(&request.range, request.by, cores.min(READS_AT_ONCE));
     // Each part on a task of its own, so that the parts are merged on as many
     // threads as they are read; the tasks end with the report (a client that hangs
     // up stops them).
