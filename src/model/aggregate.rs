@@ -57,6 +57,10 @@ pub trait EventSink {
     /// [`EventSink::push_counted`]: it is summarised `times` times. Metadata of a
     /// name that was not taken, or is skipped, is ignored.
     fn push_meta(&mut self, event: &str, meta: Option<&str>, times: u64);
+
+    /// Takes `times` events met in the window's read whose `created_at` is no
+    /// instant in any form the source allows: read, skipped whole.
+    fn push_invalid_created_at(&mut self, times: u64);
 }
 
 /// A sink that can be split: parts filled with different events (on other threads,
@@ -95,17 +99,20 @@ pub struct SkipCounts {
     pub invalid_meta: u64,
     /// Events whose `meta` is valid JSON but not an object: counted, metadata left out.
     pub non_object_meta: u64,
+    /// Events whose `created_at` is in none of the source's forms (SQLite's text),
+    /// skipped whole.
+    pub invalid_created_at: u64,
 }
 
 impl SkipCounts {
     /// All skips together.
     pub fn total(&self) -> u64 {
-        self.missing_event + self.invalid_event + self.invalid_meta + self.non_object_meta
+        self.whole_events() + self.invalid_meta + self.non_object_meta
     }
 
     /// Events skipped whole, which count towards no row.
     pub fn whole_events(&self) -> u64 {
-        self.missing_event + self.invalid_event
+        self.missing_event + self.invalid_event + self.invalid_created_at
     }
 
     /// The non-zero counts by reason name, as the run report lists them.
@@ -115,6 +122,7 @@ impl SkipCounts {
             ("invalid_event", self.invalid_event),
             ("invalid_meta", self.invalid_meta),
             ("non_object_meta", self.non_object_meta),
+            ("invalid_created_at", self.invalid_created_at),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)
@@ -127,6 +135,7 @@ impl SkipCounts {
         self.invalid_event += other.invalid_event;
         self.invalid_meta += other.invalid_meta;
         self.non_object_meta += other.non_object_meta;
+        self.invalid_created_at += other.invalid_created_at;
     }
 }
 
@@ -705,6 +714,11 @@ impl EventSink for DayAggregate {
             self.add_meta(group, meta, times);
         }
     }
+
+    fn push_invalid_created_at(&mut self, times: u64) {
+        self.events_read += times;
+        self.skipped.invalid_created_at += times;
+    }
 }
 
 #[cfg(test)]
@@ -756,7 +770,8 @@ mod tests {
                 missing_event: 2,
                 invalid_event: 1,
                 invalid_meta: 1,
-                non_object_meta: 1
+                non_object_meta: 1,
+                invalid_created_at: 0,
             }
         );
         assert_eq!(day.rows[0].count, 3);

@@ -221,13 +221,23 @@ impl DayWindow {
     }
 }
 
-/// Days since 1970-01-01 (negative before): a stable number per date, used for lock keys.
+/// Days since 1970-01-01 (negative before): a distinct number for every date jiff
+/// can hold (-9999-01-01 to 9999-12-31), used to count ranges and for lock keys.
+///
+/// Plain calendar arithmetic (Howard Hinnant's `days_from_civil`), so that it is
+/// total: a date whose midnight no timestamp can hold (9999-12-31) still counts.
 pub fn day_number(date: Date) -> i64 {
-    // Midnight UTC of any `Date` is a representable timestamp, so this never fails;
-    // the fallback keeps the function total anyway.
-    date.to_zoned_datetime(TimeZone::UTC)
-        .map(|z| z.timestamp().as_second().div_euclid(86_400))
-        .unwrap_or(0)
+    let (year, month, day) = (
+        i64::from(date.year()),
+        i64::from(date.month()),
+        i64::from(date.day()),
+    );
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -326,5 +336,34 @@ mod tests {
         assert_eq!(day_number(date(1970, 1, 1)), 0);
         assert_eq!(day_number(date(1969, 12, 31)), -1);
         assert_eq!(day_number(date(2024, 1, 1)), 19_723);
+        assert_eq!(day_number(date(2000, 3, 1)), 11_017);
+        // Past the last instant jiff can hold, dates still count, and apart.
+        assert_eq!(day_number(date(9999, 12, 31)), 2_932_896);
+        assert_eq!(day_number(date(-9999, 1, 1)), -4_371_587);
+    }
+
+    #[test]
+    fn day_numbers_agree_with_jiff_wherever_a_midnight_exists() {
+        let epoch = date(1970, 1, 1);
+        for d in [
+            date(1, 1, 1),
+            date(1600, 2, 29),
+            date(1900, 3, 1),
+            date(2100, 12, 31),
+        ] {
+            let days = d
+                .since((jiff::Unit::Day, epoch))
+                .expect("a span")
+                .get_days();
+            assert_eq!(day_number(d), i64::from(days), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_range_to_the_last_date_counts_every_day() {
+        let range = DayRange::new(date(1000, 1, 1), date(9999, 12, 31)).expect("a range");
+        assert_eq!(range.len_days(), 3_287_182);
+        let range = DayRange::new(date(1970, 1, 1), date(9999, 12, 31)).expect("a range");
+        assert_eq!(range.len_days(), 2_932_897);
     }
 }

@@ -160,8 +160,15 @@ async fn lock_in(
 }
 
 /// Days before 1970 have negative numbers; the offset keeps every date's byte positive.
+/// The few dates the offset cannot lift (before the year -8981) take bytes above every
+/// other date's, so each date keeps a byte of its own.
 fn day_offset(date: Date) -> i64 {
-    day_number(date) + 4_000_000
+    let offset = day_number(date) + 4_000_000;
+    if offset >= 0 {
+        offset
+    } else {
+        8_000_000 + offset
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -228,6 +228,11 @@ impl<K: MergeableSink> Dealer<K> {
     }
 
     /// Whether the aggregators have gone: the run was cancelled.
+    /// Counts a row whose `created_at` is no instant, in the dealer's own part.
+    pub(super) fn skip_invalid_created_at(&mut self) {
+        self.own.push_invalid_created_at(1);
+    }
+
     pub(super) fn deserted(&self) -> bool {
         self.alone
     }
@@ -255,5 +260,9 @@ impl<K: MergeableSink> EventSink for Dealer<K> {
 
     fn push_meta(&mut self, event: &str, meta: Option<&str>, times: u64) {
         self.own.push_meta(event, meta, times);
+    }
+
+    fn push_invalid_created_at(&mut self, times: u64) {
+        self.own.push_invalid_created_at(times);
     }
 }

@@ -45,6 +45,7 @@ mod row_binary;
 mod rows;
 pub mod sqlite;
 mod sqlite_scan;
+mod sqlite_time;
 mod table_name;
 
 use std::future::Future;

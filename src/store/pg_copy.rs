@@ -178,6 +178,10 @@ mod tests {
         fn push_meta(&mut self, _: &str, _: Option<&str>, _: u64) {
             unreachable!("COPY hands over single events")
         }
+
+        fn push_invalid_created_at(&mut self, _: u64) {
+            unreachable!("COPY checks no created_at")
+        }
     }
 
     fn field(out: &mut Vec<u8>, value: Option<&[u8]>) {

@@ -17,6 +17,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _};
 use super::error::query_error;
 use super::{
     DayLocks, EventSource, RollupStore, StoreError, TableName, day_lock, rows, sqlite_scan,
+    sqlite_time,
 };
 use crate::model::{
     DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRef, RollupRow,
@@ -51,6 +52,7 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Statements {
     scan: String,
+    scan_band: String,
     id_watermark: String,
     hours_with_ids: String,
 }
@@ -60,18 +62,26 @@ impl Statements {
         let src = source.quoted();
         Self {
             id_watermark: format!("SELECT max(id) FROM {src}"),
-            // Whole UTC hours, cut from the contract's text form: the caller cuts them
-            // into days of any zone.
+            // Whole UTC hours, read by SQLite from any form of the text: the caller
+            // cuts them into days of any zone.
             hours_with_ids: format!(
-                "SELECT DISTINCT substr(created_at, 1, 13) || ':00:00Z' FROM {src} \
+                "SELECT DISTINCT strftime('%Y-%m-%dT%H:00:00Z', created_at) FROM {src} \
                  WHERE id > ?1 AND id <= ?2"
             ),
-            // Text compared as text: the contract's fixed RFC 3339 form sorts in time
-            // order, against bounds made by `sqlite_bound`.
-            // BLOB casts let text that is not UTF-8 through, to be decoded leniently.
+            // Text compared as text: the UTC form sorts in time order, against bounds
+            // made by `sqlite_bound`; `created_at` comes along to be checked
+            // (`sqlite_time`). BLOB casts let text that is not UTF-8 through, to be
+            // decoded leniently.
             scan: format!(
-                "SELECT CAST(event AS BLOB), CAST(user_id AS BLOB), CAST(meta AS BLOB) FROM {src} \
-                 WHERE created_at >= ?1 AND created_at < ?2"
+                "SELECT CAST(event AS BLOB), CAST(user_id AS BLOB), CAST(meta AS BLOB), \
+                 created_at FROM {src} WHERE created_at >= ?1 AND created_at < ?2"
+            ),
+            // The rows in other forms, within a band of dates around the window,
+            // through the partial index that holds only them.
+            scan_band: format!(
+                "SELECT CAST(event AS BLOB), CAST(user_id AS BLOB), CAST(meta AS BLOB), \
+                 created_at FROM {src} WHERE created_at >= ?1 AND created_at < ?2 AND {}",
+                sqlite_time::NOT_UTC_FORM
             ),
         }
     }
@@ -98,27 +108,7 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// An instant in the source table's text form, e.g. `2024-01-15T10:00:00.000Z`.
-pub fn sqlite_timestamp(at: Timestamp) -> String {
-    at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
-/// A window bound as the text `created_at` is compared with: the instant rounded up
-/// to a whole second, without fraction or zone, e.g. `2024-01-15T00:00:00`.
-///
-/// Every text form of an instant in that second (`…:00Z`, `…:00.000Z`,
-/// `…:00.000000000Z`) starts with this text, so it sorts at or after it, and every
-/// earlier second sorts before it: the comparison is right whatever the number of
-/// fractional digits. A bound inside a second would not be (`.5Z` sorts after `.51`),
-/// hence the rounding; windows that share a bound still share it after rounding, so
-/// no event falls between them or into both.
-pub fn sqlite_bound(at: Timestamp) -> String {
-    // `as_second` truncates towards zero: the ceiling for instants before 1970.
-    let second = at.as_second() + i64::from(at.subsec_nanosecond() > 0);
-    // Within a second of jiff's limits no day ends; keep the bound as it is there.
-    let whole = Timestamp::from_second(second).unwrap_or(at);
-    whole.strftime("%Y-%m-%dT%H:%M:%S").to_string()
-}
+pub use super::sqlite_time::{sqlite_bound, sqlite_timestamp};
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file named by `url`.
@@ -211,8 +201,13 @@ impl EventSource for SqliteStore {
         let (parts, reader) = sqlite_scan::read_parts(
             &*sink,
             &self.db_path,
-            &self.sql.scan,
-            (sqlite_bound(window.start), sqlite_bound(window.end)),
+            sqlite_scan::WindowQuery {
+                utc_sql: self.sql.scan.clone(),
+                utc_bounds: (sqlite_bound(window.start), sqlite_bound(window.end)),
+                band_sql: self.sql.scan_band.clone(),
+                band_bounds: sqlite_time::band_bounds(window.start, window.end),
+                window: (window.start, window.end),
+            },
             BUSY_TIMEOUT,
             &stop.0,
         );
@@ -289,6 +284,22 @@ impl RollupStore for SqliteStore {
                     "creating the source table {}",
                     self.source
                 )))?;
+        }
+        if self.creates_source {
+            // The rows whose `created_at` is not in the UTC form, which a day's read
+            // finds through this index (`sqlite_time`); on tables made by earlier
+            // versions, and on tables made by others, too.
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "CREATE INDEX IF NOT EXISTS {schema}.\"{table}_created_at_zoned_idx\" \
+                 ON \"{table}\" (created_at) WHERE {}",
+                sqlite_time::NOT_UTC_FORM
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&format!(
+                "indexing the created_at of {} not in UTC form",
+                self.source
+            )))?;
         }
         let rollup =
             include_str!("../../migrations/sqlite/rollup.sql").replace("{rollup}", rollup_table!());

@@ -10,18 +10,32 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
+use jiff::Timestamp;
+
 use super::deal::{Dealer, Spread};
+use super::sqlite_time::{self, Placement};
 use crate::model::MergeableSink;
 
-/// Starts reading `sql` (bound to `start` and `end`) from the database at `path` on a
-/// blocking thread, and aggregating its batches there and on others, each into a
-/// part of `sink`. Returns the aggregating tasks, each giving its part once the
-/// reader is done, and the reader's task, giving the part it aggregated itself.
+/// The two queries that read a window (see `sqlite_time`): the range of the UTC
+/// form, and the band of rows in other forms, each with its two bounds.
+#[derive(Debug, Clone)]
+pub(super) struct WindowQuery {
+    pub(super) utc_sql: String,
+    pub(super) utc_bounds: (String, String),
+    pub(super) band_sql: String,
+    pub(super) band_bounds: (String, String),
+    /// The window's instants, `[start, end)`.
+    pub(super) window: (Timestamp, Timestamp),
+}
+
+/// Starts reading the window of `query` from the database at `path` on a blocking
+/// thread, and aggregating its batches there and on others, each into a part of
+/// `sink`. Returns the aggregating tasks, each giving its part once the reader is
+/// done, and the reader's task, giving the part it aggregated itself.
 pub(super) fn read_parts<K: MergeableSink>(
     sink: &K,
     path: &Path,
-    sql: &str,
-    (start, end): (String, String),
+    query: WindowQuery,
     busy_timeout: Duration,
     stop: &Arc<AtomicBool>,
 ) -> (
@@ -29,35 +43,67 @@ pub(super) fn read_parts<K: MergeableSink>(
     tokio::task::JoinHandle<rusqlite::Result<K>>,
 ) {
     let (dealer, parts) = Dealer::start(sink, Spread::Always);
-    let (path, sql) = (path.to_owned(), sql.to_owned());
+    let path = path.to_owned();
     let stop = Arc::clone(stop);
-    let reader = tokio::task::spawn_blocking(move || {
-        read(dealer, &path, &sql, (&start, &end), busy_timeout, &stop)
-    });
+    let reader =
+        tokio::task::spawn_blocking(move || read(dealer, &path, &query, busy_timeout, &stop));
     (parts, reader)
 }
 
 fn read<K: MergeableSink>(
     mut dealer: Dealer<K>,
     path: &Path,
-    sql: &str,
-    (start, end): (&str, &str),
+    query: &WindowQuery,
     busy_timeout: Duration,
     stop: &AtomicBool,
 ) -> rusqlite::Result<K> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
-    let mut statement = conn.prepare(sql)?;
-    let mut rows = statement.query([start, end])?;
+    // Both queries see one snapshot: a row is read by exactly one of them.
+    conn.execute_batch("BEGIN")?;
+    let (start, end) = query.window;
+    let (low, high) = (&query.utc_bounds.0, &query.utc_bounds.1);
+    let mut statement = conn.prepare(&query.utc_sql)?;
+    let mut rows = statement.query([low, high])?;
     while let Some(row) = rows.next()? {
-        let fields = [field(row, 0)?, field(row, 1)?, field(row, 2)?];
-        // No one waits for the result any more (the run was stopped or cancelled).
-        if dealer.deal_bytes(fields) && (stop.load(Ordering::Relaxed) || dealer.deserted()) {
+        let placement = sqlite_time::place_in_utc_range(field(row, 3)?);
+        if deal(&mut dealer, row, placement)? && stopped(&dealer, stop) {
+            return Ok(dealer.finish());
+        }
+    }
+    drop(rows);
+    let (low, high) = (&query.band_bounds.0, &query.band_bounds.1);
+    let mut statement = conn.prepare(&query.band_sql)?;
+    let mut rows = statement.query([low, high])?;
+    while let Some(row) = rows.next()? {
+        let placement = sqlite_time::place_in_band(field(row, 3)?, start, end);
+        if deal(&mut dealer, row, placement)? && stopped(&dealer, stop) {
             break;
         }
     }
     Ok(dealer.finish())
+}
+
+/// Deals `row` out as `placement` says; true when a batch went out.
+fn deal<K: MergeableSink>(
+    dealer: &mut Dealer<K>,
+    row: &rusqlite::Row<'_>,
+    placement: Placement,
+) -> rusqlite::Result<bool> {
+    Ok(match placement {
+        Placement::Inside => dealer.deal_bytes([field(row, 0)?, field(row, 1)?, field(row, 2)?]),
+        Placement::Elsewhere => false,
+        Placement::Invalid => {
+            dealer.skip_invalid_created_at();
+            false
+        }
+    })
+}
+
+/// No one waits for the result any more (the run was stopped or cancelled).
+fn stopped<K: MergeableSink>(dealer: &Dealer<K>, stop: &AtomicBool) -> bool {
+    stop.load(Ordering::Relaxed) || dealer.deserted()
 }
 
 /// Column `i` of `row` as bytes, `None` for NULL.
@@ -78,9 +124,23 @@ mod tests {
     use crate::store::deal::{BATCH_ROWS, RowBatch};
     use tokio::sync::mpsc;
 
-    const SQL: &str = "SELECT event, user_id, meta FROM events WHERE at >= ?1 AND at < ?2";
+    const SQL: &str = "SELECT event, user_id, meta, at FROM events WHERE at >= ?1 AND at < ?2";
 
-    /// A SQLite file holding `n` events of a few names and users, all at "b".
+    /// The window 2024-01-01 (UTC) of the test table.
+    fn query() -> WindowQuery {
+        WindowQuery {
+            utc_sql: SQL.to_owned(),
+            utc_bounds: ("2024-01-01T00:00:00".into(), "2024-01-02T00:00:00".into()),
+            band_sql: format!("{SQL} AND substr(at, -1) <> 'Z'"),
+            band_bounds: ("2023-12-31".into(), "2024-01-03".into()),
+            window: (
+                "2024-01-01T00:00:00Z".parse().unwrap(),
+                "2024-01-02T00:00:00Z".parse().unwrap(),
+            ),
+        }
+    }
+
+    /// A SQLite file holding `n` events of a few names and users, all on 2024-01-01.
     fn events_file(n: usize) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().expect("a temporary file");
         let mut conn = Connection::open(file.path()).expect("open");
@@ -94,7 +154,7 @@ mod tests {
             let user = (i % 7 != 0).then(|| format!("u{}", i % 1000));
             let meta = format!(r#"{{"plan":"p{}","n":{i}}}"#, i % 3);
             tx.execute(
-                "INSERT INTO events VALUES (?1, ?2, ?3, 'b')",
+                "INSERT INTO events VALUES (?1, ?2, ?3, '2024-01-01T12:00:00Z')",
                 (format!("e{}", i % 5), user, meta),
             )
             .expect("insert");
@@ -106,7 +166,9 @@ mod tests {
     fn one_pass(path: &Path) -> DayAggregate {
         let conn = Connection::open(path).expect("open");
         let mut statement = conn.prepare(SQL).expect("prepare");
-        let mut rows = statement.query(["a", "c"]).expect("query");
+        let mut rows = statement
+            .query(["2024-01-01T00:00:00", "2024-01-02T00:00:00"])
+            .expect("query");
         let mut agg = DayAggregate::new();
         while let Some(row) = rows.next().expect("row") {
             let text = |i| {
@@ -130,8 +192,7 @@ mod tests {
         let read = read(
             Dealer::new(DayAggregate::new(), Vec::new(), Spread::Always),
             file.path(),
-            SQL,
-            ("a", "c"),
+            &query(),
             Duration::ZERO,
             &AtomicBool::new(false),
         )
@@ -152,8 +213,7 @@ mod tests {
         let mut read = read(
             Dealer::new(DayAggregate::new(), vec![tx], Spread::Always),
             file.path(),
-            SQL,
-            ("a", "c"),
+            &query(),
             Duration::ZERO,
             &AtomicBool::new(false),
         )

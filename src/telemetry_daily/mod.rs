@@ -74,7 +74,11 @@ use crate::model::{
     DateError, DayRange, DayReport, DayStatus, DayWindow, JOB_NAME, NewRun, RunReport, Totals,
     Trigger,
 };
-use crate::store::{EventSource, RollupStore, RunHistory, StoreError};
+use crate::store::{DayLocks, EventSource, RollupStore, RunHistory, StoreError};
+
+/// Days a run holds at once. PostgreSQL keeps advisory locks in a shared table
+/// sized for about 64 per connection; a run takes its range's days a batch at a time.
+pub const LOCKED_AT_ONCE: usize = 31;
 
 /// How one run behaves. `RunOptions::default()` is the contract's default run:
 /// yesterday in UTC, written, top 20 values, waiting up to 60 s for busy days.
@@ -217,15 +221,19 @@ where
         dates.extend(&changed.earlier);
     }
     dates.extend(range.days());
-    let windows = dates
-        .iter()
-        .map(|&date| DayWindow::new(date, &options.timezone))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut locks = if options.dry_run {
-        None
-    } else {
-        Some(store.lock_days(&dates, options.lock_timeout).await?)
+    // The range's ends are where a window can fall outside the calendar: a range
+    // that cannot be cut into days is refused before anything is taken.
+    for date in [dates.first(), dates.last()].into_iter().flatten() {
+        DayWindow::new(*date, &options.timezone)?;
+    }
+    // Days are held a batch at a time as the run goes: a long backfill holds no
+    // more locks at once than a month's run does.
+    let batches: Vec<&[Date]> = dates.chunks(LOCKED_AT_ONCE).collect();
+    let mut locks = match (options.dry_run, batches.first()) {
+        (false, Some(first)) => Some(store.lock_days(first, options.lock_timeout).await?),
+        _ => None,
     };
+    let writes = !options.dry_run;
     let timezone = options.timezone.iana_name().unwrap_or("UTC").to_owned();
     let mut report = RunReport {
         job: JOB_NAME.to_owned(),
@@ -254,36 +262,33 @@ where
         }
         None => (History::Off, None),
     };
-    progress.started(windows.len());
+    progress.started(dates.len());
     let mut days_done = 0u32;
     // Set when trying further days is pointless: the database no longer answers or
     // stays busy, or the day locks are gone.
     let mut stopped: Option<String> = busy;
-    for window in &windows {
-        let day_started = Instant::now();
-        let day = match &stopped {
-            Some(reason) => day::failed(window.date, format!("not attempted: {reason}"), 0),
-            None => match day::run(store, window, options, locks.as_mut()).await {
-                Ok(day) => day,
-                Err(error) => {
-                    // A lost connection is retried on the next day; a database that no
-                    // longer answers at all ends the run, as do lost locks.
-                    if error.is_lock_lost() {
-                        stopped = Some(error.to_string());
-                    } else if error.is_unreachable() && !store.ping().await {
-                        stopped = Some(format!("the database became unreachable ({error})"));
-                    }
-                    day::failed(window.date, error.to_string(), elapsed_ms(day_started))
-                }
-            },
-        };
-        day::log(&day);
-        if day.status != DayStatus::Failed {
-            days_done += 1;
-            history.progress(store, days_done).await;
+    for (index, batch) in batches.iter().enumerate() {
+        if index > 0 && writes && stopped.is_none() {
+            // Let the last batch go before taking the next: a run never waits while
+            // holding days, so two runs cannot wait for each other.
+            if let Some(held) = locks.take() {
+                held.release().await;
+            }
+            match store.lock_days(batch, options.lock_timeout).await {
+                Ok(held) => locks = Some(held),
+                Err(error) => stopped = Some(error.to_string()),
+            }
         }
-        progress.day_done(&day);
-        report.days.push(day);
+        for &date in *batch {
+            let day = run_day(store, date, options, locks.as_mut(), &mut stopped).await;
+            day::log(&day);
+            if day.status != DayStatus::Failed {
+                days_done += 1;
+                history.progress(store, days_done).await;
+            }
+            progress.day_done(&day);
+            report.days.push(day);
+        }
     }
     report.summarize();
     report.duration_ms = elapsed_ms(started);
@@ -305,6 +310,40 @@ where
         "run done"
     );
     Ok(report)
+}
+
+/// One day of the run, or its failure; sets `stopped` when further days are pointless.
+async fn run_day<S>(
+    store: &S,
+    date: Date,
+    options: &RunOptions,
+    locks: Option<&mut DayLocks>,
+    stopped: &mut Option<String>,
+) -> DayReport
+where
+    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
+{
+    let day_started = Instant::now();
+    if let Some(reason) = stopped {
+        return day::failed(date, format!("not attempted: {reason}"), 0);
+    }
+    let window = match DayWindow::new(date, &options.timezone) {
+        Ok(window) => window,
+        Err(error) => return day::failed(date, error.to_string(), 0),
+    };
+    match day::run(store, &window, options, locks).await {
+        Ok(day) => day,
+        Err(error) => {
+            // A lost connection is retried on the next day; a database that no
+            // longer answers at all ends the run, as do lost locks.
+            if error.is_lock_lost() {
+                *stopped = Some(error.to_string());
+            } else if error.is_unreachable() && !store.ping().await {
+                *stopped = Some(format!("the database became unreachable ({error})"));
+            }
+            day::failed(date, error.to_string(), elapsed_ms(day_started))
+        }
+    }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

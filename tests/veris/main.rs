@@ -8,6 +8,7 @@ mod common;
 mod dashboard;
 mod hardening;
 mod history;
+mod hostile_input;
 mod http;
 mod job;
 mod memory;

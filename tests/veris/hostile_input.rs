@@ -1,0 +1,98 @@
+//! Input a careless or hostile writer of raw events can produce: `created_at` text in
+//! SQLite's own form or in none at all, NUL characters and invalid UTF-8, huge values.
+//! None of it may fail a day or land in a wrong one.
+
+use veris_jobs::store::Database;
+
+use crate::common::{Kind, TestDb, range_options};
+
+/// Inserts raw SQLite rows `(event, user_id, created_at, meta)` as they are.
+async fn insert_sqlite_rows(db: &TestDb, rows: &[(&str, Option<&str>, &str, Option<&str>)]) {
+    let Database::Sqlite(sqlite) = db.store.database() else {
+        panic!("a SQLite database");
+    };
+    for (event, user, at, meta) in rows {
+        sqlx::query(
+            "INSERT INTO telemetry_events (event, user_id, created_at, meta) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(event)
+        .bind(user)
+        .bind(at)
+        .bind(meta)
+        .execute(sqlite.pool())
+        .await
+        .expect("insert a raw row");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_timestamps_in_every_allowed_form_land_in_their_day() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    insert_sqlite_rows(
+        &db,
+        &[
+            // SQLite's own form, what CURRENT_TIMESTAMP writes: UTC.
+            ("e", Some("a"), "2024-03-10 05:00:00", None),
+            ("e", Some("b"), "2024-03-10 23:59:59.999", None),
+            // RFC 3339 with offsets: 2024-03-09T20:00Z and 2024-03-10T03:00Z.
+            ("e", Some("c"), "2024-03-10T01:00:00+05:00", None),
+            ("e", Some("d"), "2024-03-09T22:00:00-05:00", None),
+            // The UTC form, and the same without a zone.
+            ("e", Some("e"), "2024-03-10T12:00:00.000Z", None),
+            ("e", Some("f"), "2024-03-10T12:00:00", None),
+            // Text that is no instant, met by the day whose UTC range it sorts in.
+            ("e", Some("g"), "2024-03-10Tjunk", None),
+            ("e", Some("h"), "2024-03-09T99:00:00Z", None),
+        ],
+    )
+    .await;
+    let report = db.run(&range_options("2024-03-09", "2024-03-11")).await;
+    assert!(report.ok, "{report:?}");
+    let by_day: Vec<(u64, Option<u64>)> = report
+        .days
+        .iter()
+        .map(|d| (d.events_read, d.skipped.get("invalid_created_at").copied()))
+        .collect();
+    // 03-09: c, and "…T99:00:00Z"; 03-10: a, b, d, e, f, and "…Tjunk".
+    assert_eq!(by_day, [(2, Some(1)), (6, Some(1)), (0, None)]);
+    let rows = db.rollups().await;
+    let counts: Vec<(&str, i64, i64)> = rows.iter().map(|r| (r.0.as_str(), r.2, r.3)).collect();
+    assert_eq!(counts, [("2024-03-09", 1, 1), ("2024-03-10", 5, 5)]);
+
+    // Cut in New York (EST until 07:00Z on 03-10): 2024-03-10 05:00Z is midnight there.
+    let options = veris_jobs::telemetry_daily::RunOptions {
+        timezone: jiff::tz::TimeZone::get("America/New_York").unwrap(),
+        dry_run: true,
+        ..range_options("2024-03-09", "2024-03-10")
+    };
+    let report = db.run(&options).await;
+    let read: Vec<u64> = report
+        .days
+        .iter()
+        .map(|d| d.events_read - d.skipped.get("invalid_created_at").copied().unwrap_or(0))
+        .collect();
+    // 03-09 (EST): c (15:00), d (22:00); 03-10: a (00:00), b (19:59 EDT), e, f (08:00 EDT).
+    assert_eq!(read, [2, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rows_in_other_forms_are_read_through_their_partial_index() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    let Database::Sqlite(sqlite) = db.store.database() else {
+        panic!("a SQLite database");
+    };
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT event FROM telemetry_events \
+         WHERE created_at >= '2024-03-09' AND created_at < '2024-03-13' \
+         AND substr(created_at, -1) <> 'Z'",
+    )
+    .fetch_all(sqlite.pool())
+    .await
+    .expect("a query plan");
+    let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+    let plan = plan.join("; ");
+    assert!(
+        plan.contains("telemetry_events_created_at_zoned_idx"),
+        "the band's query plan: {plan}"
+    );
+}
