@@ -253,6 +253,7 @@ async fn connect(global: &GlobalArgs, access: Access) -> Result<Store, Error> {
 async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
     let store = connect(global, Access::Write).await?;
     store.migrate().await?;
+    store.close().await;
     if store.has_external_source() {
         write_stdout(&format!(
             "migrated: rollup table {} and run history are ready (events are read from {} at the source URL)\n",
@@ -286,6 +287,7 @@ async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Resul
     };
     let mut progress = TerminalProgress::new(!args.json && std::io::stdout().is_terminal());
     let report = runner.run(&options, &mut progress).await?;
+    runner.store().close().await;
     progress.finish();
     print_report(&report, args.json);
     Ok(exit_code(&report))
@@ -338,6 +340,15 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
         secret: cron_secret()?,
         read_secret: read_secret()?,
     };
+    if let Some(read) = &settings.read_secret
+        && read.same_as(&settings.secret)
+    {
+        return Err(Error::Usage(
+            "READ_SECRET equals CRON_SECRET, so the read-only secret would start runs; \
+             give READ_SECRET a value of its own"
+                .into(),
+        ));
+    }
     Application::build(settings)
         .await?
         .run_until_stopped(shutdown_signal())
@@ -358,6 +369,7 @@ async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
         args.job.run_options(),
     );
     let outcome = crate::demo::run(&runner, &global.source_table).await?;
+    runner.store().close().await;
     write_stdout(&outcome.to_text());
     Ok(exit_code(&outcome.report))
 }

@@ -48,6 +48,19 @@ impl Secret {
                  no request could present it: remove it"
             ));
         }
+        // A header value is visible ASCII: a secret with anything else in it could
+        // never be presented, and every request would be refused.
+        if let Some(bad) = secret.chars().find(|c| !c.is_ascii_graphic() && *c != ' ') {
+            return Err(format!(
+                "{name} holds {}, which no Authorization header can carry; \
+                 use printable ASCII only (e.g. `openssl rand -hex 32`)",
+                if bad.is_ascii() {
+                    "a control character"
+                } else {
+                    "a non-ASCII character"
+                }
+            ));
+        }
         if secret.chars().count() < MIN_SECRET_LEN {
             return Err(format!(
                 "{name} must have at least {MIN_SECRET_LEN} characters (it has {})",
@@ -58,6 +71,11 @@ impl Secret {
             name,
             digest: Sha256::digest(secret.as_bytes()).into(),
         })
+    }
+
+    /// Whether this and `other` are the same secret.
+    pub fn same_as(&self, other: &Secret) -> bool {
+        self.digest.ct_eq(&other.digest).into()
     }
 
     /// Whether `presented` is the secret. Both sides are hashed first, so the

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("the request body is over 16 KiB")]
     PayloadTooLarge,
+    /// The request target is longer than any endpoint needs.
+    #[error("the request's path and query are over 8 KiB")]
+    UriTooLong,
     /// A POST body that is not JSON.
     #[error("the request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
@@ -62,6 +65,13 @@ impl ApiError {
         }
     }
 
+    /// A 500 for `error`, whose details (the database's own words) go to the log:
+    /// the caller is told only that the fault is on this side.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "a request failed on the server's side");
+        ApiError::Internal("the server failed to answer; its log says why".to_owned())
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -75,6 +85,7 @@ impl ApiError {
             ApiError::LocksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,6 +105,7 @@ impl ApiError {
             ApiError::LocksUnavailable => "locks_unavailable",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UriTooLong => "uri_too_long",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::Internal(_) => "internal",

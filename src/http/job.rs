@@ -167,7 +167,8 @@ fn run_error(error: RunError) -> ApiError {
     match error {
         RunError::Store(busy @ StoreError::DayBusy { .. }) => ApiError::Conflict(busy.to_string()),
         RunError::Store(store) if store.is_unreachable() => {
-            ApiError::Unavailable(store.to_string())
+            tracing::warn!(error = %store, "a run could not start");
+            ApiError::Unavailable(store.without_addresses())
         }
         RunError::Store(error @ (StoreError::LockFile { .. } | StoreError::LockLost(_))) => {
             // The details (a path on this server) go to the log, not to the caller.
@@ -175,6 +176,6 @@ fn run_error(error: RunError) -> ApiError {
             ApiError::LocksUnavailable
         }
         RunError::Date(date) => ApiError::bad_request("invalid_range", date.to_string()),
-        other => ApiError::Internal(other.to_string()),
+        other => ApiError::internal(&other),
     }
 }

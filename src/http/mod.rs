@@ -26,6 +26,7 @@ mod log;
 mod report;
 mod request;
 mod runs;
+mod write_deadline;
 
 use std::future::Future;
 use std::pin::pin;
@@ -47,6 +48,7 @@ use tokio::sync::Semaphore;
 
 pub(crate) use self::error::ApiError;
 
+use self::write_deadline::WriteDeadline;
 use crate::config::{CronSecret, Secret};
 use crate::runner::Runner;
 use crate::store::{RollupStore as _, Store, StoreError};
@@ -61,6 +63,18 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's line and headers; a connection
 /// that takes longer is closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an answer may wait for its client to read more of it; a connection whose
+/// client reads nothing for longer is closed, and its answer's memory freed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a shutdown waits for the answers under way to be read before it closes
+/// their connections (runs under way are still waited for).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest request target (path and query) answered; longer ones get a 414 with
+/// a JSON body. No endpoint needs more than a few hundred bytes.
+const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Connections [`serve`] holds open at once by default; further clients wait in the
 /// kernel's accept queue until one closes.
@@ -85,6 +99,7 @@ pub struct AppState {
     read_secret: Option<Arc<Secret>>,
     body_timeout: Duration,
     header_timeout: Duration,
+    write_timeout: Duration,
     max_connections: usize,
 }
 
@@ -105,6 +120,7 @@ impl AppState {
             read_secret: None,
             body_timeout: BODY_TIMEOUT,
             header_timeout: HEADER_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
         }
     }
@@ -120,6 +136,13 @@ impl AppState {
     /// and headers take to arrive (default [`HEADER_TIMEOUT`]).
     pub fn with_header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// The same state with another limit on how long [`serve`] lets an answer wait
+    /// for its client to read (default [`WRITE_TIMEOUT`]).
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
         self
     }
 
@@ -187,8 +210,32 @@ pub fn router(state: AppState) -> Router {
         .route("/", only(get(dashboard::page), "GET"))
         .route("/assets/{name}", only(get(dashboard::asset), "GET"))
         .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn(refuse_long_uris))
+        .layer(middleware::map_response(not_cached))
         .layer(middleware::from_fn(log::log_request))
         .with_state(state)
+}
+
+/// A 414 with the usual JSON body for a request target over [`MAX_URI_BYTES`].
+async fn refuse_long_uris(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if length > MAX_URI_BYTES {
+        return ApiError::UriTooLong.into_response();
+    }
+    next.run(request).await
+}
+
+/// Answers are the state of the moment, some of them private: no cache keeps one,
+/// unless the route says otherwise (the dashboard's files are revalidated).
+async fn not_cached(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes; then stops
@@ -213,6 +260,7 @@ pub async fn serve(
     // hyper times out a request's head only when it has a timer.
     http.timer(TokioTimer::new())
         .header_read_timeout(state.header_timeout);
+    let write_timeout = state.write_timeout;
     let service = TowerToHyperService::new(router(state));
     let connections = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
@@ -234,6 +282,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let stream = WriteDeadline::new(stream, write_timeout);
         let connection = http.serve_connection(TokioIo::new(stream), service.clone());
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -244,8 +293,17 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Idle connections close now; a request under way is answered first.
-    connections.shutdown().await;
+    // Idle connections close now; a request under way is answered first, unless its
+    // client is too slow to take the answer.
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "answers still unread at shutdown were dropped"
+        );
+    }
     runner.wait().await;
 }
 
@@ -304,9 +362,10 @@ async fn read_or_unavailable<T>(
         }
     };
     if failed.is_unreachable() || !store.ping().await {
-        Err(ApiError::Unavailable(failed.to_string()))
+        tracing::warn!(error = %failed, "a read of the database failed");
+        Err(ApiError::Unavailable(failed.without_addresses()))
     } else {
-        Err(ApiError::Internal(failed.to_string()))
+        Err(ApiError::internal(&failed))
     }
 }
 

@@ -32,7 +32,9 @@ fn parse(state: &AppState, query: &str) -> Result<ReportRequest, ApiError> {
             "endDate" => &mut end,
             "by" => &mut by,
             "event" if !value.is_empty() => {
-                events.push(value.into_owned());
+                // Stored names hold U+FFFD where their events held a NUL (which
+                // PostgreSQL's text cannot hold): a name is asked for as it is stored.
+                events.push(value.replace('\0', "\u{FFFD}"));
                 continue;
             }
             "event" => {

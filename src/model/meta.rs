@@ -193,6 +193,17 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
     }
 }
 
+/// A decoded string with U+FFFD for each NUL (`\u0000` in the JSON): PostgreSQL's
+/// `jsonb` cannot hold one, and the summary must read the same on both databases.
+/// Only strings with escapes are decoded into new text, so only they can hold a NUL.
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// Deserializes a string, borrowing it from the input when it has no escapes.
 struct BorrowedText;
 
@@ -215,10 +226,10 @@ impl<'de> Visitor<'de> for BorrowedText {
         Ok(Cow::Borrowed(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
+        Ok(Cow::Owned(without_nul(v.to_owned())))
     }
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
+        Ok(Cow::Owned(without_nul(v)))
     }
 }
 
@@ -255,10 +266,10 @@ impl<'de> Visitor<'de> for MetaValueVisitor {
         Ok(MetaValue::Text(Cow::Borrowed(v)))
     }
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(MetaValue::Text(Cow::Owned(v.to_owned())))
+        Ok(MetaValue::Text(Cow::Owned(without_nul(v.to_owned()))))
     }
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(MetaValue::Text(Cow::Owned(v)))
+        Ok(MetaValue::Text(Cow::Owned(without_nul(v))))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let value = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;

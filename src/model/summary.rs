@@ -68,6 +68,9 @@ impl NumberStats {
     }
 }
 
+/// The longest value kept in a summary's `values`, in bytes of its text.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
 impl KeyStats {
     /// Adds one value, seen `times` times; returns the bytes the key's table grew by.
     /// While the key is passing its values on, `pass` takes the value's text instead.
@@ -89,6 +92,11 @@ impl KeyStats {
         };
         self.n += times;
         self.value_total += times;
+        // Counted in `other`, never kept: summaries, and the memory a run needs, stay
+        // small whatever the values hold.
+        if text.len() > MAX_VALUE_BYTES {
+            return 0;
+        }
         if self.pass.take() {
             pass(text);
             return 0;

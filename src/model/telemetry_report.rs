@@ -679,7 +679,7 @@ impl TelemetryReport {
                 let _ = writeln!(
                     out,
                     "{span:<24}  {:<24}  {:>12}  {:>12}",
-                    event.event,
+                    terminal_text(&event.event),
                     event.count,
                     users(event.unique_users, event.unique_users_exact)
                 );
@@ -748,13 +748,37 @@ fn users(count: Option<u64>, exact: bool) -> String {
     }
 }
 
-/// A CSV field, quoted when it holds a comma, a quote or a line break.
+/// A CSV field, quoted when it holds a comma, a quote or a line break. Text that a
+/// spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return) is prefixed with `'`, the usual way to keep it text.
 fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{text}"))
+    } else {
+        Cow::Borrowed(text)
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text.into_owned()
     }
+}
+
+/// Text for a terminal: control characters (C0, DEL and C1, which can move the
+/// cursor, retitle the window or forge lines) written as escapes such as `\x1b`.
+pub fn terminal_text(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -764,6 +788,21 @@ mod tests {
 
     fn range(start: &str, end: &str) -> DayRange {
         DayRange::new(start.parse().unwrap(), end.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn text_from_events_cannot_drive_a_terminal_or_a_spreadsheet() {
+        assert_eq!(terminal_text("page_view"), "page_view");
+        assert_eq!(
+            terminal_text("a\x1b]0;owned\x07b\r\nc\u{9b}"),
+            "a\\x1b]0;owned\\x07b\\x0d\\x0ac\\x9b"
+        );
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        for formula in ["+1", "-1", "@SUM(A1)", "\tx"] {
+            assert_eq!(csv_field(formula), format!("'{formula}"));
+        }
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("page_view"), "page_view");
     }
 
     #[test]

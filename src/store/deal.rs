@@ -14,7 +14,7 @@ use std::ops::Range;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::rows::lenient_utf8;
+use super::rows::{lenient_utf8, user_id_text};
 use crate::model::{CountedEvents, EventSink, MergeableSink, SourceEvent};
 
 /// Rows per batch: large enough that handing a batch over costs nothing per row.
@@ -35,7 +35,12 @@ pub(super) struct RowBatch {
 
 impl RowBatch {
     fn push_row(&mut self, fields: [Option<&[u8]>; 3]) {
-        let ranges = fields.map(|field| field.map(|bytes| self.push_text(&lenient_utf8(bytes))));
+        let [event, user_id, meta] = fields;
+        let ranges = [
+            event.map(|bytes| self.push_text(&lenient_utf8(bytes))),
+            user_id.map(|bytes| self.push_text(&user_id_text(bytes))),
+            meta.map(|bytes| self.push_text(&lenient_utf8(bytes))),
+        ];
         self.rows.push(ranges);
     }
 
@@ -146,7 +151,9 @@ impl<K: MergeableSink> Dealer<K> {
     /// whether to go on).
     pub(super) fn deal_bytes(&mut self, fields: [Option<&[u8]>; 3]) -> bool {
         if !self.dealing {
-            let [event, user_id, meta] = fields.map(|field| field.map(lenient_utf8));
+            let [event, user_id, meta] = fields;
+            let (event, meta) = (event.map(lenient_utf8), meta.map(lenient_utf8));
+            let user_id = user_id.map(user_id_text);
             return self.keep(SourceEvent {
                 event: event.as_deref(),
                 user_id: user_id.as_deref(),

@@ -66,6 +66,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The error in words for those who see no configuration: a run's report (kept
+    /// in the history, served over HTTP) and HTTP answers name no database or source
+    /// address, user or database name. The command line prints the full error.
+    pub fn without_addresses(&self) -> String {
+        match self {
+            StoreError::Unreachable { source, .. } => {
+                format!("cannot reach the database ({source})")
+            }
+            StoreError::SourceUnreachable { message, .. } => {
+                format!("cannot reach the source of events ({message})")
+            }
+            StoreError::NoDatabase(_) => "there is no database file".to_owned(),
+            StoreError::LockFile { source, .. } => format!("the lock file: {source}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether a statement gave up waiting for another writer (SQLite's busy
     /// timeout), which the next write would wait out again.
     pub fn is_busy(&self) -> bool {

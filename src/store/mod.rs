@@ -382,6 +382,13 @@ impl Store {
         &self.database
     }
 
+    /// Closes the pool's connections, waiting for them: SQLite folds its write-ahead
+    /// log back into the database file as the last one closes, leaving no `-wal`
+    /// file behind.
+    pub async fn close(&self) {
+        dispatch!(self, db => db.pool().close().await);
+    }
+
     /// Whether events come from another database than the rollups'.
     pub fn has_external_source(&self) -> bool {
         self.source.is_some()
@@ -543,21 +550,50 @@ fn write_day_action(date: Date) -> String {
     format!("writing the rollup rows of {date}")
 }
 
-/// The URL with any password replaced by `***`, for messages.
+/// The URL with every password replaced by `***`, for messages: the one in the user
+/// information and any query parameter that the drivers read as one (`password`,
+/// `sslpassword`; any name holding `pass`, `secret` or `token`). A URL the drivers
+/// could not read keeps its scheme and host only: what it holds cannot be told apart.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The user information ends at the authority's last '@'; the authority ends at
-    // the first '/', '?' or '#' (a password holding one of those is percent-encoded).
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    // A path holding '@' is most likely a password with an unencoded '/' that the
+    // parser took for the path's start: it is treated as unreadable too.
+    let parsed = url::Url::parse(url)
+        .ok()
+        .filter(|u| !u.path().contains('@'));
+    let Some(mut parsed) = parsed else {
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = host.split(['/', '?', '#']).next().unwrap_or_default();
+        let user = if rest.contains('@') { "***@" } else { "" };
+        return format!("{scheme}://{user}{host}");
     };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["pass", "secret", "token"].iter().any(|s| name.contains(s))
+    };
+    if parsed.query_pairs().any(|(name, _)| secret(&name)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret(&name) {
+                    "***".into()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    if parsed.fragment().is_some() {
+        parsed.set_fragment(None);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -580,5 +616,36 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://veris.db"), "sqlite://veris.db");
+    }
+
+    #[test]
+    fn passwords_wherever_a_driver_reads_them_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://alice@host/db?password=hunter2&sslmode=disable"),
+            "postgres://alice@host/db?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("clickhouse://reader@ch:8123/db?password=hunter2"),
+            "clickhouse://reader@ch:8123/db?password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslpassword=hunter2&PassWord=hunter2"),
+            "postgres://u@h/db?sslpassword=***&PassWord=***"
+        );
+        // Unencoded '/', '?' or '#' in a password: no driver reads such a URL, and
+        // nothing before its host is kept.
+        for url in [
+            "postgres://u:hun/ter2@h/db",
+            "postgres://u:hun?ter2@h/db",
+            "postgres://u:hun#ter2@h/db",
+        ] {
+            let redacted = redact_url(url);
+            assert!(
+                !redacted.contains("hun") && !redacted.contains("ter2"),
+                "{redacted}"
+            );
+        }
+        assert_eq!(redact_url("postgres://u:hun/ter2@h/db"), "postgres://***@h");
+        assert_eq!(redact_url("postgres://u:123/45@h/db"), "postgres://***@h");
     }
 }

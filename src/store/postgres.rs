@@ -10,7 +10,8 @@ use futures_util::TryStreamExt as _;
 use futures_util::future::join_all;
 use jiff::Timestamp;
 use jiff::civil::Date;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolCopyExt as _, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
 use tokio::sync::OnceCell;
 
@@ -145,6 +146,14 @@ impl PgStore {
         &self.pool
     }
 
+    /// A pooled connection for work that must not be cut off half way.
+    async fn acquire_guarded(&self) -> Result<WholeOrClosed, sqlx::Error> {
+        Ok(WholeOrClosed {
+            conn: self.pool.acquire().await?,
+            finished: false,
+        })
+    }
+
     /// A connection of its own, outside the pool, within the connect timeout.
     async fn fresh_connection(&self) -> Result<sqlx::postgres::PgConnection, StoreError> {
         let unreachable = |source| StoreError::Unreachable {
@@ -195,6 +204,44 @@ impl PgStore {
     }
 }
 
+/// A pooled connection that goes back to the pool only once its work is
+/// [`finished`](WholeOrClosed::finished). One dropped half way through a `COPY` or a
+/// transaction (its caller hung up, its run was stopped) is closed instead: the
+/// driver would hand it to the next query still in the middle of the old one.
+struct WholeOrClosed {
+    conn: PoolConnection<Postgres>,
+    finished: bool,
+}
+
+impl WholeOrClosed {
+    /// The work ended cleanly: the connection may serve the next query.
+    fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl std::ops::Deref for WholeOrClosed {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WholeOrClosed {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WholeOrClosed {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 impl EventSource for PgStore {
     /// Streams the day out with binary `COPY`, the fastest way PostgreSQL hands
     /// rows over.
@@ -218,8 +265,8 @@ impl EventSource for PgStore {
             window.start,
             window.end
         );
-        let mut chunks = self
-            .pool
+        let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
+        let mut chunks = conn
             .copy_out_raw(&sql)
             .await
             .map_err(query_error(&action))?;
@@ -233,6 +280,8 @@ impl EventSource for PgStore {
                 .map_err(copy_error(&action))?;
         }
         reader.finish().map_err(copy_error(&action))?;
+        drop(chunks);
+        conn.finished();
         let own = dealer.finish();
         for part in parts {
             match part.await {
@@ -345,11 +394,8 @@ impl RollupStore for PgStore {
         } else {
             "BEGIN READ ONLY"
         };
-        let mut tx = self
-            .pool
-            .begin_with(begin)
-            .await
-            .map_err(query_error(&action))?;
+        let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
+        let mut tx = conn.begin_with(begin).await.map_err(query_error(&action))?;
         let query = sqlx::query(concat!(
             "SELECT date::text AS day, event, count, unique_users, meta::text, users_hll FROM ",
             rollup_table!(),
@@ -376,12 +422,14 @@ impl RollupStore for PgStore {
         }
         drop(found);
         tx.commit().await.map_err(query_error(&action))?;
+        conn.finished();
         Ok(fold)
     }
 
     async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {
         let action = super::write_day_action(date);
-        let mut tx = self.pool.begin().await.map_err(query_error(&action))?;
+        let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
+        let mut tx = conn.begin().await.map_err(query_error(&action))?;
         if !changes.deletes.is_empty() {
             sqlx::query(concat!(
                 "DELETE FROM ",
@@ -426,7 +474,9 @@ impl RollupStore for PgStore {
             .await
             .map_err(query_error(&action))?;
         }
-        tx.commit().await.map_err(query_error(&action))
+        tx.commit().await.map_err(query_error(&action))?;
+        conn.finished();
+        Ok(())
     }
 
     async fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError> {
@@ -440,15 +490,21 @@ impl RollupStore for PgStore {
     /// connection may be one the server has just closed. One check at a time: checks
     /// that arrive meanwhile take its answer, so that a flood of health checks against
     /// a silent server opens no more connections than one does.
+    ///
+    /// A pool that gives no connection within [`PING_TIMEOUT`] is either busy (the
+    /// health check then finds the server up) or facing a silent server: the caller
+    /// hears so within seconds, not after the pool's own wait.
     async fn check_reachable(&self) -> Result<(), StoreError> {
-        self.pool
-            .acquire()
-            .await
-            .map(drop)
-            .map_err(|source| StoreError::Unreachable {
-                target: self.target.clone(),
-                source,
-            })
+        let unreachable = |source| StoreError::Unreachable {
+            target: self.target.clone(),
+            source,
+        };
+        match tokio::time::timeout(PING_TIMEOUT, self.pool.acquire()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(unreachable(source)),
+            Err(_) if self.ping().await => Ok(()),
+            Err(_) => Err(unreachable(sqlx::Error::PoolTimedOut)),
+        }
     }
 
     async fn ping(&self) -> bool {

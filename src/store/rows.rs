@@ -81,10 +81,64 @@ pub(super) fn parse_hours(hours: &[Option<String>]) -> Vec<Timestamp> {
         .collect()
 }
 
-/// Text as it is when valid UTF-8 (the fast, usual case), else with replacement characters.
+/// Text as it is when it is valid UTF-8 without NUL characters (the fast, usual
+/// case), else with U+FFFD in place of each bad byte sequence and each NUL: names and
+/// metadata read the same from every source, and PostgreSQL, whose text cannot hold a
+/// NUL, takes whatever SQLite or ClickHouse held.
 pub(super) fn lenient_utf8(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
+    let text = match std::str::from_utf8(bytes) {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(bytes),
+    };
+    if text.as_bytes().contains(&0) {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        text
+    }
+}
+
+/// A user id as text that is equal for two ids exactly when their bytes are: the id
+/// itself when it is valid UTF-8 (the usual case), else a NUL followed by its bytes in
+/// hexadecimal. Ids are only compared and hashed, never written, so nothing is lost;
+/// an id that itself begins with a NUL is written the second way too, so that no
+/// two ids can meet.
+pub(super) fn user_id_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.starts_with('\0') => Cow::Borrowed(text),
+        _ => {
+            use std::fmt::Write as _;
+            let mut escaped = String::with_capacity(1 + 2 * bytes.len());
+            escaped.push('\0');
+            for byte in bytes {
+                let _ = write!(escaped, "{byte:02x}");
+            }
+            Cow::Owned(escaped)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_metadata_read_bad_bytes_and_nul_as_the_replacement_character() {
+        assert_eq!(lenient_utf8(b"page_view"), "page_view");
+        assert_eq!(lenient_utf8(b"nul\0name"), "nul\u{FFFD}name");
+        assert_eq!(lenient_utf8(b"bad\xffbyte"), "bad\u{FFFD}byte");
+        assert_eq!(lenient_utf8(b"\0\xfe"), "\u{FFFD}\u{FFFD}");
+    }
+
+    #[test]
+    fn user_ids_stay_apart_exactly_when_their_bytes_differ() {
+        assert_eq!(user_id_text(b"u1"), "u1");
+        assert_eq!(user_id_text(b"a\0b"), "a\0b");
+        let ids: [&[u8]; 6] = [b"a\xff", b"a\xfe", b"a\xef\xbf\xbd", b"\0", b"\0ff", b""];
+        let texts: Vec<_> = ids.iter().map(|id| user_id_text(id)).collect();
+        for (i, a) in texts.iter().enumerate() {
+            for (j, b) in texts.iter().enumerate() {
+                assert_eq!(a == b, i == j, "{:?} and {:?}", ids[i], ids[j]);
+            }
+        }
     }
 }

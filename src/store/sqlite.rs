@@ -285,10 +285,18 @@ impl RollupStore for SqliteStore {
                     self.source
                 )))?;
         }
-        if self.creates_source {
-            // The rows whose `created_at` is not in the UTC form, which a day's read
-            // finds through this index (`sqlite_time`); on tables made by earlier
-            // versions, and on tables made by others, too.
+        // A table made by `migrate` (now, or by an earlier version: it has the
+        // index `migrate` names so) gets the partial index of the rows whose
+        // `created_at` is not in the UTC form, through which a day's read finds them
+        // (`sqlite_time`). A table of the application's own is left as it is.
+        let ours: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'index' AND name = ?1"
+        )))
+        .bind(format!("{table}_created_at_idx"))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_error("looking for the source table's index"))?;
+        if self.creates_source && ours > 0 {
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "CREATE INDEX IF NOT EXISTS {schema}.\"{table}_created_at_zoned_idx\" \
                  ON \"{table}\" (created_at) WHERE {}",

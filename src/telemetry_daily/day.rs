@@ -24,6 +24,15 @@ pub(super) enum DayError {
 }
 
 impl DayError {
+    /// The error as a run's report keeps it: without addresses (see
+    /// [`StoreError::without_addresses`]).
+    pub(super) fn for_report(&self) -> String {
+        match self {
+            DayError::Store(error) => error.without_addresses(),
+            DayError::Spill(_) => self.to_string(),
+        }
+    }
+
     /// Whether the database itself is gone.
     pub(super) fn is_unreachable(&self) -> bool {
         matches!(self, DayError::Store(error) if error.is_unreachable())
@@ -35,13 +44,29 @@ impl DayError {
     }
 }
 
+/// A day that failed, and how many of its events had been read by then.
+#[derive(Debug)]
+pub(super) struct DayFailure {
+    pub(super) error: DayError,
+    pub(super) events_read: u64,
+}
+
+impl<E: Into<DayError>> From<E> for DayFailure {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            events_read: 0,
+        }
+    }
+}
+
 /// Aggregates one day and, unless told otherwise, writes it.
 pub(super) async fn run<S>(
     store: &S,
     window: &DayWindow,
     options: &RunOptions,
     locks: Option<&mut DayLocks>,
-) -> Result<DayReport, DayError>
+) -> Result<DayReport, DayFailure>
 where
     S: EventSource + RollupStore + Clone + Send + Sync + 'static,
 {
@@ -71,7 +96,12 @@ where
             "the day's aggregation outgrew the memory limit and spilled to disk"
         );
     }
-    let stored = store.load_day(date).await?;
+    let read = rollup.events_read;
+    let after_reading = |error: StoreError| DayFailure {
+        error: error.into(),
+        events_read: read,
+    };
+    let stored = store.load_day(date).await.map_err(after_reading)?;
     let changes = diff(&rollup.rows, &stored);
 
     let stored_events: i64 = stored.iter().map(|r| r.count).sum();
@@ -113,9 +143,12 @@ where
     } else if !options.dry_run && !changes.is_empty() {
         // Another run may have taken the day if the locks were lost meanwhile.
         if let Some(locks) = locks {
-            locks.verify().await?;
+            locks.verify().await.map_err(after_reading)?;
         }
-        store.write_day(date, &changes).await?;
+        store
+            .write_day(date, &changes)
+            .await
+            .map_err(after_reading)?;
     }
     day.duration_ms = elapsed_ms(started);
     Ok(day)

@@ -276,7 +276,7 @@ where
             }
             match store.lock_days(batch, options.lock_timeout).await {
                 Ok(held) => locks = Some(held),
-                Err(error) => stopped = Some(error.to_string()),
+                Err(error) => stopped = Some(error.without_addresses()),
             }
         }
         for &date in *batch {
@@ -333,15 +333,20 @@ where
     };
     match day::run(store, &window, options, locks).await {
         Ok(day) => day,
-        Err(error) => {
+        Err(day::DayFailure { error, events_read }) => {
             // A lost connection is retried on the next day; a database that no
             // longer answers at all ends the run, as do lost locks.
             if error.is_lock_lost() {
-                *stopped = Some(error.to_string());
+                *stopped = Some(error.for_report());
             } else if error.is_unreachable() && !store.ping().await {
-                *stopped = Some(format!("the database became unreachable ({error})"));
+                *stopped = Some(format!(
+                    "the database became unreachable ({})",
+                    error.for_report()
+                ));
             }
-            day::failed(date, error.to_string(), elapsed_ms(day_started))
+            let mut day = day::failed(date, error.for_report(), elapsed_ms(day_started));
+            day.events_read = events_read;
+            day
         }
     }
 }

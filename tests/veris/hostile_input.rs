@@ -4,7 +4,9 @@
 
 use veris_jobs::store::Database;
 
-use crate::common::{Kind, TestDb, range_options};
+use serde_json::Value;
+
+use crate::common::{Kind, TestDb, event, range_options};
 
 /// Inserts raw SQLite rows `(event, user_id, created_at, meta)` as they are.
 async fn insert_sqlite_rows(db: &TestDb, rows: &[(&str, Option<&str>, &str, Option<&str>)]) {
@@ -95,4 +97,97 @@ async fn the_rows_in_other_forms_are_read_through_their_partial_index() {
         plan.contains("telemetry_events_created_at_zoned_idx"),
         "the band's query plan: {plan}"
     );
+}
+
+crate::on_both_databases!(
+    a_nul_character_in_a_name_or_a_value_fails_no_day_and_reads_alike_everywhere,
+    values_over_1024_bytes_are_counted_but_never_kept,
+);
+
+async fn a_nul_character_in_a_name_or_a_value_fails_no_day_and_reads_alike_everywhere(db: TestDb) {
+    let meta = r#"{"k":"v\u0000w","\u0000key":1}"#;
+    if db.kind == Kind::Sqlite {
+        // Only SQLite's text holds a raw NUL.
+        db.insert(&[
+            event("json_nul", Some("u"), "2024-04-01T10:00:00Z", Some(meta)),
+            event("nul\0name", Some("u"), "2024-04-01T10:00:00Z", None),
+        ])
+        .await;
+    } else {
+        // A `json` column keeps the escape as written, where `jsonb` refuses it.
+        db.execute(
+            "ALTER TABLE telemetry_events ALTER COLUMN meta TYPE json USING meta::text::json",
+        )
+        .await;
+        db.execute(&format!(
+            "INSERT INTO telemetry_events (event, user_id, created_at, meta) \
+             VALUES ('json_nul', 'u', '2024-04-01T10:00:00Z', '{meta}')"
+        ))
+        .await;
+    }
+    let report = db.run(&range_options("2024-04-01", "2024-04-01")).await;
+    assert!(report.ok, "{report:?}");
+    let rows = db.rollups().await;
+    let json_nul = rows.iter().find(|r| r.1 == "json_nul").expect("the row");
+    let meta: Value = serde_json::from_str(&json_nul.4).unwrap();
+    assert_eq!(
+        meta,
+        serde_json::json!({
+            "k": {"n": 1, "values": {"v\u{FFFD}w": 1}, "other": 0},
+            "\u{FFFD}key": {"n": 1, "sum": 1, "min": 1, "max": 1},
+        })
+    );
+    if db.kind == Kind::Sqlite {
+        assert!(rows.iter().any(|r| r.1 == "nul\u{FFFD}name"), "{rows:?}");
+    }
+}
+
+async fn values_over_1024_bytes_are_counted_but_never_kept(db: TestDb) {
+    let longest_kept = "k".repeat(1024);
+    let too_long = |c: &str| c.repeat(1025);
+    let nested_too_long = format!(r#"{{"v":{{"a":"{}"}}}}"#, "n".repeat(1020));
+    let metas = [
+        format!(r#"{{"v":"{longest_kept}"}}"#),
+        format!(r#"{{"v":"{}"}}"#, too_long("a")),
+        format!(r#"{{"v":"{}"}}"#, too_long("b")),
+        nested_too_long,
+        r#"{"v":"short"}"#.to_owned(),
+    ];
+    let events: Vec<_> = metas
+        .iter()
+        .map(|meta| event("e", Some("u"), "2024-04-02T10:00:00Z", Some(meta)))
+        .collect();
+    db.insert(&events).await;
+    let report = db.run(&range_options("2024-04-02", "2024-04-02")).await;
+    assert!(report.ok, "{report:?}");
+    let rows = db.rollups().await;
+    let meta: Value = serde_json::from_str(&rows[0].4).unwrap();
+    let mut values = serde_json::Map::new();
+    values.insert(longest_kept, 1.into());
+    values.insert("short".into(), 1.into());
+    assert_eq!(
+        meta,
+        serde_json::json!({"v": {"n": 5, "values": values, "other": 3}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_user_ids_that_are_not_utf8_count_by_their_bytes() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    db.execute(
+        "INSERT INTO telemetry_events (event, user_id, created_at) VALUES \
+         ('e', CAST(X'61ff' AS TEXT), '2024-04-03T10:00:00Z'), \
+         ('e', CAST(X'61fe' AS TEXT), '2024-04-03T10:00:00Z'), \
+         ('e', CAST(X'61fe' AS TEXT), '2024-04-03T11:00:00Z'), \
+         ('e', 'a' || char(65533), '2024-04-03T10:00:00Z'), \
+         ('e', CAST(X'6100' AS TEXT), '2024-04-03T10:00:00Z'), \
+         (CAST(X'62ff' AS TEXT), 'u', '2024-04-03T10:00:00Z')",
+    )
+    .await;
+    let report = db.run(&range_options("2024-04-03", "2024-04-03")).await;
+    assert!(report.ok, "{report:?}");
+    let rows = db.rollups().await;
+    let found: Vec<(&str, i64, i64)> = rows.iter().map(|r| (r.1.as_str(), r.2, r.3)).collect();
+    // a\xff, a\xfe, a U+FFFD and a NUL are four users; the name is read leniently.
+    assert_eq!(found, [("b\u{FFFD}", 1, 1), ("e", 5, 4)]);
 }

@@ -13,6 +13,7 @@ mod http;
 mod job;
 mod memory;
 mod operations;
+mod pool;
 mod reliability;
 mod report;
 mod sketches;
