@@ -23,7 +23,10 @@ pub enum DateError {
     #[error("--end-date needs --start-date")]
     EndWithoutStart,
     /// The date lies outside the span of time the job can represent.
-    #[error("{date} is out of the supported range of dates")]
+    #[error(
+        "{date} is out of the supported range of dates: a day must begin and end between \
+         -9999-01-02 and 9999-12-30 (UTC)"
+    )]
     OutOfRange { date: Date },
 }
 

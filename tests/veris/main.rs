@@ -6,6 +6,7 @@ mod cli;
 mod clickhouse;
 mod common;
 mod dashboard;
+mod exposure;
 mod hardening;
 mod history;
 mod hostile_input;
