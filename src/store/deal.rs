@@ -19,6 +19,9 @@ use crate::model::{CountedEvents, EventSink, MergeableSink, SourceEvent};
 
 /// Rows per batch: large enough that handing a batch over costs nothing per row.
 pub(super) const BATCH_ROWS: usize = 4096;
+/// Text per batch at most, bar its last row: rows with huge values go out one or a
+/// few at a time, so that what a day's read holds stays near its largest row.
+pub(super) const BATCH_BYTES: usize = 1024 * 1024;
 /// Batches in flight per aggregating thread: bounds the memory of a day being read.
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Most threads that aggregate one window beside the reader.
@@ -211,11 +214,12 @@ impl<K: MergeableSink> Dealer<K> {
     /// aggregator's queue is full too.
     fn hand_over(&mut self, shard: usize) -> bool {
         let batch = &mut self.batches[shard];
-        if batch.rows.len() < BATCH_ROWS {
+        if batch.rows.len() < BATCH_ROWS && batch.text.len() < BATCH_BYTES {
             return false;
         }
         let next = RowBatch {
-            text: String::with_capacity(batch.text.capacity()),
+            // A batch that held a huge row does not pass its size on.
+            text: String::with_capacity(batch.text.capacity().min(BATCH_BYTES)),
             rows: Vec::with_capacity(BATCH_ROWS),
         };
         let full = std::mem::replace(batch, next);
@@ -234,11 +238,12 @@ impl<K: MergeableSink> Dealer<K> {
         true
     }
 
-    /// Whether the aggregators have gone: the run was cancelled.
     /// Counts a row whose `created_at` is no instant, in the dealer's own part.
     pub(super) fn skip_invalid_created_at(&mut self) {
         self.own.push_invalid_created_at(1);
     }
+
+    /// Whether the aggregators have gone: the run was cancelled.
 
     pub(super) fn deserted(&self) -> bool {
         self.alone

@@ -342,3 +342,55 @@ async fn a_client_that_never_reads_its_answer_is_cut_off() {
     );
     server.stop().await;
 }
+
+crate::on_both_databases!(a_day_that_fails_after_its_read_reports_the_events_it_read);
+
+async fn a_day_that_fails_after_its_read_reports_the_events_it_read(db: TestDb) {
+    db.insert(&[
+        event("e", Some("u"), "2024-02-01T10:00:00Z", None),
+        event("e", Some("v"), "2024-02-01T11:00:00Z", None),
+        event("f", None, "2024-02-01T12:00:00Z", None),
+    ])
+    .await;
+    // The day's write is refused by the database.
+    match db.kind {
+        Kind::Sqlite => {
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON telemetry_daily \
+                 BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+            )
+            .await;
+        }
+        Kind::Postgres => {
+            db.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$; \
+                 CREATE TRIGGER refuse BEFORE INSERT ON telemetry_daily \
+                 FOR EACH ROW EXECUTE FUNCTION refuse()",
+            )
+            .await;
+        }
+    }
+    let report = db.run(&range_options("2024-02-01", "2024-02-01")).await;
+    let day = &report.days[0];
+    assert_eq!(day.status, veris_jobs::model::DayStatus::Failed, "{day:?}");
+    assert!(
+        day.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("refused by a trigger"),
+        "{day:?}"
+    );
+    assert_eq!(day.events_read, 3, "{day:?}");
+}
+
+#[tokio::test]
+async fn demo_leaves_no_write_ahead_log_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("veris.db");
+    let output = veris(&format!("sqlite://{}", db.display()), &["demo"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let wal = dir.path().join("veris.db-wal");
+    let left = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(left, 0, "{} bytes of write-ahead log left", left);
+}
