@@ -15,9 +15,10 @@ use crate::config::{
     CronSecret, GlobalArgs, JobArgs, LogFormat, MIN_SECRET_LEN, RangeArgs, Secret, ServeArgs,
 };
 use crate::error::Error;
-use crate::model::{DayRange, Grouping, MAX_RUNS_LISTED, RunRecord, RunReport};
+use crate::model::{DayRange, MAX_RUNS_LISTED, RunRecord, RunReport};
 use crate::progress::TerminalProgress;
-use crate::rollup_report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
+use crate::report::Grouping;
+use crate::report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
 use crate::runner::Runner;
 use crate::store::{ClickHouseSource, RollupStore as _, RunHistory as _, Store};
 

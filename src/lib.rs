@@ -53,7 +53,9 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod progress;
-pub mod rollup_report;
+pub mod report;
+pub mod rollup;
+
 pub mod runner;
 pub mod schedule;
 pub mod store;

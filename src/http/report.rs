@@ -6,8 +6,9 @@ use jiff::Timestamp;
 
 use super::request::{date_error, parse_dates};
 use super::{ApiError, AppState, read_or_unavailable};
-use crate::model::{DayRange, Grouping};
-use crate::rollup_report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
+use crate::model::DayRange;
+use crate::report::Grouping;
+use crate::report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
 
 /// `GET /api/telemetry/report?startDate=D&endDate=D&by=week&event=a&event=b`.
 pub(super) async fn report(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::aggregate::RollupRow;
-use super::meta::canonical_json;
+use super::json::canonical_json;
+use super::rows::RollupRow;
 
 /// The writes that make one day's stored rows equal to its aggregate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::days::DayRange;
-use super::report::{DayStatus, RunReport, Totals};
+use super::run_report::{DayStatus, RunReport, Totals};
 
 /// The job's name, as reports, logs and `job_runs.job` give it.
 pub const JOB_NAME: &str = "telemetry-daily";

@@ -244,7 +244,6 @@ impl<K: MergeableSink> Dealer<K> {
     }
 
     /// Whether the aggregators have gone: the run was cancelled.
-
     pub(super) fn deserted(&self) -> bool {
         self.alone
     }

@@ -120,7 +120,8 @@ fn field<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DayAggregate, EventSink as _, SourceEvent};
+    use crate::model::{EventSink as _, SourceEvent};
+    use crate::rollup::DayAggregate;
     use crate::store::deal::{BATCH_ROWS, RowBatch};
     use tokio::sync::mpsc;
 

@@ -8,10 +8,8 @@ use jiff::civil::Date;
 
 use super::spill::ScratchDir;
 use super::{RunOptions, elapsed_ms};
-use crate::model::{
-    DayAggregate, DayReport, DayStatus, DayWindow, MemoryLimit, MergeableSink as _, SpillError,
-    diff,
-};
+use crate::model::{DayReport, DayStatus, DayWindow, MergeableSink as _, diff};
+use crate::rollup::{DayAggregate, MemoryLimit, SpillError};
 use crate::store::{DayLocks, EventSource, RollupStore, StoreError};
 
 /// Why a day failed.

@@ -5,7 +5,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::model::{Scratch, SpillSpace};
+use crate::rollup::{Scratch, SpillSpace};
 
 /// Scratch files in a directory (`--spill-dir`, by default the system's temporary
 /// directory).

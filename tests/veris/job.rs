@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde_json::{Value, json};
-use veris_jobs::model::{DayAggregate, DayRange, DayStatus, EventSink as _, SourceEvent};
+use veris_jobs::model::{DayRange, DayStatus, EventSink as _, SourceEvent};
+use veris_jobs::rollup::DayAggregate;
 use veris_jobs::store::{RollupStore as _, StoreError};
 use veris_jobs::telemetry_daily::{self, RunError, RunOptions};
 

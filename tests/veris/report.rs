@@ -5,8 +5,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use veris_jobs::config::{CronSecret, Secret};
 use veris_jobs::http::AppState;
-use veris_jobs::model::{DayRange, Grouping};
-use veris_jobs::rollup_report::{ReportRequest, telemetry_report};
+use veris_jobs::model::DayRange;
+use veris_jobs::report::{Grouping, ReportRequest, telemetry_report};
 use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::cli::veris;

@@ -4,9 +4,9 @@
 
 use serde_json::Value;
 use sqlx::Row as _;
+use veris_jobs::model::DayRange;
 use veris_jobs::model::hll::{EXPLICIT_MAX, LOG2M, REGWIDTH, Sketch};
-use veris_jobs::model::{DayRange, Grouping};
-use veris_jobs::rollup_report::{ReportRequest, telemetry_report};
+use veris_jobs::report::{Grouping, ReportRequest, telemetry_report};
 use veris_jobs::store::{Database, NewEvent};
 
 use crate::common::{Kind, TestDb, range_options};

@@ -126,7 +126,8 @@ fn with_digits(at: jiff::Timestamp, digits: u32) -> String {
 
 async fn every_fraction_digit_count_lands_in_its_own_day_in_every_zone(db: TestDb) {
     use jiff::{SignedDuration, tz::TimeZone};
-    use veris_jobs::model::{DayAggregate, DayWindow};
+    use veris_jobs::model::DayWindow;
+    use veris_jobs::rollup::DayAggregate;
     use veris_jobs::store::EventSource as _;
 
     // PostgreSQL keeps microseconds; SQLite keeps the text as it was written.

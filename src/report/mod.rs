@@ -1,11 +1,23 @@
-//! Reading the rollups: the telemetry report of a range of days, grouped by day,
+//! The read path whole: the telemetry report of a range of days, grouped by day,
 //! ISO week or month, for the command line and the endpoint. It reads only
-//! `telemetry_daily`, never the raw events.
+//! `telemetry_daily`, never the raw events: the request and the reading are here,
+//! the periods in `periods.rs`, the building from rows in `build.rs`, the merging of
+//! summaries in `merge.rs`, the table and CSV in `render.rs`.
+
+mod build;
+mod merge;
+mod periods;
+mod render;
 
 use futures_util::future::try_join_all;
+use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::model::{DayRange, Grouping, ReportBuilder, TelemetryReport, split_by_periods};
+pub use self::build::ReportBuilder;
+pub use self::merge::MergedMeta;
+pub use self::periods::{Grouping, periods, split_by_periods};
+pub use self::render::terminal_text;
+use crate::model::DayRange;
 use crate::store::{READS_AT_ONCE, RollupStore, StoreError};
 
 /// Days a report covers when not told: the 30 ending yesterday.
@@ -61,4 +73,53 @@ where
     })?;
     let reports = reports.into_iter().collect::<Result<_, _>>()?;
     Ok(TelemetryReport::joined(&request.range, request.by, reports))
+}
+
+/// The report of a range of days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryReport {
+    pub start_date: String,
+    pub end_date: String,
+    pub by: Grouping,
+    pub periods: Vec<PeriodReport>,
+}
+
+/// One period: its events, biggest first, and their total.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodReport {
+    /// The first day of the period (cut to the range).
+    pub start: String,
+    /// The last day of the period (cut to the range).
+    pub end: String,
+    pub events: Vec<EventReport>,
+    pub total: Total,
+    /// Days whose rows have no sketch (written before sketches were kept): unique
+    /// users that need them are `null` until those days are run again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_sketches: Vec<String>,
+}
+
+/// One event in a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventReport {
+    pub event: String,
+    pub count: i64,
+    /// Exact for one event on one day; else the estimate of the union of the rows'
+    /// sketches, rounded; `null` when a row lacks its sketch.
+    pub unique_users: Option<u64>,
+    pub unique_users_exact: bool,
+    /// The rows' metadata summaries merged.
+    pub meta: MergedMeta,
+}
+
+/// All the period's events together, a user counted once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Total {
+    pub count: i64,
+    pub unique_users: Option<u64>,
+    pub unique_users_exact: bool,
 }

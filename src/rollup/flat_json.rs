@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use super::meta::MetaValue;
+use super::meta_value::MetaValue;
 
 /// The entries of `text` if it is a flat object this scan handles, in text order
 /// (duplicate keys are left to the caller); `None` to defer to serde_json.
@@ -148,8 +148,8 @@ impl<'a> Scanner<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::meta::parse_with_serde;
     use super::*;
-    use crate::model::meta::parse_with_serde;
     use proptest::prelude::*;
 
     fn entries(text: &str) -> Option<String> {

@@ -1,0 +1,49 @@
+//! Rollup rows: as the engine makes them ([`RollupRow`]) and as a store reads them
+//! back ([`RollupRef`], [`StoredRollup`]) for whatever folds them ([`RollupFold`]).
+
+use jiff::civil::Date;
+
+/// One row of `telemetry_daily` for a given day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRow {
+    /// The event name.
+    pub event: String,
+    /// Every event of that name on that day.
+    pub count: i64,
+    /// Distinct non-empty user ids among them.
+    pub unique_users: i64,
+    /// The metadata summary as canonical JSON text.
+    pub meta: String,
+    /// The distinct users as a sketch in the `hll` extension's format; `None` in a
+    /// stored row written before sketches were kept.
+    pub users_hll: Option<Vec<u8>>,
+}
+
+/// One stored rollup row, borrowed from the database's answer as a store reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupRef<'a> {
+    pub date: Date,
+    pub event: &'a str,
+    pub count: i64,
+    pub unique_users: i64,
+    /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
+    pub meta: &'a str,
+    pub users_hll: Option<&'a [u8]>,
+}
+
+/// What takes rollup rows one at a time as a store reads them, ordered by date.
+pub trait RollupFold: Send + 'static {
+    fn add(&mut self, row: RollupRef<'_>);
+}
+
+/// One stored rollup row, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRollup {
+    pub date: Date,
+    pub event: String,
+    pub count: i64,
+    pub unique_users: i64,
+    /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
+    pub meta: String,
+    pub users_hll: Option<Vec<u8>>,
+}

@@ -1,0 +1,187 @@
+//! The report for people: a table for the terminal and CSV for spreadsheets, with
+//! text from events made harmless for both.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use super::TelemetryReport;
+
+impl TelemetryReport {
+    /// The report as a readable table: a line per event and period, and the period's
+    /// total; `~` marks an estimate.
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "telemetry  {} .. {}  by {}\n{:<24}  {:<24}  {:>12}  {:>12}\n",
+            self.start_date, self.end_date, self.by, "period", "event", "count", "users"
+        );
+        for period in &self.periods {
+            let span = if period.start == period.end {
+                period.start.clone()
+            } else {
+                format!("{} .. {}", period.start, period.end)
+            };
+            for event in &period.events {
+                let _ = writeln!(
+                    out,
+                    "{span:<24}  {:<24}  {:>12}  {:>12}",
+                    terminal_text(&event.event),
+                    event.count,
+                    users(event.unique_users, event.unique_users_exact)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{span:<24}  {:<24}  {:>12}  {:>12}",
+                "(all events)",
+                period.total.count,
+                users(period.total.unique_users, period.total.unique_users_exact)
+            );
+            if !period.missing_sketches.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{span:<24}  rows with no usable sketch on {} (run those days again)",
+                    period.missing_sketches.join(", ")
+                );
+            }
+        }
+        out
+    }
+
+    /// The report as CSV: a line per event and period, then one per period for all
+    /// events (event empty); `unique_users` empty when unknown.
+    pub fn to_csv(&self) -> String {
+        let mut out =
+            String::from("period_start,period_end,event,count,unique_users,unique_users_exact\n");
+        for period in &self.periods {
+            let line =
+                |out: &mut String, event: &str, count: i64, users: Option<u64>, exact: bool| {
+                    let _ = writeln!(
+                        out,
+                        "{},{},{},{count},{},{exact}",
+                        period.start,
+                        period.end,
+                        csv_field(event),
+                        users.map_or_else(String::new, |u| u.to_string())
+                    );
+                };
+            for event in &period.events {
+                line(
+                    &mut out,
+                    &event.event,
+                    event.count,
+                    event.unique_users,
+                    event.unique_users_exact,
+                );
+            }
+            line(
+                &mut out,
+                "",
+                period.total.count,
+                period.total.unique_users,
+                period.total.unique_users_exact,
+            );
+        }
+        out
+    }
+}
+
+fn users(count: Option<u64>, exact: bool) -> String {
+    match (count, exact) {
+        (None, _) => "n/a".to_owned(),
+        (Some(n), true) => n.to_string(),
+        (Some(n), false) => format!("~{n}"),
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break. Text that a
+/// spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return) is prefixed with `'`, the usual way to keep it text.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{text}"))
+    } else {
+        Cow::Borrowed(text)
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.into_owned()
+    }
+}
+
+/// Text for a terminal: control characters (C0, DEL and C1, which can move the
+/// cursor, retitle the window or forge lines) written as escapes such as `\x1b`.
+pub fn terminal_text(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Grouping, TelemetryReport};
+    use super::*;
+    use crate::model::{DayRange, StoredRollup};
+
+    fn row(day: &str, event: &str, users: &[&str], meta: &str) -> StoredRollup {
+        let mut sketch = crate::model::hll::Sketch::new();
+        users.iter().for_each(|u| sketch.add_user(u));
+        StoredRollup {
+            date: day.parse().unwrap(),
+            event: event.into(),
+            count: users.len() as i64 * 2,
+            unique_users: users.len() as i64,
+            meta: meta.into(),
+            users_hll: Some(sketch.to_bytes()),
+        }
+    }
+
+    fn range(start: &str, end: &str) -> DayRange {
+        DayRange::new(start.parse().unwrap(), end.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn text_from_events_cannot_drive_a_terminal_or_a_spreadsheet() {
+        assert_eq!(terminal_text("page_view"), "page_view");
+        assert_eq!(
+            terminal_text("a\x1b]0;owned\x07b\r\nc\u{9b}"),
+            "a\\x1b]0;owned\\x07b\\x0d\\x0ac\\x9b"
+        );
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        for formula in ["+1", "-1", "@SUM(A1)", "\tx"] {
+            assert_eq!(csv_field(formula), format!("'{formula}"));
+        }
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("page_view"), "page_view");
+    }
+
+    #[test]
+    fn the_table_puts_each_column_under_its_heading_for_days_and_weeks() {
+        let rows = [row("2024-01-02", "view", &["a", "b"], "{}")];
+        for (start, end, by) in [
+            ("2024-01-01", "2024-01-07", Grouping::Week),
+            ("2024-01-02", "2024-01-02", Grouping::Day),
+        ] {
+            let table = TelemetryReport::from_rows(&range(start, end), by, &rows, 5).to_table();
+            let lines: Vec<&str> = table.lines().skip(1).collect();
+            let heading = lines[0];
+            for line in &lines[1..] {
+                assert_eq!(line.len(), heading.len(), "{by}:\n{table}");
+                assert_eq!(
+                    line.find(['v', '(']),
+                    heading.find("event"),
+                    "{by}:\n{table}"
+                );
+            }
+        }
+    }
+}
