@@ -41,7 +41,6 @@ mod error;
 mod history;
 mod pg_copy;
 pub mod postgres;
-mod row_binary;
 mod rows;
 pub mod sqlite;
 mod sqlite_scan;
