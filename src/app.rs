@@ -1,10 +1,10 @@
-//! `veris-jobs serve`, wired: the store, one [`Runner`] shared by the HTTP endpoint
-//! and the built-in schedule, and the listener.
+//! The one place the application is wired: the store (the database, and the
+//! ClickHouse source when there is one) and the [`Launcher`] every run goes through.
 //!
-//! [`Application::build`] checks the settings, connects and binds, so that every
-//! problem is reported before anything is served; [`Application::run_until_stopped`]
-//! serves until a shutdown signal, then stops the schedule and waits for the runs
-//! under way.
+//! [`Application::build`] connects as a command needs ([`Connect`]); every face starts
+//! there: the command line for its commands, `serve` (which then binds and serves,
+//! [`Application::serve`]), and the tests. [`Server::run_until_stopped`] serves until a
+//! shutdown signal, then stops the schedule and waits for the runs under way.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,24 +15,120 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CronSecret, Secret};
 use crate::error::Error;
 use crate::http::{self, AppState, JOB_PATH};
-use crate::runner::Runner;
+use crate::launcher::Launcher;
 use crate::schedule::{self, Schedule};
 use crate::store::{ClickHouseSource, Store, TableName};
 use crate::telemetry_daily::RunOptions;
 
-/// What `serve` needs, taken from the command line and the environment.
+/// How [`Application::build`] opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// For a command that writes: a missing SQLite file is created.
+    Write,
+    /// For a command that only reads: a missing SQLite file is an error.
+    Read,
+    /// For a server: PostgreSQL connects on first use, so that a server whose
+    /// database is down starts and answers 503.
+    Lazy,
+}
+
+/// What every face gives the application: where the data is and how runs go.
 #[derive(Debug, Clone)]
-pub struct ServeSettings {
+pub struct Settings {
     pub database_url: String,
     pub source_table: TableName,
     /// Where events are read when not from the database (ClickHouse).
     pub source_url: Option<String>,
     /// Every run's zone, top-K, lookback, read slices and lock timeout.
     pub job: RunOptions,
-    pub bind: SocketAddr,
-    pub max_range_days: u32,
     /// Runs that requests may have going at once.
     pub max_http_runs: usize,
+}
+
+/// The store and the launcher, wired.
+#[derive(Debug, Clone)]
+pub struct Application {
+    launcher: Launcher,
+}
+
+impl Application {
+    /// Connects to the database (as `connect` says) and the source of events, and
+    /// builds the launcher every run goes through.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] for an unusable database or source URL, or a database that
+    /// cannot be reached ([`Connect::Write`] and [`Connect::Read`]).
+    pub async fn build(settings: Settings, connect: Connect) -> Result<Self, Error> {
+        let (url, table) = (&settings.database_url, &settings.source_table);
+        let mut store = match connect {
+            Connect::Write => Store::connect(url, table).await?,
+            Connect::Read => Store::connect_existing(url, table).await?,
+            Connect::Lazy => Store::connect_lazy(url, table).await?,
+        };
+        if let Some(source) = &settings.source_url {
+            store = store.with_source(ClickHouseSource::new(source, table)?);
+        }
+        let launcher = Launcher::with_requested_runs(store, settings.job, settings.max_http_runs);
+        Ok(Self { launcher })
+    }
+
+    /// The launcher every run goes through.
+    pub fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.launcher.store()
+    }
+
+    /// Parses the schedule and binds the address, so that every problem is reported
+    /// before anything is served.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for a bad schedule or an address that cannot be bound.
+    pub async fn serve(self, settings: ServeSettings) -> Result<Server, Error> {
+        let schedule = settings
+            .schedule
+            .as_deref()
+            .map(|expression| {
+                Schedule::parse(expression, self.launcher.job().timezone.clone())
+                    .map_err(|e| Error::Usage(format!("--schedule: {e}")))
+            })
+            .transpose()?;
+        let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
+            Error::Usage(format!(
+                "--bind {}: cannot listen there: {e}",
+                settings.bind
+            ))
+        })?;
+        let address = listener.local_addr().unwrap_or(settings.bind);
+        let mut state = AppState::with_launcher(
+            self.launcher.clone(),
+            settings.max_range_days,
+            settings.secret,
+        );
+        if let Some(read) = settings.read_secret {
+            state = state.with_read_secret(read);
+        }
+        Ok(Server {
+            listener,
+            address,
+            state,
+            launcher: self.launcher,
+            schedule,
+        })
+    }
+}
+
+/// What `serve` needs besides the [`Settings`], taken from the command line and the
+/// environment.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub bind: SocketAddr,
+    pub max_range_days: u32,
     /// A cron expression, evaluated in the job's zone.
     pub schedule: Option<String>,
     pub secret: CronSecret,
@@ -42,57 +138,15 @@ pub struct ServeSettings {
 
 /// A server, built and bound, not yet serving.
 #[derive(Debug)]
-pub struct Application {
+pub struct Server {
     listener: TcpListener,
     address: SocketAddr,
     state: AppState,
-    runner: Runner,
+    launcher: Launcher,
     schedule: Option<Schedule>,
 }
 
-impl Application {
-    /// Parses the schedule, connects to the database (lazily on PostgreSQL, so that a
-    /// server whose database is down starts and answers 503) and binds the address.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Usage`] for a bad schedule or an address that cannot be bound;
-    /// [`Error::Store`] for an unusable database URL or SQLite file.
-    pub async fn build(settings: ServeSettings) -> Result<Self, Error> {
-        let schedule = settings
-            .schedule
-            .as_deref()
-            .map(|expression| {
-                Schedule::parse(expression, settings.job.timezone.clone())
-                    .map_err(|e| Error::Usage(format!("--schedule: {e}")))
-            })
-            .transpose()?;
-        let mut store = Store::connect_lazy(&settings.database_url, &settings.source_table).await?;
-        if let Some(url) = &settings.source_url {
-            store = store.with_source(ClickHouseSource::new(url, &settings.source_table)?);
-        }
-        let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
-            Error::Usage(format!(
-                "--bind {}: cannot listen there: {e}",
-                settings.bind
-            ))
-        })?;
-        let address = listener.local_addr().unwrap_or(settings.bind);
-        let runner = Runner::with_requested_runs(store, settings.job, settings.max_http_runs);
-        let mut state =
-            AppState::with_runner(runner.clone(), settings.max_range_days, settings.secret);
-        if let Some(read) = settings.read_secret {
-            state = state.with_read_secret(read);
-        }
-        Ok(Self {
-            listener,
-            address,
-            state,
-            runner,
-            schedule,
-        })
-    }
-
+impl Server {
     /// The address the server listens on (the real port when bound to port 0).
     pub fn address(&self) -> SocketAddr {
         self.address
@@ -106,11 +160,11 @@ impl Application {
         let scheduler = self.schedule.map(|schedule| {
             tracing::info!(
                 schedule = schedule.expression(),
-                timezone = self.runner.job().timezone.iana_name().unwrap_or("UTC"),
+                timezone = self.launcher.job().timezone.iana_name().unwrap_or("UTC"),
                 "running telemetry-daily on schedule"
             );
             tokio::spawn(schedule::run_on_schedule(
-                self.runner.clone(),
+                self.launcher.clone(),
                 schedule,
                 stop.clone().cancelled_owned(),
             ))
@@ -129,7 +183,7 @@ impl Application {
             std::panic::resume_unwind(error.into_panic());
         }
         // A scheduled run started just before the stop is waited for too.
-        self.runner.wait().await;
+        self.launcher.wait().await;
         tracing::info!("stopped");
     }
 }

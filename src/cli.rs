@@ -10,17 +10,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::app::{Application, ServeSettings};
+use crate::app::{Application, Connect, ServeSettings, Settings};
 use crate::config::{
     CronSecret, GlobalArgs, JobArgs, LogFormat, MIN_SECRET_LEN, RangeArgs, Secret, ServeArgs,
 };
 use crate::error::Error;
 use crate::model::{DayRange, MAX_RUNS_LISTED, RunRecord, RunReport};
 use crate::progress::TerminalProgress;
-use crate::report::Grouping;
-use crate::report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
-use crate::runner::Runner;
-use crate::store::{ClickHouseSource, RollupStore as _, RunHistory as _, Store};
+use crate::report::{DEFAULT_REPORT_DAYS, Grouping, ReportRequest, telemetry_report};
+use crate::telemetry_daily::RunOptions;
 
 /// Background jobs of the Veris application.
 #[derive(Debug, Parser)]
@@ -195,7 +193,7 @@ pub fn init_logging(cli: &Cli) {
 /// # Errors
 ///
 /// [`Error`], whose [`Error::exit_code`] gives the exit status.
-pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
+pub async fn execute(cli: Cli) -> Result<ExitCode, Error> {
     let Cli { global, command } = cli;
     match command {
         Command::Migrate => migrate(&global).await,
@@ -220,7 +218,8 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
         events: args.events,
         top_k: args.meta_top_k,
     };
-    let report = telemetry_report(&connect(global, Access::Read).await?, &request).await?;
+    let app = application(global, RunOptions::default(), Connect::Read).await?;
+    let report = telemetry_report(app.store(), &request).await?;
     if args.json {
         write_stdout(&format!("{}\n", to_json(&report)));
     } else if args.csv {
@@ -231,28 +230,26 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether a command may create the SQLite file it is pointed at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    /// It writes: a missing file is created.
-    Write,
-    /// It only reads: a missing file is an error, and nothing is created.
-    Read,
-}
-
-async fn connect(global: &GlobalArgs, access: Access) -> Result<Store, Error> {
-    let store = match access {
-        Access::Write => Store::connect(&global.database_url, &global.source_table).await?,
-        Access::Read => Store::connect_existing(&global.database_url, &global.source_table).await?,
+/// The application for a command: `global`'s database and source, `job`'s settings
+/// for its runs, connected as `connect` says.
+async fn application(
+    global: &GlobalArgs,
+    job: RunOptions,
+    connect: Connect,
+) -> Result<Application, Error> {
+    let settings = Settings {
+        database_url: global.database_url.clone(),
+        source_table: global.source_table.clone(),
+        source_url: global.source_url.clone(),
+        job,
+        max_http_runs: crate::launcher::DEFAULT_REQUESTED_RUNS,
     };
-    Ok(match &global.source_url {
-        Some(url) => store.with_source(ClickHouseSource::new(url, &global.source_table)?),
-        None => store,
-    })
+    Application::build(settings, connect).await
 }
 
 async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
-    let store = connect(global, Access::Write).await?;
+    let app = application(global, RunOptions::default(), Connect::Write).await?;
+    let store = app.store();
     store.migrate().await?;
     store.close().await;
     if store.has_external_source() {
@@ -273,29 +270,31 @@ async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
 
 async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Result<ExitCode, Error> {
     let range = args.range.range()?;
-    let access = if args.dry_run {
-        Access::Read
+    let connect = if args.dry_run {
+        Connect::Read
     } else {
-        Access::Write
+        Connect::Write
     };
-    let runner = Runner::new(connect(global, access).await?, args.job.run_options());
-    let options = crate::telemetry_daily::RunOptions {
+    let app = application(global, args.job.run_options(), connect).await?;
+    let launcher = app.launcher();
+    let options = RunOptions {
         range,
         dry_run: args.dry_run,
         force: args.force,
         changed: args.changed,
-        ..runner.job().clone()
+        ..launcher.job().clone()
     };
     let mut progress = TerminalProgress::new(!args.json && std::io::stdout().is_terminal());
-    let report = runner.run(&options, &mut progress).await?;
-    runner.store().close().await;
+    let report = launcher.run_here(&options, &mut progress).await?;
+    launcher.store().close().await;
     progress.finish();
     print_report(&report, args.json);
     Ok(exit_code(&report))
 }
 
 async fn runs(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode, Error> {
-    let store = connect(global, Access::Read).await?;
+    let app = application(global, RunOptions::default(), Connect::Read).await?;
+    let store = app.store();
     if let Some(id) = args.id {
         let run = store
             .run(id)
@@ -330,13 +329,8 @@ fn to_json(value: &impl serde::Serialize) -> String {
 
 async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> {
     let settings = ServeSettings {
-        database_url: global.database_url.clone(),
-        source_table: global.source_table.clone(),
-        source_url: global.source_url.clone(),
-        job: args.job.run_options(),
         bind: args.bind,
         max_range_days: args.max_range_days,
-        max_http_runs: args.max_http_runs as usize,
         schedule: args.schedule,
         secret: cron_secret()?,
         read_secret: read_secret()?,
@@ -350,7 +344,18 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
                 .into(),
         ));
     }
-    Application::build(settings)
+    let app = Application::build(
+        Settings {
+            database_url: global.database_url.clone(),
+            source_table: global.source_table.clone(),
+            source_url: global.source_url.clone(),
+            job: args.job.run_options(),
+            max_http_runs: args.max_http_runs as usize,
+        },
+        Connect::Lazy,
+    )
+    .await?;
+    app.serve(settings)
         .await?
         .run_until_stopped(shutdown_signal())
         .await;
@@ -365,12 +370,10 @@ async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
                 .into(),
         ));
     }
-    let runner = Runner::new(
-        connect(global, Access::Write).await?,
-        args.job.run_options(),
-    );
-    let outcome = crate::demo::run(&runner, &global.source_table).await?;
-    runner.store().close().await;
+    let app = application(global, args.job.run_options(), Connect::Write).await?;
+    let launcher = app.launcher();
+    let outcome = crate::demo::run(launcher, &global.source_table).await?;
+    launcher.store().close().await;
     write_stdout(&outcome.to_text());
     Ok(exit_code(&outcome.report))
 }

@@ -14,9 +14,9 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 
 use crate::error::Error;
+use crate::launcher::Launcher;
 use crate::model::{DayRange, DayWindow, RollupRow, RunReport};
-use crate::runner::Runner;
-use crate::store::{DemoData as _, NewEvent, RollupStore as _, TableName};
+use crate::store::{NewEvent, TableName};
 
 /// Days the sample covers, ending yesterday.
 const SAMPLE_DAYS: u32 = 3;
@@ -75,15 +75,15 @@ impl DemoOutcome {
     }
 }
 
-/// Runs the demo: sample events over the days ending yesterday in the runner's zone,
+/// Runs the demo: sample events over the days ending yesterday in the launcher's zone,
 /// and the job over them.
 ///
 /// # Errors
 ///
 /// [`Error::Usage`] when the source holds events the demo did not write;
 /// [`Error::Store`] or [`Error::Run`] when the database fails.
-pub async fn run(runner: &Runner, source: &TableName) -> Result<DemoOutcome, Error> {
-    let store = runner.store();
+pub async fn run(launcher: &Launcher, source: &TableName) -> Result<DemoOutcome, Error> {
+    let store = launcher.store();
     store.migrate().await?;
     let previous = store.demo_sample().await?;
     let foreign = store.count_foreign_events(previous.as_ref()).await?;
@@ -93,7 +93,7 @@ pub async fn run(runner: &Runner, source: &TableName) -> Result<DemoOutcome, Err
              demo will not mix sample events into them (point --database-url at another database)"
         )));
     }
-    let zone = &runner.job().timezone;
+    let zone = &launcher.job().timezone;
     let range = DayRange::ending_yesterday(jiff::Timestamp::now(), zone, SAMPLE_DAYS)?;
     let events = sample_events(&range, zone, store.keeps_invalid_json())?;
     store
@@ -102,9 +102,9 @@ pub async fn run(runner: &Runner, source: &TableName) -> Result<DemoOutcome, Err
 
     let options = crate::telemetry_daily::RunOptions {
         range: Some(range),
-        ..runner.job().clone()
+        ..launcher.job().clone()
     };
-    let report = runner.run(&options, &mut ()).await?;
+    let report = launcher.run_here(&options, &mut ()).await?;
     let mut last_day = store.load_day(range.end()).await?;
     last_day.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.event.cmp(&b.event)));
     Ok(DemoOutcome {

@@ -10,30 +10,36 @@
 //! Modules import each other in one direction: each one below imports only modules
 //! listed before it.
 //!
-//! 1. [`model`]: days and zones, the pure and mergeable aggregator, the metadata
-//!    summary, the diff against stored rows, the run report, the run history's
-//!    records. No I/O.
-//! 2. [`store`]: every line of SQL. The storage traits ([`store::EventSource`],
-//!    [`store::RollupStore`], [`store::RunHistory`], [`store::DemoData`]), each
-//!    implemented by the PostgreSQL and the SQLite backend; [`store::Store`] is either,
-//!    with events read from a [`store::ClickHouseSource`] when one is given.
-//! 3. [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
+//! 1. [`model`]: the vocabulary every layer shares: days and zones, raw events and
+//!    the sinks that take them, rollup rows, the diff against stored rows, the
+//!    canonical form of their JSON, the metadata summary's format and exact sums, the
+//!    users' sketch, the run report, the run history's records. No I/O.
+//! 2. [`rollup`]: the engine: the pure and mergeable aggregator, the metadata summary,
+//!    the reading of `meta`, and the spill to disk (its port, record codec and
+//!    partition files). Imports only the model.
+//! 3. [`store`]: every line of SQL. [`store::Store`] is a pool to PostgreSQL or
+//!    SQLite, chosen by the URL, with events read from a [`store::ClickHouseSource`]
+//!    when one is given; each method reaches the backend through one `dispatch!`.
+//! 4. [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
 //!    and writes each day, records the run ([`telemetry_daily::run`]).
-//!    [`rollup_report`]: the rollups read back, grouped by day, week or month.
-//! 4. [`metrics`]: counters of the runs a process made, in Prometheus text format.
-//! 5. [`runner`]: starts runs for every face; owns the runs under way and the metrics.
-//! 6. [`config`] (settings from flags and environment, and the bearer secret,
+//!    [`report`]: the read path whole: the rollups read back, grouped by day, week or
+//!    month, merged and rendered.
+//! 5. [`metrics`]: counters of the runs a process made, in Prometheus text format.
+//! 6. [`launcher`]: starts runs for every face; owns the runs under way and the
+//!    metrics.
+//! 7. [`config`] (settings from flags and environment, and the bearer secret,
 //!    validated once) and [`error`] (the top-level error and its exit status).
-//! 7. The faces: [`http`] (the endpoint: router, bearer auth, handlers),
+//! 8. [`app`]: the one wiring root: [`app::Application::build`] connects the store and
+//!    builds the launcher for every face, and serves.
+//! 9. The faces: [`http`] (the endpoint: router, bearer auth, handlers),
 //!    [`schedule`] (the built-in cron schedule), [`progress`] (the terminal's
-//!    progress bar), [`demo`] (sample events for a first look), [`app`] (`serve`
-//!    wired: the endpoint and the schedule over one runner) and [`cli`] (the command
-//!    line, one function a command).
+//!    progress bar), [`demo`] (sample events for a first look) and [`cli`] (the
+//!    command line, one function a command).
 //!
 //! # Example
 //!
 //! ```no_run
-//! use veris_jobs::store::{RollupStore as _, Store, TableName};
+//! use veris_jobs::store::{Store, TableName};
 //! use veris_jobs::telemetry_daily::{self, RunOptions};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,7 +62,7 @@ pub mod progress;
 pub mod report;
 pub mod rollup;
 
-pub mod runner;
+pub mod launcher;
 pub mod schedule;
 pub mod store;
 pub mod telemetry_daily;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::execute(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");

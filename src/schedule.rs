@@ -16,7 +16,7 @@ use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp, ZonedDateTime};
 
-use crate::runner::Runner;
+use crate::launcher::Launcher;
 
 /// A cron expression in a time zone.
 #[derive(Debug, Clone)]
@@ -72,11 +72,11 @@ impl Schedule {
 }
 
 /// Runs the job at every tick of `schedule` until `shutdown` completes. Each run
-/// covers the default range with `--changed`, on a task `runner` tracks, so a
+/// covers the default range with `--changed`, on a task `launcher` tracks, so a
 /// shutdown waits for it. A tick that finds the previous scheduled run still going
 /// is skipped and logged.
 pub async fn run_on_schedule(
-    runner: Runner,
+    launcher: Launcher,
     schedule: Schedule,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -106,11 +106,11 @@ pub async fn run_on_schedule(
                 schedule = schedule.expression(),
                 "scheduled run skipped: the previous scheduled run is still going"
             );
-            runner.metrics().tick_skipped();
+            launcher.metrics().tick_skipped();
             continue;
         }
         tracing::info!(%tick, schedule = schedule.expression(), "scheduled run starting");
-        previous = Some(runner.spawn_scheduled());
+        previous = Some(launcher.launch_scheduled());
     }
 }
 

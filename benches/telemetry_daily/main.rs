@@ -37,7 +37,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, Row as _};
 use veris_jobs::model::DayWindow;
 use veris_jobs::store::sqlite::{sqlite_bound, sqlite_timestamp};
-use veris_jobs::store::{Database, RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, Store, TableName};
 
 use generator::{Generator, Shape};
 

@@ -91,7 +91,7 @@ pub struct JobArgs {
     pub timezone: TimeZone,
 
     /// Top values kept per metadata key.
-    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = 20, allow_negative_numbers = true, value_parser = crate::config::parse_top_k)]
+    #[arg(long, env = "TELEMETRY_META_TOP_K", default_value_t = crate::telemetry_daily::DEFAULT_META_TOP_K, allow_negative_numbers = true, value_parser = crate::config::parse_top_k)]
     pub meta_top_k: usize,
 
     /// How long a run waits for a day another run holds (e.g. 60s, 5m, 500ms).
@@ -121,7 +121,7 @@ pub struct JobArgs {
     #[arg(
         long,
         env = "TELEMETRY_KEEP_RUNS",
-        default_value_t = 10_000,
+        default_value_t = crate::telemetry_daily::DEFAULT_KEEP_RUNS,
         allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
@@ -177,7 +177,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "TELEMETRY_MAX_HTTP_RUNS",
-        default_value_t = 4,
+        default_value_t = crate::launcher::DEFAULT_REQUESTED_RUNS as u32,
         allow_negative_numbers = true,
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]

@@ -120,11 +120,11 @@ async fn run(state: &AppState, request: RunRequest) -> Result<RunReport, ApiErro
         // A day held by another run is answered 409 at once, never waited for.
         lock_timeout: Duration::ZERO,
         trigger: Trigger::Http,
-        ..state.runner.job().clone()
+        ..state.launcher.job().clone()
     };
     let handle = state
-        .runner
-        .spawn_requested(options)
+        .launcher
+        .launch_requested(options)
         .map_err(|busy| ApiError::TooManyRuns(busy.to_string()))?;
     match (StopIfDropped {
         handle,

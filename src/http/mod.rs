@@ -6,10 +6,10 @@
 //! or `CRON_SECRET`), `/healthz`, and `/` (the dashboard page and its `/assets/`); it is a plain axum `Router`, so an existing axum
 //! application can mount it. [`serve`] runs it on a listener until a shutdown
 //! signal, then waits for the runs under way to finish. Handlers parse, call the
-//! [`Runner`] or the store's readers, and answer; the SQL stays in [`crate::store`].
+//! [`Launcher`] or the store's readers, and answer; the SQL stays in [`crate::store`].
 //!
 //! What a request cannot take from the server: more than [`MAX_CONNECTIONS`] open
-//! connections (the rest wait in the kernel's queue), more than the runner's limit of
+//! connections (the rest wait in the kernel's queue), more than the launcher's limit of
 //! runs at once (429), a head or body that never finishes (cut off), a listing that
 //! grows with the history (at most 100 runs, without their reports). Ambiguous
 //! requests are refused rather than guessed at.
@@ -50,8 +50,8 @@ pub(crate) use self::error::ApiError;
 
 use self::write_deadline::WriteDeadline;
 use crate::config::{CronSecret, Secret};
-use crate::runner::Runner;
-use crate::store::{RollupStore as _, Store, StoreError};
+use crate::launcher::Launcher;
+use crate::store::{Store, StoreError};
 use crate::telemetry_daily::RunOptions;
 
 /// The largest request body accepted.
@@ -89,11 +89,11 @@ pub(crate) const RUNS_PATH: &str = "/api/jobs/runs";
 /// The telemetry report's path.
 pub(crate) const REPORT_PATH: &str = "/api/telemetry/report";
 
-/// What the handlers share: the runner (and through it the store), the limits of a
+/// What the handlers share: the launcher (and through it the store), the limits of a
 /// request, and the secret.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    runner: Runner,
+    launcher: Launcher,
     max_range_days: u32,
     secret: Arc<CronSecret>,
     read_secret: Option<Arc<Secret>>,
@@ -108,13 +108,13 @@ impl AppState {
     /// every run (its range, dry-run and lock timeout are set per request);
     /// `max_range_days` caps the range one request may ask for.
     pub fn new(store: Store, job: RunOptions, max_range_days: u32, secret: CronSecret) -> Self {
-        Self::with_runner(Runner::new(store, job), max_range_days, secret)
+        Self::with_launcher(Launcher::new(store, job), max_range_days, secret)
     }
 
-    /// State for a router whose runs `runner` starts (shared with the schedule, say).
-    pub fn with_runner(runner: Runner, max_range_days: u32, secret: CronSecret) -> Self {
+    /// State for a router whose runs `launcher` starts (shared with the schedule, say).
+    pub fn with_launcher(launcher: Launcher, max_range_days: u32, secret: CronSecret) -> Self {
         Self {
-            runner,
+            launcher,
             max_range_days,
             secret: Arc::new(secret),
             read_secret: None,
@@ -254,7 +254,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let runner = state.runner.clone();
+    let launcher = state.launcher.clone();
     let open = Arc::new(Semaphore::new(state.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper times out a request's head only when it has a timer.
@@ -304,7 +304,7 @@ pub async fn serve(
             "answers still unread at shutdown were dropped"
         );
     }
-    runner.wait().await;
+    launcher.wait().await;
 }
 
 /// What to do when accepting a connection failed. A client that gave up before it was
@@ -328,7 +328,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         header::CONTENT_TYPE,
         "text/plain; version=0.0.4; charset=utf-8",
     )];
-    (content_type, state.runner.metrics().render()).into_response()
+    (content_type, state.launcher.metrics().render()).into_response()
 }
 
 /// How long a read may take before the health check is asked whether the database
@@ -344,7 +344,7 @@ async fn read_or_unavailable<T>(
     state: &AppState,
     read: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, ApiError> {
-    let store = state.runner.store();
+    let store = state.launcher.store();
     let down = async {
         tokio::time::sleep(READ_BEFORE_CHECK).await;
         if store.ping().await {
@@ -372,7 +372,7 @@ async fn read_or_unavailable<T>(
 /// `GET /healthz`: 200 when the database (and the source of events, when it is
 /// elsewhere) answers, else 503.
 async fn healthz(State(state): State<AppState>) -> Response {
-    let store = state.runner.store();
+    let store = state.launcher.store();
     if store.ping().await {
         Json(json!({"status": "ok"})).into_response()
     } else if store.has_external_source() {

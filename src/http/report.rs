@@ -14,7 +14,7 @@ use crate::report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
 pub(super) async fn report(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     match parse(&state, query.as_deref().unwrap_or("")) {
         Ok(request) => {
-            let read = telemetry_report(state.runner.store(), &request);
+            let read = telemetry_report(state.launcher.store(), &request);
             match read_or_unavailable(&state, read).await {
                 Ok(report) => Json(report).into_response(),
                 Err(error) => error.into_response(),
@@ -67,7 +67,7 @@ fn parse(state: &AppState, query: &str) -> Result<ReportRequest, ApiError> {
         .transpose()
         .map_err(|message: String| ApiError::bad_request("invalid_by", message))?
         .unwrap_or_default();
-    let job = state.runner.job();
+    let job = state.launcher.job();
     let range = match parse_dates(start.as_deref(), end.as_deref())? {
         Some(range) => range,
         None => DayRange::ending_yesterday(Timestamp::now(), &job.timezone, DEFAULT_REPORT_DAYS)

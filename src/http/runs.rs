@@ -7,7 +7,6 @@ use serde_json::json;
 
 use super::{ApiError, AppState, read_or_unavailable};
 use crate::model::MAX_RUNS_LISTED;
-use crate::store::RunHistory as _;
 
 /// Runs a listing shows when the request does not say.
 const DEFAULT_LIMIT: u32 = 20;
@@ -41,7 +40,7 @@ pub(super) async fn recent(State(state): State<AppState>, RawQuery(query): RawQu
         }
     }
     let read = state
-        .runner
+        .launcher
         .store()
         .recent_runs(limit.unwrap_or(DEFAULT_LIMIT));
     match read_or_unavailable(&state, read).await {
@@ -55,7 +54,7 @@ pub(super) async fn one(State(state): State<AppState>, Path(id): Path<String>) -
     let Ok(id) = id.parse::<i64>() else {
         return ApiError::RunNotFound.into_response();
     };
-    match read_or_unavailable(&state, state.runner.store().run(id)).await {
+    match read_or_unavailable(&state, state.launcher.store().run(id)).await {
         Ok(Some(run)) => Json(run).into_response(),
         Ok(None) => ApiError::RunNotFound.into_response(),
         Err(error) => error.into_response(),

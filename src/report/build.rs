@@ -218,7 +218,7 @@ impl TelemetryReport {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::report::split_by_periods;
     use jiff::civil::date;
@@ -227,7 +227,13 @@ mod tests {
         DayRange::new(start.parse().unwrap(), end.parse().unwrap()).unwrap()
     }
 
-    fn row(day: &str, event: &str, users: &[&str], meta: &str) -> StoredRollup {
+    /// A stored row of `day` for `event`, its users' sketch made from `users`.
+    pub(in crate::report) fn row(
+        day: &str,
+        event: &str,
+        users: &[&str],
+        meta: &str,
+    ) -> StoredRollup {
         let mut sketch = Sketch::new();
         users.iter().for_each(|u| sketch.add_user(u));
         StoredRollup {

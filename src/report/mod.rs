@@ -18,7 +18,7 @@ pub use self::merge::MergedMeta;
 pub use self::periods::{Grouping, periods, split_by_periods};
 pub use self::render::terminal_text;
 use crate::model::DayRange;
-use crate::store::{READS_AT_ONCE, RollupStore, StoreError};
+use crate::store::{READS_AT_ONCE, Store, StoreError};
 
 /// Days a report covers when not told: the 30 ending yesterday.
 pub const DEFAULT_REPORT_DAYS: u32 = 30;
@@ -45,13 +45,10 @@ pub struct ReportRequest {
 /// # Errors
 ///
 /// [`StoreError`] when the rollups cannot be read.
-pub async fn telemetry_report<S>(
-    store: &S,
+pub async fn telemetry_report(
+    store: &Store,
     request: &ReportRequest,
-) -> Result<TelemetryReport, StoreError>
-where
-    S: RollupStore + Clone + Send + Sync + 'static,
-{
+) -> Result<TelemetryReport, StoreError> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let parts = split_by_periods(&request.range, request.by, cores.min(READS_AT_ONCE));
     // Each part on a task of its own, so that the parts are merged on as many

@@ -128,22 +128,10 @@ pub fn terminal_text(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::build::tests::row;
     use super::super::{Grouping, TelemetryReport};
     use super::*;
-    use crate::model::{DayRange, StoredRollup};
-
-    fn row(day: &str, event: &str, users: &[&str], meta: &str) -> StoredRollup {
-        let mut sketch = crate::model::hll::Sketch::new();
-        users.iter().for_each(|u| sketch.add_user(u));
-        StoredRollup {
-            date: day.parse().unwrap(),
-            event: event.into(),
-            count: users.len() as i64 * 2,
-            unique_users: users.len() as i64,
-            meta: meta.into(),
-            users_hll: Some(sketch.to_bytes()),
-        }
-    }
+    use crate::model::DayRange;
 
     fn range(start: &str, end: &str) -> DayRange {
         DayRange::new(start.parse().unwrap(), end.parse().unwrap()).unwrap()

@@ -103,10 +103,7 @@ pub(super) async fn lock_file_days(
     days: &[Date],
     wait: Duration,
 ) -> Result<Held, StoreError> {
-    let lock_error = |source| StoreError::LockFile {
-        path: path.display().to_string(),
-        source,
-    };
+    let lock_error = lock_file_error(path);
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
@@ -130,16 +127,21 @@ pub(super) async fn lock_file_days(
     }
 }
 
+/// The error of the lock file at `path` failing.
+fn lock_file_error(path: &Path) -> impl Fn(std::io::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::LockFile {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 async fn lock_in(
     file: File,
     path: &Path,
     days: &[Date],
     wait: Duration,
 ) -> Result<Held, StoreError> {
-    let lock_error = |source| StoreError::LockFile {
-        path: path.display().to_string(),
-        source,
-    };
+    let lock_error = lock_file_error(path);
     let started = Instant::now();
     for &date in days {
         loop {

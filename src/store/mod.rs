@@ -1,20 +1,20 @@
 //! Storage: every line of SQL lives below this module.
 //!
-//! Four interfaces, each implemented directly by both backends ([`PgStore`] for
-//! PostgreSQL, [`SqliteStore`] for SQLite), so the compiler keeps the two in step:
-//!
-//! - [`EventSource`] streams the raw events of a window of time into an [`EventSink`]
-//!   (a [`MergeableSink`]: a source may fill parts of it on several threads).
-//! - [`RollupStore`] creates the tables, reads and writes one day's `telemetry_daily`
-//!   rows in one transaction per day, and takes the per-day locks that keep runs apart.
-//! - [`RunHistory`] records runs in `job_runs` and lists them.
-//! - [`DemoData`] writes raw events and remembers the demo's sample (`demo.rs`).
-//!
-//! [`Store`] is either backend, chosen by the URL, and forwards every call. This
-//! module depends on the [`model`](crate::model) alone: it knows nothing of how a
-//! run is driven, nor of aggregation beyond feeding a sink.
+//! [`Store`] is what the rest of the crate talks to: a pool to either database,
+//! chosen by the URL ([`PgStore`] for PostgreSQL in `postgres.rs`, [`SqliteStore`]
+//! for SQLite in `sqlite.rs`), and the ClickHouse source of events when there is one
+//! (`clickhouse/`). Each of its methods reaches the backend one way, through the
+//! `dispatch!` macro below; what both databases do alike is written once, on
+//! `Store`, with each backend's statements (`history.rs` for `job_runs`,
+//! `raw_events.rs` for the raw-event writer and the demo's bookkeeping). It streams
+//! raw events into an [`EventSink`] (a [`MergeableSink`]: a source may fill parts of
+//! it on several threads), reads and writes one day's `telemetry_daily` rows in one
+//! transaction, takes the day locks that keep runs apart (`day_lock.rs`), and records
+//! runs. This module depends on the [`model`](crate::model) alone: it knows nothing
+//! of how a run is driven, nor of aggregation beyond feeding a sink.
 //!
 //! [`EventSink`]: crate::model::EventSink
+//! [`MergeableSink`]: crate::model::MergeableSink
 
 /// The rollup table's name (fixed by the contract), for SQL built with `concat!`.
 macro_rules! rollup_table {
@@ -27,8 +27,8 @@ macro_rules! rollup_table {
 macro_rules! dispatch {
     ($store:expr, $backend:ident => $call:expr) => {
         match &$store.database {
-            Database::Postgres($backend) => $call,
-            Database::Sqlite($backend) => $call,
+            $crate::store::Database::Postgres($backend) => $call,
+            $crate::store::Database::Sqlite($backend) => $call,
         }
     };
 }
@@ -36,32 +36,28 @@ macro_rules! dispatch {
 mod clickhouse;
 mod day_lock;
 mod deal;
-mod demo;
 mod error;
 mod history;
 mod pg_copy;
 pub mod postgres;
+mod raw_events;
 mod rows;
 pub mod sqlite;
 mod sqlite_scan;
 mod sqlite_time;
 mod table_name;
 
-use std::future::Future;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::model::{
-    DayChanges, DayRange, DayWindow, MergeableSink, NewRun, RollupFold, RollupRow, RunRecord,
-    RunReport,
-};
+use crate::model::{DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRow};
 
 pub use self::clickhouse::ClickHouseSource;
-pub use self::demo::{DemoData, DemoSample, NewEvent};
 pub use self::error::StoreError;
 pub use self::postgres::PgStore;
+pub use self::raw_events::{DemoSample, NewEvent};
 pub use self::sqlite::SqliteStore;
 pub use self::table_name::TableName;
 
@@ -73,194 +69,6 @@ pub const READS_AT_ONCE: usize = 2;
 
 /// The rollup table's name (fixed by the contract).
 pub const ROLLUP_TABLE: &str = rollup_table!();
-
-/// A source of raw telemetry events.
-pub trait EventSource {
-    /// Streams every event with `window.start <= created_at < window.end` into `sink`,
-    /// without gathering them in memory. A source may fill parts of the sink on
-    /// several threads and merge them into `sink`.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the source cannot be read.
-    fn scan_window<K: MergeableSink>(
-        &self,
-        window: &DayWindow,
-        sink: &mut K,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The highest `id` in the source, `None` when it is empty: the watermark a
-    /// `--changed` run records. Meaningful only where ids grow with insertion order.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the source cannot be read, or has no integer `id`.
-    fn id_watermark(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
-
-    /// The UTC hours (each as the instant it starts) in which events with
-    /// `after < id <= through` happened.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the source cannot be read.
-    fn hours_with_ids(
-        &self,
-        after: i64,
-        through: i64,
-    ) -> impl Future<Output = Result<Vec<Timestamp>, StoreError>> + Send;
-
-    /// Whether the source hands over counted aggregates (distinct users and all)
-    /// rather than single events: a day must then be read whole, since distinct
-    /// users of time slices do not add up.
-    fn counts_itself(&self) -> bool {
-        false
-    }
-}
-
-/// Where the rollup rows live.
-pub trait RollupStore {
-    /// Creates the source table (when absent), the rollup table and the run history;
-    /// safe to repeat.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when a statement fails.
-    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// The stored rows of `date`, with their metadata as stored.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the rows cannot be read.
-    fn load_day(
-        &self,
-        date: Date,
-    ) -> impl Future<Output = Result<Vec<RollupRow>, StoreError>> + Send;
-
-    /// Hands `fold` the stored rows of the days `range` covers, for the events
-    /// named (all when `events` is empty), ordered by date and event, one at a time
-    /// as they are read; gives `fold` back.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the rows cannot be read.
-    fn fold_rollups<F: RollupFold>(
-        &self,
-        range: &DayRange,
-        events: &[String],
-        fold: F,
-    ) -> impl Future<Output = Result<F, StoreError>> + Send;
-
-    /// Applies `changes` to the rows of `date` in one transaction: readers see the
-    /// old day or the new day, never a mix.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`]; the transaction is then rolled back and the day left as it was.
-    fn write_day(
-        &self,
-        date: Date,
-        changes: &DayChanges,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Takes `days` (in ascending order) for this run, waiting up to `wait` for days
-    /// that another run holds. The days stay held until the returned guard is
-    /// released or dropped, or the process dies.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::DayBusy`] naming the first day still held when `wait` ran out.
-    fn lock_days(
-        &self,
-        days: &[Date],
-        wait: Duration,
-    ) -> impl Future<Output = Result<DayLocks, StoreError>> + Send;
-
-    /// Whether the database answers now.
-    fn ping(&self) -> impl Future<Output = bool> + Send;
-
-    /// Checks, before a run, that the database can be reached: a connection of the
-    /// pool answers (PostgreSQL); the file could be opened afresh and a pooled
-    /// connection reads it (SQLite, whose pooled connections keep a file they opened
-    /// long ago, readable now or not).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Unreachable`] saying why.
-    fn check_reachable(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// Where runs are recorded, as `job_runs`.
-pub trait RunHistory {
-    /// Records a run as `running`, first marking `abandoned` every earlier `running` run
-    /// of the same job over overlapping days (its process died: its days were free for
-    /// this run to take). Returns the new run's id.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be written.
-    fn start_run(&self, run: &NewRun) -> impl Future<Output = Result<i64, StoreError>> + Send;
-
-    /// Records that `days_done` days of run `id` are committed.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be written.
-    fn run_progress(
-        &self,
-        id: i64,
-        days_done: u32,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Records the end of run `id`: `ok` or `failed` as its report says, the report
-    /// and its summary.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be written.
-    fn finish_run(
-        &self,
-        id: i64,
-        days_done: u32,
-        report: &RunReport,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Deletes the oldest finished runs beyond the newest `keep`, but never the run
-    /// whose watermark the next `--changed` run starts from. Returns how many went.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be written.
-    fn prune_runs(&self, keep: u32) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// The source watermark of the latest successful run of `job` that recorded one.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be read.
-    fn last_watermark(
-        &self,
-        job: &str,
-    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
-
-    /// The `limit` most recent runs, newest first, with their summaries (not their
-    /// reports).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be read.
-    fn recent_runs(
-        &self,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<RunRecord>, StoreError>> + Send;
-
-    /// Run `id` with its report, if it is recorded.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the history cannot be read.
-    fn run(&self, id: i64) -> impl Future<Output = Result<Option<RunRecord>, StoreError>> + Send;
-}
 
 /// Days held by one run; dropping it (or the process ending) lets them go.
 #[derive(Debug)]
@@ -420,17 +228,26 @@ impl Backend {
     }
 }
 
-/// Forwards trait methods to whichever backend a [`Store`] is, one line a method.
+/// Methods that forward to whichever backend a [`Store`]'s database is, one line a
+/// method.
 macro_rules! forward {
-    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
-        $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+    ($($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $($(#[$doc])* pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
             dispatch!(self, s => s.$name($($arg),*).await)
         })*
     };
 }
 
-impl EventSource for Store {
-    async fn scan_window<K: MergeableSink>(
+/// What every part of the crate asks of storage, on whichever database and source.
+impl Store {
+    /// Streams every event with `window.start <= created_at < window.end` into `sink`,
+    /// without gathering them in memory. A source may fill parts of the sink on
+    /// several threads and merge them into `sink`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the source cannot be read.
+    pub async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
         sink: &mut K,
@@ -441,35 +258,91 @@ impl EventSource for Store {
         }
     }
 
-    fn counts_itself(&self) -> bool {
+    /// Whether the source hands over counted aggregates (distinct users and all)
+    /// rather than single events: a day must then be read whole, since distinct
+    /// users of time slices do not add up.
+    pub fn counts_itself(&self) -> bool {
         self.source.is_some()
     }
 
-    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+    /// The highest `id` in the source, `None` when it is empty: the watermark a
+    /// `--changed` run records. Meaningful only where ids grow with insertion order.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the source cannot be read, or has no integer `id`.
+    pub async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
         match &self.source {
             Some(source) => source.id_watermark().await,
             None => dispatch!(self, s => s.id_watermark().await),
         }
     }
 
-    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
+    /// The UTC hours (each as the instant it starts) in which events with
+    /// `after < id <= through` happened.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the source cannot be read.
+    pub async fn hours_with_ids(
+        &self,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
         match &self.source {
             Some(source) => source.hours_with_ids(after, through).await,
             None => dispatch!(self, s => s.hours_with_ids(after, through).await),
         }
     }
-}
 
-impl RollupStore for Store {
     forward! {
+        /// Creates the source table (when absent), the rollup table and the run history;
+        /// safe to repeat.
+        ///
+        /// # Errors
+        ///
+        /// [`StoreError`] when a statement fails.
         fn migrate(&self) -> Result<(), StoreError>;
+        /// The stored rows of `date`, with their metadata as stored.
+        ///
+        /// # Errors
+        ///
+        /// [`StoreError`] when the rows cannot be read.
         fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError>;
+        /// Applies `changes` to the rows of `date` in one transaction: readers see the
+        /// old day or the new day, never a mix.
+        ///
+        /// # Errors
+        ///
+        /// [`StoreError`]; the transaction is then rolled back and the day left as it was.
         fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
+        /// Takes `days` (in ascending order) for this run, waiting up to `wait` for days
+        /// that another run holds. The days stay held until the returned guard is
+        /// released or dropped, or the process dies.
+        ///
+        /// # Errors
+        ///
+        /// [`StoreError::DayBusy`] naming the first day still held when `wait` ran out.
         fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError>;
+        /// Checks, before a run, that the database can be reached: a connection of the
+        /// pool answers (PostgreSQL); the file could be opened afresh and a pooled
+        /// connection reads it (SQLite, whose pooled connections keep a file they opened
+        /// long ago, readable now or not).
+        ///
+        /// # Errors
+        ///
+        /// [`StoreError::Unreachable`] saying why.
         fn check_reachable(&self) -> Result<(), StoreError>;
     }
 
-    async fn fold_rollups<F: RollupFold>(
+    /// Hands `fold` the stored rows of the days `range` covers, for the events
+    /// named (all when `events` is empty), ordered by date and event, one at a time
+    /// as they are read; gives `fold` back.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the rows cannot be read.
+    pub async fn fold_rollups<F: RollupFold>(
         &self,
         range: &DayRange,
         events: &[String],
@@ -478,34 +351,13 @@ impl RollupStore for Store {
         dispatch!(self, s => s.fold_rollups(range, events, fold).await)
     }
 
-    /// Both the database and, when there is one, the events' source.
-    async fn ping(&self) -> bool {
+    /// Whether the database, and the events' source when there is one, answer now.
+    pub async fn ping(&self) -> bool {
         let database = dispatch!(self, s => s.ping().await);
         match &self.source {
             Some(source) => database && source.ping().await,
             None => database,
         }
-    }
-}
-
-impl RunHistory for Store {
-    forward! {
-        fn start_run(&self, run: &NewRun) -> Result<i64, StoreError>;
-        fn run_progress(&self, id: i64, days_done: u32) -> Result<(), StoreError>;
-        fn finish_run(&self, id: i64, days_done: u32, report: &RunReport) -> Result<(), StoreError>;
-        fn prune_runs(&self, keep: u32) -> Result<u64, StoreError>;
-        fn last_watermark(&self, job: &str) -> Result<Option<i64>, StoreError>;
-        fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError>;
-        fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError>;
-    }
-}
-
-impl DemoData for Store {
-    forward! {
-        fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError>;
-        fn demo_sample(&self) -> Result<Option<DemoSample>, StoreError>;
-        fn count_foreign_events(&self, sample: Option<&DemoSample>) -> Result<i64, StoreError>;
-        fn replace_demo_sample(&self, previous: Option<&DemoSample>, events: &[NewEvent], range: &DayRange) -> Result<DemoSample, StoreError>;
     }
 }
 

@@ -18,9 +18,7 @@ use tokio::sync::OnceCell;
 use super::deal::{Dealer, Spread};
 use super::error::query_error;
 use super::pg_copy::{CopyFormatError, CopyReader};
-use super::{
-    DayLocks, EventSource, RollupStore, StoreError, TableName, day_lock, redact_url, rows,
-};
+use super::{DayLocks, StoreError, TableName, day_lock, redact_url, rows};
 use crate::model::{
     DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRef, RollupRow,
 };
@@ -242,10 +240,10 @@ impl Drop for WholeOrClosed {
     }
 }
 
-impl EventSource for PgStore {
+impl PgStore {
     /// Streams the day out with binary `COPY`, the fastest way PostgreSQL hands
     /// rows over.
-    async fn scan_window<K: MergeableSink>(
+    pub(super) async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
         sink: &mut K,
@@ -294,14 +292,18 @@ impl EventSource for PgStore {
         Ok(())
     }
 
-    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+    pub(super) async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar(AssertSqlSafe(self.sql.id_watermark.as_str()))
             .fetch_one(&self.pool)
             .await
             .map_err(query_error(&super::watermark_action(&self.source)))
     }
 
-    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
+    pub(super) async fn hours_with_ids(
+        &self,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
         let hours: Vec<Option<String>> =
             sqlx::query_scalar(AssertSqlSafe(self.sql.hours_with_ids.as_str()))
                 .bind(after)
@@ -313,8 +315,8 @@ impl EventSource for PgStore {
     }
 }
 
-impl RollupStore for PgStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
+impl PgStore {
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self
             .pool
             .begin()
@@ -356,7 +358,7 @@ impl RollupStore for PgStore {
             .map_err(query_error("committing the migration"))
     }
 
-    async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
+    pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
             "SELECT event, count, unique_users, meta::text, users_hll FROM ",
@@ -370,7 +372,7 @@ impl RollupStore for PgStore {
         .map_err(query_error(&action))
     }
 
-    async fn fold_rollups<F: RollupFold>(
+    pub(super) async fn fold_rollups<F: RollupFold>(
         &self,
         range: &DayRange,
         events: &[String],
@@ -426,7 +428,11 @@ impl RollupStore for PgStore {
         Ok(fold)
     }
 
-    async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {
+    pub(super) async fn write_day(
+        &self,
+        date: Date,
+        changes: &DayChanges,
+    ) -> Result<(), StoreError> {
         let action = super::write_day_action(date);
         let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
         let mut tx = conn.begin().await.map_err(query_error(&action))?;
@@ -479,7 +485,11 @@ impl RollupStore for PgStore {
         Ok(())
     }
 
-    async fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError> {
+    pub(super) async fn lock_days(
+        &self,
+        days: &[Date],
+        wait: Duration,
+    ) -> Result<DayLocks, StoreError> {
         // Session locks need a session of their own, outside the pool.
         let conn = self.fresh_connection().await?;
         let inner = day_lock::lock_pg_days(conn, days, wait).await?;
@@ -494,7 +504,7 @@ impl RollupStore for PgStore {
     /// A pool that gives no connection within [`PING_TIMEOUT`] is either busy (the
     /// health check then finds the server up) or facing a silent server: the caller
     /// hears so within seconds, not after the pool's own wait.
-    async fn check_reachable(&self) -> Result<(), StoreError> {
+    pub(super) async fn check_reachable(&self) -> Result<(), StoreError> {
         let unreachable = |source| StoreError::Unreachable {
             target: self.target.clone(),
             source,
@@ -507,7 +517,7 @@ impl RollupStore for PgStore {
         }
     }
 
-    async fn ping(&self) -> bool {
+    pub(super) async fn ping(&self) -> bool {
         let asked = Instant::now();
         let mut last = self.last_ping.lock().await;
         if let Some((answered_at, answered)) = *last

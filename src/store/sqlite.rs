@@ -15,10 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{AssertSqlSafe, ConnectOptions as _};
 
 use super::error::query_error;
-use super::{
-    DayLocks, EventSource, RollupStore, StoreError, TableName, day_lock, rows, sqlite_scan,
-    sqlite_time,
-};
+use super::{DayLocks, StoreError, TableName, day_lock, rows, sqlite_scan, sqlite_time};
 use crate::model::{
     DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRef, RollupRow,
 };
@@ -185,11 +182,11 @@ impl SqliteStore {
     }
 }
 
-impl EventSource for SqliteStore {
+impl SqliteStore {
     /// Reads the window on a blocking thread with a plain SQLite connection, in
     /// batches that several blocking threads aggregate, each into a part of `sink`
     /// (see `sqlite_scan.rs`).
-    async fn scan_window<K: MergeableSink>(
+    pub(super) async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
         sink: &mut K,
@@ -232,14 +229,18 @@ impl EventSource for SqliteStore {
         }
     }
 
-    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+    pub(super) async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar(AssertSqlSafe(self.sql.id_watermark.as_str()))
             .fetch_one(&self.pool)
             .await
             .map_err(query_error(&super::watermark_action(&self.source)))
     }
 
-    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
+    pub(super) async fn hours_with_ids(
+        &self,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
         let hours: Vec<Option<String>> =
             sqlx::query_scalar(AssertSqlSafe(self.sql.hours_with_ids.as_str()))
                 .bind(after)
@@ -251,8 +252,8 @@ impl EventSource for SqliteStore {
     }
 }
 
-impl RollupStore for SqliteStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
+impl SqliteStore {
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -339,7 +340,7 @@ impl RollupStore for SqliteStore {
             .map_err(query_error("committing the migration"))
     }
 
-    async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
+    pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
             "SELECT event, count, unique_users, meta, users_hll FROM ",
@@ -353,7 +354,7 @@ impl RollupStore for SqliteStore {
         .map_err(query_error(&action))
     }
 
-    async fn fold_rollups<F: RollupFold>(
+    pub(super) async fn fold_rollups<F: RollupFold>(
         &self,
         range: &DayRange,
         events: &[String],
@@ -377,7 +378,11 @@ impl RollupStore for SqliteStore {
         }
     }
 
-    async fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError> {
+    pub(super) async fn write_day(
+        &self,
+        date: Date,
+        changes: &DayChanges,
+    ) -> Result<(), StoreError> {
         let action = super::write_day_action(date);
         let mut tx = self
             .pool
@@ -431,16 +436,20 @@ impl RollupStore for SqliteStore {
         tx.commit().await.map_err(query_error(&action))
     }
 
-    async fn lock_days(&self, days: &[Date], wait: Duration) -> Result<DayLocks, StoreError> {
+    pub(super) async fn lock_days(
+        &self,
+        days: &[Date],
+        wait: Duration,
+    ) -> Result<DayLocks, StoreError> {
         let inner = day_lock::lock_file_days(&self.lock_path, days, wait).await?;
         Ok(DayLocks { inner })
     }
 
-    async fn ping(&self) -> bool {
+    pub(super) async fn ping(&self) -> bool {
         self.check_reachable().await.is_ok()
     }
 
-    async fn check_reachable(&self) -> Result<(), StoreError> {
+    pub(super) async fn check_reachable(&self) -> Result<(), StoreError> {
         let unreachable = |source| StoreError::Unreachable {
             target: self.url.clone(),
             source,

@@ -7,7 +7,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use crate::model::{ChangedDays, DayRange, JOB_NAME};
-use crate::store::{EventSource, RunHistory, StoreError};
+use crate::store::{Store, StoreError};
 
 /// What `--changed` adds to a run: the earlier days, and the watermark to record.
 pub(super) struct Changed {
@@ -20,14 +20,11 @@ impl Changed {
     /// Finds the days before `range` that received source rows with ids above the
     /// last recorded watermark. The watermark is read before any day is, so rows
     /// arriving during this run are left for the next one.
-    pub(super) async fn find<S>(
-        store: &S,
+    pub(super) async fn find(
+        store: &Store,
         range: &DayRange,
         zone: &TimeZone,
-    ) -> Result<Self, StoreError>
-    where
-        S: EventSource + RunHistory,
-    {
+    ) -> Result<Self, StoreError> {
         let through_id = store.id_watermark().await?.unwrap_or(0);
         let since_id = store.last_watermark(JOB_NAME).await?;
         let mut earlier = BTreeSet::new();

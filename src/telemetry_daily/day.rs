@@ -10,7 +10,7 @@ use super::spill::ScratchDir;
 use super::{RunOptions, elapsed_ms};
 use crate::model::{DayReport, DayStatus, DayWindow, MergeableSink as _, diff};
 use crate::rollup::{DayAggregate, MemoryLimit, SpillError};
-use crate::store::{DayLocks, EventSource, RollupStore, StoreError};
+use crate::store::{DayLocks, Store, StoreError};
 
 /// Why a day failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +59,12 @@ impl<E: Into<DayError>> From<E> for DayFailure {
 }
 
 /// Aggregates one day and, unless told otherwise, writes it.
-pub(super) async fn run<S>(
-    store: &S,
+pub(super) async fn roll_up(
+    store: &Store,
     window: &DayWindow,
     options: &RunOptions,
     locks: Option<&mut DayLocks>,
-) -> Result<DayReport, DayFailure>
-where
-    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
-{
+) -> Result<DayReport, DayFailure> {
     let started = Instant::now();
     let date = window.date;
     let limit = MemoryLimit {
@@ -155,15 +152,12 @@ where
 /// Streams a day's events into `day`: in one stream, or in `slices` time slices read
 /// concurrently on tasks of their own (so that their parsing can use several cores)
 /// and merged. The aggregate is mergeable, so the result is the same.
-async fn read<S>(
-    store: &S,
+async fn read(
+    store: &Store,
     window: &DayWindow,
     slices: u32,
     mut day: DayAggregate,
-) -> Result<DayAggregate, StoreError>
-where
-    S: EventSource + Clone + Send + Sync + 'static,
-{
+) -> Result<DayAggregate, StoreError> {
     if slices <= 1 || store.counts_itself() {
         store.scan_window(window, &mut day).await?;
         return Ok(day);

@@ -3,7 +3,7 @@
 //! was too busy to take it: then no day could be written either.
 
 use crate::model::{NewRun, RunReport};
-use crate::store::RunHistory;
+use crate::store::Store;
 
 pub(super) enum History {
     Recorded(i64),
@@ -14,7 +14,7 @@ impl History {
     /// Records the run; with the history, why the run should stop before its
     /// first day: the database stayed busy (another writer) past its timeout, which
     /// every day's write would wait out again.
-    pub(super) async fn start<S: RunHistory>(store: &S, run: &NewRun) -> (Self, Option<String>) {
+    pub(super) async fn start(store: &Store, run: &NewRun) -> (Self, Option<String>) {
         match store.start_run(run).await {
             Ok(id) => (History::Recorded(id), None),
             Err(error) => {
@@ -27,7 +27,7 @@ impl History {
         }
     }
 
-    pub(super) async fn progress<S: RunHistory>(&self, store: &S, days_done: u32) {
+    pub(super) async fn progress(&self, store: &Store, days_done: u32) {
         if let History::Recorded(id) = *self
             && let Err(error) = store.run_progress(id, days_done).await
         {
@@ -37,9 +37,9 @@ impl History {
 
     /// Records the end of the run, then lets the history go beyond its newest
     /// `keep_runs` rows.
-    pub(super) async fn finish<S: RunHistory>(
+    pub(super) async fn finish(
         &self,
-        store: &S,
+        store: &Store,
         report: &RunReport,
         days_done: u32,
         keep_runs: u32,

@@ -14,7 +14,7 @@
 //! Yesterday (in UTC), on a SQLite file:
 //!
 //! ```no_run
-//! use veris_jobs::store::{RollupStore as _, Store, TableName};
+//! use veris_jobs::store::{Store, TableName};
 //! use veris_jobs::telemetry_daily::{self, RunOptions};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -74,7 +74,7 @@ use crate::model::{
     DateError, DayRange, DayReport, DayStatus, DayWindow, JOB_NAME, NewRun, RunReport, Totals,
     Trigger,
 };
-use crate::store::{DayLocks, EventSource, RollupStore, RunHistory, StoreError};
+use crate::store::{DayLocks, Store, StoreError};
 
 /// Days a run holds at once. PostgreSQL keeps advisory locks in a shared table
 /// sized for about 64 per connection; a run takes its range's days a batch at a time.
@@ -114,6 +114,12 @@ pub struct RunOptions {
     pub keep_runs: u32,
 }
 
+/// The default [`RunOptions::meta_top_k`]: the contract's 20 values per key.
+pub const DEFAULT_META_TOP_K: usize = 20;
+
+/// The default [`RunOptions::keep_runs`]: the newest 10,000 runs stay in `job_runs`.
+pub const DEFAULT_KEEP_RUNS: u32 = 10_000;
+
 /// The default [`RunOptions::memory_limit`]: 256 MiB.
 pub const DEFAULT_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 
@@ -124,7 +130,7 @@ impl Default for RunOptions {
             timezone: TimeZone::UTC,
             dry_run: false,
             force: false,
-            meta_top_k: 20,
+            meta_top_k: DEFAULT_META_TOP_K,
             lock_timeout: Duration::from_secs(60),
             lookback_days: 1,
             read_slices: 1,
@@ -132,7 +138,7 @@ impl Default for RunOptions {
             changed: false,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             spill_dir: None,
-            keep_runs: 10_000,
+            keep_runs: DEFAULT_KEEP_RUNS,
         }
     }
 }
@@ -171,10 +177,7 @@ pub enum RunError {
 /// [`RunError`] when the run cannot start: a day is held by another run past
 /// `lock_timeout` ([`StoreError::DayBusy`]), or the database is unreachable. Once the
 /// run has started, failed days are reported in the report, not returned as errors.
-pub async fn run<S>(store: &S, options: &RunOptions) -> Result<RunReport, RunError>
-where
-    S: EventSource + RollupStore + RunHistory + Clone + Send + Sync + 'static,
-{
+pub async fn run(store: &Store, options: &RunOptions) -> Result<RunReport, RunError> {
     run_with_progress(store, options, &mut ()).await
 }
 
@@ -197,13 +200,12 @@ impl Progress for () {
 /// # Errors
 ///
 /// As [`run`].
-pub async fn run_with_progress<S, P>(
-    store: &S,
+pub async fn run_with_progress<P>(
+    store: &Store,
     options: &RunOptions,
     progress: &mut P,
 ) -> Result<RunReport, RunError>
 where
-    S: EventSource + RollupStore + RunHistory + Clone + Send + Sync + 'static,
     P: Progress,
 {
     let started = Instant::now();
@@ -313,16 +315,13 @@ where
 }
 
 /// One day of the run, or its failure; sets `stopped` when further days are pointless.
-async fn run_day<S>(
-    store: &S,
+async fn run_day(
+    store: &Store,
     date: Date,
     options: &RunOptions,
     locks: Option<&mut DayLocks>,
     stopped: &mut Option<String>,
-) -> DayReport
-where
-    S: EventSource + RollupStore + Clone + Send + Sync + 'static,
-{
+) -> DayReport {
     let day_started = Instant::now();
     if let Some(reason) = stopped {
         return day::failed(date, format!("not attempted: {reason}"), 0);
@@ -331,7 +330,7 @@ where
         Ok(window) => window,
         Err(error) => return day::failed(date, error.to_string(), 0),
     };
-    match day::run(store, &window, options, locks).await {
+    match day::roll_up(store, &window, options, locks).await {
         Ok(day) => day,
         Err(day::DayFailure { error, events_read }) => {
             // A lost connection is retried on the next day; a database that no

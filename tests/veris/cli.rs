@@ -4,7 +4,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use veris_jobs::store::RollupStore as _;
 
 use crate::common::{Kind, TestDb, event};
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use jiff::Timestamp;
 use sqlx::Connection as _;
 use veris_jobs::model::{DayRange, RunReport};
-use veris_jobs::store::{Database, DemoData as _, NewEvent, RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, NewEvent, Store, TableName};
 use veris_jobs::telemetry_daily::{self, RunOptions};
 
 /// Which database a test runs on.

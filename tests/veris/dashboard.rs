@@ -330,9 +330,7 @@ async fn the_dashboard_says_when_there_is_no_data_or_no_database() {
     let empty = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
         .await
         .unwrap();
-    veris_jobs::store::RollupStore::migrate(&empty)
-        .await
-        .unwrap();
+    empty.migrate().await.unwrap();
     let empty = server(empty).await;
     // A database that refuses every connection.
     let down = Store::connect_lazy(

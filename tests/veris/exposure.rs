@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use veris_jobs::config::CronSecret;
 use veris_jobs::http::AppState;
-use veris_jobs::store::{Database, Store, TableName};
+use veris_jobs::store::Database;
 use veris_jobs::telemetry_daily::{LOCKED_AT_ONCE, RunOptions};
 
 use crate::cli::{stderr, veris};
@@ -81,10 +81,7 @@ async fn a_clickhouse_password_is_neither_printed_nor_stored_in_the_run_history(
 #[tokio::test]
 async fn a_503_names_no_host_user_or_database() {
     let url = format!("postgres://alice@127.0.0.1:9/secretdb?password={PASSWORD}");
-    let store = Store::connect_lazy(&url, &TableName::parse("telemetry_events").unwrap())
-        .await
-        .unwrap();
-    let server = TestServer::start(store, 366).await;
+    let server = TestServer::spawn_app(&url, 366).await;
     for path in [
         "/api/jobs/telemetry-daily",
         "/api/jobs/runs",
@@ -107,7 +104,7 @@ async fn a_503_names_no_host_user_or_database() {
 #[tokio::test]
 async fn ranges_to_the_last_date_count_every_day_and_are_refused() {
     let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     for (path, days) in [
         (
             "/api/telemetry/report?startDate=1970-01-01&endDate=9999-12-31&by=day",
@@ -225,7 +222,7 @@ async fn a_read_only_secret_equal_to_the_cron_secret_or_a_non_ascii_secret_is_re
 #[tokio::test]
 async fn answers_are_not_cached_and_a_long_uri_gets_a_json_414() {
     let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     for path in [
         "/api/jobs/runs",
         "/api/telemetry/report",
@@ -264,7 +261,7 @@ async fn an_event_filter_holding_a_nul_is_an_ordinary_report_on_postgres() {
     let Some(db) = TestDb::new(Kind::Postgres).await else {
         return;
     };
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let answer = server
         .authed(
             reqwest::Method::GET,

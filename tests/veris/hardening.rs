@@ -11,11 +11,9 @@ use sqlx::Connection as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use veris_jobs::config::CronSecret;
 use veris_jobs::http::AppState;
+use veris_jobs::launcher::Launcher;
 use veris_jobs::model::{DayRange, RunReport};
-use veris_jobs::runner::Runner;
-use veris_jobs::store::{
-    Database, RollupStore as _, RunHistory as _, Store, StoreError, TableName,
-};
+use veris_jobs::store::{Database, Store, StoreError, TableName};
 use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::common::{Kind, TestDb, event, range_options};
@@ -75,7 +73,7 @@ async fn the_runs_listing_is_capped_and_carries_summaries_not_reports(db: TestDb
         last = db.store.start_run(&run).await.unwrap();
         db.store.finish_run(last, 0, &report).await.unwrap();
     }
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let get = |path: &str| server.authed(reqwest::Method::GET, path).send();
 
     let listing = get("/api/jobs/runs?limit=100").await.unwrap();
@@ -345,7 +343,7 @@ async fn ambiguous_requests_are_refused_not_guessed_at() {
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     db.insert(&[event("e", Some("u"), "2024-01-01T10:00:00Z", None)])
         .await;
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let address = server.address().to_owned();
     let bearer = format!("Authorization: Bearer {SECRET}\r\n");
     let cases = [
@@ -408,8 +406,8 @@ async fn runs_past_the_limit_are_answered_429_and_connections_past_the_cap_wait(
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let runner = Runner::with_requested_runs(db.store.clone(), RunOptions::default(), 1);
-    let state = AppState::with_runner(runner, 366, CronSecret::new(SECRET).unwrap())
+    let launcher = Launcher::with_requested_runs(db.store.clone(), RunOptions::default(), 1);
+    let state = AppState::with_launcher(launcher, 366, CronSecret::new(SECRET).unwrap())
         .with_max_connections(3)
         .with_header_timeout(Duration::from_secs(30));
     let server = TestServer::start_with(state).await;

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use veris_jobs::model::{DayRange, NewRun, Trigger};
-use veris_jobs::store::{RunHistory as _, TableName};
+use veris_jobs::store::TableName;
 use veris_jobs::telemetry_daily::{self, RunOptions};
 
 use crate::cli::veris;
@@ -23,7 +23,7 @@ async fn runs_are_recorded_with_trigger_status_progress_and_report(db: TestDb) {
         ..range_options("2024-01-01", "2024-01-03")
     })
     .await;
-    let server = crate::http::TestServer::start(db.store.clone(), 366).await;
+    let server = crate::http::TestServer::spawn_app(&db.url, 366).await;
     let (status, _) = server.post_json(r#"{"startDate":"2024-01-02"}"#).await;
     assert_eq!(status.as_u16(), 200);
     let missing = db
@@ -134,7 +134,7 @@ async fn runs_are_listed_on_the_command_line_and_over_http(db: TestDb) {
     assert_eq!(runs[0]["startDate"], "2024-04-03");
     assert_eq!(runs[0]["daysDone"], 1);
 
-    let server = crate::http::TestServer::start(db.store.clone(), 366).await;
+    let server = crate::http::TestServer::spawn_app(&db.url, 366).await;
     let response = server
         .authed(reqwest::Method::GET, "/api/jobs/runs?limit=1")
         .send()

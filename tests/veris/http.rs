@@ -6,10 +6,11 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use veris_jobs::app::{Application, Connect, ServeSettings, Settings};
 use veris_jobs::config::CronSecret;
 use veris_jobs::http::AppState;
 use veris_jobs::model::DayRange;
-use veris_jobs::store::{Database, RollupStore as _, Store, TableName};
+use veris_jobs::store::{Database, Store, TableName};
 use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::common::{Kind, TestDb, event};
@@ -33,6 +34,43 @@ impl TestServer {
             CronSecret::new(SECRET).unwrap(),
         ))
         .await
+    }
+
+    /// The application over the database at `database_url`, wired and served as
+    /// `veris-jobs serve` does it (`Application::build`, then `serve`), on a free
+    /// loopback port, with the job's defaults and `max_range_days`.
+    pub async fn spawn_app(database_url: &str, max_range_days: u32) -> Self {
+        let settings = Settings {
+            database_url: database_url.to_owned(),
+            source_table: TableName::parse("telemetry_events").unwrap(),
+            source_url: None,
+            job: RunOptions::default(),
+            max_http_runs: veris_jobs::launcher::DEFAULT_REQUESTED_RUNS,
+        };
+        let server = Application::build(settings, Connect::Lazy)
+            .await
+            .expect("the application builds")
+            .serve(ServeSettings {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                max_range_days,
+                schedule: None,
+                secret: CronSecret::new(SECRET).unwrap(),
+                read_secret: None,
+            })
+            .await
+            .expect("the server binds");
+        let base = format!("http://{}", server.address());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self {
+            base,
+            client,
+            shutdown: Some(tx),
+            task,
+        }
     }
 
     /// A server of `state`, whose secret must be [`SECRET`].
@@ -139,7 +177,7 @@ crate::on_both_databases!(
 async fn every_status_of_the_contract_table(db: TestDb) {
     db.insert(&[event("view", Some("u"), "2024-01-01T10:00:00Z", None)])
         .await;
-    let server = TestServer::start(db.store.clone(), 31).await;
+    let server = TestServer::spawn_app(&db.url, 31).await;
     use reqwest::Method;
 
     // 200, GET (default range) and POST, trailing slash served as it is.
@@ -373,7 +411,7 @@ async fn a_run_over_http_writes_the_same_rows_as_the_command_line(db: TestDb) {
         ));
     }
     db.insert(&events).await;
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let (status, _) = server
         .post_json(r#"{"startDate":"2024-02-01","endDate":"2024-02-03"}"#)
         .await;
@@ -421,7 +459,7 @@ async fn concurrent_posts_over_the_same_days_get_200_409_or_429_and_leave_the_ta
         ));
     }
     db.insert(&events).await;
-    let server = std::sync::Arc::new(TestServer::start(db.store.clone(), 366).await);
+    let server = std::sync::Arc::new(TestServer::spawn_app(&db.url, 366).await);
     let mut calls = Vec::new();
     for _ in 0..6 {
         let server = server.clone();
@@ -465,7 +503,7 @@ async fn a_day_held_by_any_other_run_is_answered_409_at_once(db: TestDb) {
     let other = db.second_store(&crate::common::default_table()).await;
     let day = "2024-04-02".parse().unwrap();
     let locks = other.lock_days(&[day], Duration::ZERO).await.unwrap();
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let started = Instant::now();
     let (status, error) = server
         .post_json(r#"{"startDate":"2024-04-01","endDate":"2024-04-03"}"#)
@@ -497,7 +535,7 @@ async fn a_day_held_by_any_other_run_is_answered_409_at_once(db: TestDb) {
 #[tokio::test]
 async fn every_bad_token_shape_is_refused_with_401() {
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let truncated = &SECRET[..SECRET.len() - 1];
     let extra = format!("{SECRET}x");
     let shapes = [
@@ -565,7 +603,7 @@ pub async fn fill_days(db: &TestDb, days: u32) -> DayRange {
 
 async fn a_client_that_disconnects_does_not_cancel_the_run(db: TestDb) {
     let range = fill_days(&db, 300).await;
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let body = format!(
         r#"{{"startDate":"{}","endDate":"{}"}}"#,
         range.start(),
@@ -592,7 +630,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_run(db: TestDb) {
 
 async fn shutdown_waits_for_runs_under_way_to_finish(db: TestDb) {
     let range = fill_days(&db, 300).await;
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let base = server.base.clone();
     let request = server
         .authed(reqwest::Method::POST, JOB)
@@ -715,7 +753,7 @@ async fn metrics_count_the_runs_of_the_process_in_prometheus_format(db: TestDb) 
         event("view", Some("v"), "2024-01-02T10:00:00Z", None),
     ])
     .await;
-    let server = TestServer::start(db.store.clone(), 366).await;
+    let server = TestServer::spawn_app(&db.url, 366).await;
     let (status, _) = server
         .post_json(r#"{"startDate":"2024-01-01","endDate":"2024-01-02"}"#)
         .await;

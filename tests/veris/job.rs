@@ -6,7 +6,7 @@ use jiff::tz::TimeZone;
 use serde_json::{Value, json};
 use veris_jobs::model::{DayRange, DayStatus, EventSink as _, SourceEvent};
 use veris_jobs::rollup::DayAggregate;
-use veris_jobs::store::{RollupStore as _, StoreError};
+use veris_jobs::store::StoreError;
 use veris_jobs::telemetry_daily::{self, RunError, RunOptions};
 
 use crate::common::{Kind, TestDb, event, range_options};

@@ -7,7 +7,6 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde_json::Value;
 use veris_jobs::model::ChangedDays;
-use veris_jobs::store::{EventSource as _, RollupStore as _, RunHistory as _};
 use veris_jobs::telemetry_daily::RunOptions;
 
 use crate::cli::{stderr, veris};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 use veris_jobs::model::DayStatus;
-use veris_jobs::store::{Database, Store, TableName};
+use veris_jobs::store::Database;
 use veris_jobs::telemetry_daily::{self, RunOptions};
 
 use crate::common::{Kind, TestDb, event, range_options};
@@ -102,10 +102,7 @@ async fn a_run_request_meets_a_silent_database_with_a_prompt_503() {
             held.push(stream);
         }
     });
-    let store = Store::connect_lazy(&url, &TableName::parse("telemetry_events").unwrap())
-        .await
-        .unwrap();
-    let server = TestServer::start(store, 366).await;
+    let server = TestServer::spawn_app(&url, 366).await;
     let asked = Instant::now();
     let answer = server
         .client

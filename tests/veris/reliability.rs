@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use veris_jobs::model::{DayStatus, MAX_EVENT_NAME_BYTES};
-use veris_jobs::store::{Database, DemoData as _, NewEvent, RollupStore as _, RunHistory as _};
+use veris_jobs::store::{Database, NewEvent};
 
 use crate::cli::{stderr, veris};
 use crate::common::{Kind, StoredRow, TestDb, event, range_options};
@@ -257,7 +257,7 @@ async fn kill_9_at_20_moments_leaves_every_day_old_or_new(db: TestDb) {
 
 async fn a_concurrency_soak_ends_with_every_day_right(db: TestDb) {
     db.insert(&round_events(10, 100, 0)).await;
-    let server = crate::http::TestServer::start(db.store.clone(), 366).await;
+    let server = crate::http::TestServer::spawn_app(&db.url, 366).await;
     let server = std::sync::Arc::new(server);
     let ranges = [
         ("01", "05"),
@@ -656,10 +656,7 @@ fn ten_thousand_hostile_requests_get_only_contract_answers(kind: Kind) {
             Some(r#"{"a":1}"#),
         )])
         .await;
-        (
-            crate::http::TestServer::start(db.store.clone(), 3).await,
-            db,
-        )
+        (crate::http::TestServer::spawn_app(&db.url, 3).await, db)
     });
 
     let text = prop_oneof![
@@ -840,7 +837,7 @@ async fn bad_tokens_and_health_checks_under_load_do_not_disturb_a_run() {
 
     let db = TestDb::new(Kind::Sqlite).await.unwrap();
     let range = crate::http::fill_days(&db, 300).await;
-    let server = std::sync::Arc::new(crate::http::TestServer::start(db.store.clone(), 366).await);
+    let server = std::sync::Arc::new(crate::http::TestServer::spawn_app(&db.url, 366).await);
     let run = {
         let server = server.clone();
         let body = format!(

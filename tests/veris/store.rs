@@ -1,8 +1,6 @@
 //! Migrations and the source table, on both databases.
 
-use veris_jobs::store::{
-    Database, DemoData as _, PgStore, READS_AT_ONCE, RollupStore as _, TableName,
-};
+use veris_jobs::store::{Database, PgStore, READS_AT_ONCE, TableName};
 
 use crate::common::{Kind, TestDb, default_table, event, range_options};
 
@@ -128,7 +126,6 @@ async fn every_fraction_digit_count_lands_in_its_own_day_in_every_zone(db: TestD
     use jiff::{SignedDuration, tz::TimeZone};
     use veris_jobs::model::DayWindow;
     use veris_jobs::rollup::DayAggregate;
-    use veris_jobs::store::EventSource as _;
 
     // PostgreSQL keeps microseconds; SQLite keeps the text as it was written.
     let max_digits = if db.kind == Kind::Postgres { 6 } else { 9 };

@@ -57,7 +57,7 @@ use self::queries::{
 use self::row_binary::Malformed;
 use self::transport::Transport;
 use super::rows::lenient_utf8;
-use super::{EventSource, StoreError, TableName};
+use super::{StoreError, TableName};
 use crate::model::hll::{EXPLICIT_MAX, LOG2M, Sketch, register_value};
 use crate::model::{CountedEvents, DayWindow, MAX_EVENT_NAME_BYTES, MergeableSink};
 
@@ -335,8 +335,8 @@ impl Name {
     }
 }
 
-impl EventSource for ClickHouseSource {
-    async fn scan_window<K: MergeableSink>(
+impl ClickHouseSource {
+    pub(super) async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
         sink: &mut K,
@@ -388,7 +388,7 @@ impl EventSource for ClickHouseSource {
         self.read_metadata(metadata, coding, sink, &action).await
     }
 
-    async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
+    pub(super) async fn id_watermark(&self) -> Result<Option<i64>, StoreError> {
         let action = super::watermark_action(&self.table);
         let sql = format!(
             "SELECT toUInt64(max(id)), count() FROM {}",
@@ -417,7 +417,11 @@ impl EventSource for ClickHouseSource {
         }
     }
 
-    async fn hours_with_ids(&self, after: i64, through: i64) -> Result<Vec<Timestamp>, StoreError> {
+    pub(super) async fn hours_with_ids(
+        &self,
+        after: i64,
+        through: i64,
+    ) -> Result<Vec<Timestamp>, StoreError> {
         let action = super::hours_action(&self.table);
         let sql = format!(
             "SELECT DISTINCT toUInt64(intDiv(toUnixTimestamp(created_at), 3600) * 3600) AS hour \

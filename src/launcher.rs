@@ -1,7 +1,7 @@
 //! Starting runs, for every face: the command line, the HTTP endpoint and the
-//! built-in schedule all start `telemetry-daily` through a [`Runner`].
+//! built-in schedule all start `telemetry-daily` through a [`Launcher`].
 //!
-//! The runner owns what runs share within a process: the store, the job's settings,
+//! The launcher owns what runs share within a process: the store, the job's settings,
 //! the tasks of runs under way (so that a shutdown can wait for them), the run
 //! counters of `/metrics`, and the limit on runs started over HTTP. It knows nothing
 //! of how a run was asked for.
@@ -19,7 +19,7 @@ use crate::telemetry_daily::{self, Progress, RunError, RunOptions};
 
 /// Starts runs over one store with one set of job settings.
 #[derive(Debug, Clone)]
-pub struct Runner {
+pub struct Launcher {
     inner: Arc<Inner>,
 }
 
@@ -42,15 +42,15 @@ pub const DEFAULT_REQUESTED_RUNS: usize = 4;
 #[error("{0} runs started by requests are going already; try again when one has finished")]
 pub struct TooManyRuns(pub usize);
 
-impl Runner {
-    /// A runner over `store`. `job` gives the zone, top-K, lookback, read slices,
+impl Launcher {
+    /// A launcher over `store`. `job` gives the zone, top-K, lookback, read slices,
     /// memory limit and lock timeout of every run; each run sets its own range, dry
     /// run and trigger. At most [`DEFAULT_REQUESTED_RUNS`] requested runs at once.
     pub fn new(store: Store, job: RunOptions) -> Self {
         Self::with_requested_runs(store, job, DEFAULT_REQUESTED_RUNS)
     }
 
-    /// [`Runner::new`] allowing `requested_runs` runs started by requests at once.
+    /// [`Launcher::new`] allowing `requested_runs` runs started by requests at once.
     pub fn with_requested_runs(store: Store, job: RunOptions, requested_runs: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -74,7 +74,7 @@ impl Runner {
         &self.inner.job
     }
 
-    /// The counters of the runs this runner has made.
+    /// The counters of the runs this launcher has made.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -85,7 +85,7 @@ impl Runner {
     /// # Errors
     ///
     /// [`RunError`] when the run cannot start.
-    pub async fn run<P: Progress>(
+    pub async fn run_here<P: Progress>(
         &self,
         options: &RunOptions,
         progress: &mut P,
@@ -96,27 +96,27 @@ impl Runner {
         outcome
     }
 
-    /// Starts a run on a task of its own, which [`Runner::wait`] waits for. The run
+    /// Starts a run on a task of its own, which [`Launcher::wait`] waits for. The run
     /// logs and counts its own outcome, so it is on record even if no one awaits it
     /// (a caller that hung up, say).
-    pub fn spawn(&self, options: RunOptions) -> JoinHandle<Result<RunReport, RunError>> {
-        self.spawn_holding(options, None)
+    pub fn launch(&self, options: RunOptions) -> JoinHandle<Result<RunReport, RunError>> {
+        self.launch_holding(options, None)
     }
 
-    /// [`Runner::spawn`], the run holding `permit` until it ends.
-    fn spawn_holding(
+    /// [`Launcher::launch`], the run holding `permit` until it ends.
+    fn launch_holding(
         &self,
         options: RunOptions,
         permit: Option<OwnedSemaphorePermit>,
     ) -> JoinHandle<Result<RunReport, RunError>> {
-        let runner = self.clone();
+        let launcher = self.clone();
         self.inner.tasks.spawn(async move {
             let _permit = permit;
-            let outcome = telemetry_daily::run(&runner.inner.store, &options).await;
+            let outcome = telemetry_daily::run(&launcher.inner.store, &options).await;
             if let Err(error) = &outcome {
                 tracing::warn!(%error, trigger = options.trigger.as_str(), "run did not start");
             }
-            runner.observe(options.trigger, &outcome);
+            launcher.observe(options.trigger, &outcome);
             outcome
         })
     }
@@ -127,20 +127,20 @@ impl Runner {
     /// # Errors
     ///
     /// [`TooManyRuns`] when none can start now.
-    pub fn spawn_requested(
+    pub fn launch_requested(
         &self,
         options: RunOptions,
     ) -> Result<JoinHandle<Result<RunReport, RunError>>, TooManyRuns> {
         let permit = Arc::clone(&self.inner.requested)
             .try_acquire_owned()
             .map_err(|_| TooManyRuns(self.inner.requested_limit))?;
-        Ok(self.spawn_holding(options, Some(permit)))
+        Ok(self.launch_holding(options, Some(permit)))
     }
 
     /// Starts a run of the built-in schedule: the default range, with the earlier
     /// days that changed, waiting for busy days up to the lock timeout.
-    pub fn spawn_scheduled(&self) -> JoinHandle<Result<RunReport, RunError>> {
-        self.spawn(RunOptions {
+    pub fn launch_scheduled(&self) -> JoinHandle<Result<RunReport, RunError>> {
+        self.launch(RunOptions {
             range: None,
             dry_run: false,
             force: false,
