@@ -206,7 +206,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, Error> {
 }
 
 async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error> {
-    let range = match args.range.range()? {
+    let range = match args.range.range(&args.timezone)? {
         Some(range) => range,
         None => {
             DayRange::ending_yesterday(jiff::Timestamp::now(), &args.timezone, DEFAULT_REPORT_DAYS)?
@@ -269,7 +269,7 @@ async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
 }
 
 async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Result<ExitCode, Error> {
-    let range = args.range.range()?;
+    let range = args.range.range(&args.job.timezone)?;
     let connect = if args.dry_run {
         Connect::Read
     } else {

@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS {rollup} (
 );
 -- Tables made before sketches were kept; their rows hold NULL until re-run.
 ALTER TABLE {rollup} ADD COLUMN IF NOT EXISTS users_hll bytea;
+-- Whether the day had not ended when its events were read (today so far).
+ALTER TABLE {rollup} ADD COLUMN IF NOT EXISTS partial boolean NOT NULL DEFAULT false;
 
 -- Which source events `veris-jobs demo` wrote, so that it can start afresh.
 CREATE TABLE IF NOT EXISTS veris_demo_sample (
@@ -43,3 +45,15 @@ CREATE TABLE IF NOT EXISTS job_runs (
 -- Tables made before these columns existed.
 ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS source_watermark bigint;
 ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS summary jsonb;
+
+-- One row per (local hour, event), written with its day: the hour is the instant
+-- the local hour begins.
+CREATE TABLE IF NOT EXISTS telemetry_hourly (
+    hour         timestamptz NOT NULL,
+    event        text        NOT NULL,
+    count        bigint      NOT NULL,
+    unique_users bigint      NOT NULL,
+    users_hll    bytea       NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (hour, event)
+);

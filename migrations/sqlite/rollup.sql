@@ -8,6 +8,8 @@ CREATE TABLE IF NOT EXISTS {rollup} (
     updated_at   text    NOT NULL,
     -- The distinct users as a sketch in the hll extension's storage format.
     users_hll    blob,
+    -- Whether the day had not ended when its events were read (today so far).
+    partial      integer NOT NULL DEFAULT 0,
     PRIMARY KEY (date, event)
 );
 
@@ -37,4 +39,16 @@ CREATE TABLE IF NOT EXISTS job_runs (
     source_watermark integer,
     -- The report in brief (totals, the first failed days), for listings.
     summary     text
+);
+
+-- One row per (local hour, event), written with its day: the hour is the instant
+-- the local hour begins, in UTC (2024-01-15T10:00:00Z).
+CREATE TABLE IF NOT EXISTS telemetry_hourly (
+    hour         text    NOT NULL,
+    event        text    NOT NULL,
+    count        integer NOT NULL,
+    unique_users integer NOT NULL,
+    users_hll    blob    NOT NULL,
+    updated_at   text    NOT NULL,
+    PRIMARY KEY (hour, event)
 );

@@ -200,6 +200,10 @@ pub struct RangeArgs {
     #[arg(long, value_parser = parse_date_arg, conflicts_with_all = ["start_date", "end_date"])]
     pub date: Option<Date>,
 
+    /// Today so far, in --timezone (short for --date with today's date).
+    #[arg(long, conflicts_with_all = ["date", "start_date", "end_date"])]
+    pub today: bool,
+
     /// First day of the range, YYYY-MM-DD (alone: that one day).
     #[arg(long, value_parser = parse_date_arg)]
     pub start_date: Option<Date>,
@@ -210,12 +214,19 @@ pub struct RangeArgs {
 }
 
 impl RangeArgs {
-    /// The range asked for, or `None` for the default range.
+    /// The range asked for, or `None` for the default range; today is the date in
+    /// `zone` now.
     ///
     /// # Errors
     ///
     /// [`DateError`] for an end without a start or an end before the start.
-    pub fn range(&self) -> Result<Option<DayRange>, DateError> {
+    pub fn range(&self, zone: &TimeZone) -> Result<Option<DayRange>, DateError> {
+        if self.today {
+            let today = jiff::Timestamp::now()
+                .to_zoned_datetime(zone.clone())
+                .date();
+            return Ok(Some(DayRange::single(today)));
+        }
         match self.date {
             Some(date) => Ok(Some(DayRange::single(date))),
             None => DayRange::from_bounds(self.start_date, self.end_date),

@@ -175,7 +175,7 @@ fn run_error(error: RunError) -> ApiError {
             tracing::error!(%error, "the day locks could not be taken");
             ApiError::LocksUnavailable
         }
-        RunError::Date(date) => ApiError::bad_request("invalid_range", date.to_string()),
+        RunError::Date(date) => super::request::date_error(date),
         other => ApiError::internal(&other),
     }
 }

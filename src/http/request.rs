@@ -182,6 +182,7 @@ pub(super) fn date_error(error: DateError) -> ApiError {
     let code = match error {
         DateError::Malformed { .. } | DateError::OutOfRange { .. } => "invalid_date",
         DateError::EndBeforeStart { .. } | DateError::EndWithoutStart => "invalid_range",
+        DateError::NotBegun { .. } => "future_date",
     };
     let message = match error {
         DateError::EndWithoutStart => "endDate needs startDate".to_owned(),

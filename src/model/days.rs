@@ -28,6 +28,15 @@ pub enum DateError {
          -9999-01-02 and 9999-12-30 (UTC)"
     )]
     OutOfRange { date: Date },
+    /// A day of the range has not begun yet in the zone.
+    #[error(
+        "{date} has not begun yet in {zone} (today there is {today}); a day can be rolled up from its first instant"
+    )]
+    NotBegun {
+        date: Date,
+        today: Date,
+        zone: String,
+    },
 }
 
 /// Parses a strict `YYYY-MM-DD` date; `field` names the flag or field in the error.
@@ -119,6 +128,23 @@ impl DayRange {
         Self::new(start, end)
     }
 
+    /// Refuses a range holding a day that has not begun yet in `tz` at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError::NotBegun`] naming the range's last day.
+    pub fn check_begun(&self, now: Timestamp, tz: &TimeZone) -> Result<(), DateError> {
+        let today = now.to_zoned_datetime(tz.clone()).date();
+        if self.end <= today {
+            return Ok(());
+        }
+        Err(DateError::NotBegun {
+            date: self.end,
+            today,
+            zone: tz.iana_name().unwrap_or("UTC").to_owned(),
+        })
+    }
+
     /// The first day of the range.
     pub fn start(&self) -> Date {
         self.start
@@ -162,6 +188,9 @@ pub struct DayWindow {
     pub start: Timestamp,
     /// The first instant of the next day.
     pub end: Timestamp,
+    /// The first instant of the whole day, which its hours are counted from (the
+    /// window's own start, unless it is a slice of the day).
+    pub day_start: Timestamp,
 }
 
 impl DayWindow {
@@ -183,6 +212,7 @@ impl DayWindow {
             date,
             start: start.timestamp(),
             end: end.timestamp(),
+            day_start: start.timestamp(),
         })
     }
 
@@ -214,6 +244,7 @@ impl DayWindow {
                 date: self.date,
                 start: pair[0],
                 end: pair[1],
+                day_start: self.day_start,
             })
             .collect()
     }
@@ -221,6 +252,15 @@ impl DayWindow {
     /// How long the day lasts: 24 hours, or 23 or 25 on daylight-saving days.
     pub fn hours(&self) -> i64 {
         (self.end.as_second() - self.start.as_second()) / 3600
+    }
+
+    /// The local hour of the day `at` falls in, counted from its first (0 to 24);
+    /// `None` outside the day.
+    pub fn hour_of(&self, at: Timestamp) -> Option<u8> {
+        let seconds = at.as_second() - self.day_start.as_second();
+        u8::try_from(seconds.div_euclid(3600))
+            .ok()
+            .filter(|&h| h < 25)
     }
 }
 

@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
+use jiff::Timestamp;
+
 use super::json::canonical_json;
-use super::rows::RollupRow;
+use super::rows::{HourRow, RollupRow};
 
 /// The writes that make one day's stored rows equal to its aggregate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,13 +19,61 @@ pub struct DayChanges {
     pub deletes: Vec<String>,
     /// Stored rows that already equal the aggregate.
     pub unchanged: u64,
+    /// The writes that make the day's hours equal to theirs.
+    pub hours: HourChanges,
 }
 
 impl DayChanges {
+    /// Whether nothing needs writing, to the day's rows or to its hours.
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty()
+            && self.updates.is_empty()
+            && self.deletes.is_empty()
+            && self.hours.is_empty()
+    }
+}
+
+/// The writes that make one day's stored hour rows equal to its aggregate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HourChanges {
+    /// Rows for (hour, event) pairs that have no stored row yet.
+    pub inserts: Vec<HourRow>,
+    /// Rows whose count, unique users or sketch differ from the stored row.
+    pub updates: Vec<HourRow>,
+    /// (hour, event) pairs that have a stored row but no source events left.
+    pub deletes: Vec<(Timestamp, String)>,
+    /// Stored rows that already equal the aggregate.
+    pub unchanged: u64,
+}
+
+impl HourChanges {
     /// Whether nothing needs writing.
     pub fn is_empty(&self) -> bool {
         self.inserts.is_empty() && self.updates.is_empty() && self.deletes.is_empty()
     }
+}
+
+/// Compares the fresh hour rows of a day with its stored hour rows.
+pub fn diff_hours(fresh: &[HourRow], stored: &[HourRow]) -> HourChanges {
+    let mut by_key: HashMap<(Timestamp, &str), &HourRow> = stored
+        .iter()
+        .map(|row| ((row.hour, row.event.as_str()), row))
+        .collect();
+    let mut changes = HourChanges::default();
+    for row in fresh {
+        match by_key.remove(&(row.hour, row.event.as_str())) {
+            None => changes.inserts.push(row.clone()),
+            Some(old) if old == row => changes.unchanged += 1,
+            Some(_) => changes.updates.push(row.clone()),
+        }
+    }
+    let mut deletes: Vec<(Timestamp, String)> = by_key
+        .into_keys()
+        .map(|(hour, event)| (hour, event.to_owned()))
+        .collect();
+    deletes.sort_unstable();
+    changes.deletes = deletes;
+    changes
 }
 
 /// Compares the fresh rows of a day with its stored rows.
@@ -41,6 +91,7 @@ pub fn diff(fresh: &[RollupRow], stored: &[RollupRow]) -> DayChanges {
                 if old.count == row.count
                     && old.unique_users == row.unique_users
                     && old.users_hll == row.users_hll
+                    && old.partial == row.partial
                     && (old.meta == row.meta || canonical_json(&old.meta) == row.meta) =>
             {
                 changes.unchanged += 1;
@@ -65,6 +116,7 @@ mod tests {
             unique_users: 1,
             meta: meta.into(),
             users_hll: Some(vec![0x11, 0x8e, 0x7f]),
+            partial: false,
         }
     }
 

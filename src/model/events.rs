@@ -14,6 +14,9 @@ pub struct SourceEvent<'a> {
     pub user_id: Option<&'a str>,
     /// The metadata as JSON text.
     pub meta: Option<&'a str>,
+    /// The local hour of its day it happened in, counted from the day's first hour
+    /// (0 to 24: a 25-hour day has 25); `None` when the source does not tell.
+    pub hour: Option<u8>,
 }
 
 /// Events of one name that a source counted itself (a database that aggregates on

@@ -23,14 +23,14 @@ mod runs;
 mod summary_format;
 
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
-pub use self::diff::{DayChanges, diff};
+pub use self::diff::{DayChanges, HourChanges, diff, diff_hours};
 pub use self::events::{
     CountedEvents, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink, SkipCounts, SourceEvent,
 };
 pub use self::exact_sum::ExactSum;
 pub use self::json::{canonical_json, canonical_value, json_number};
-pub use self::rows::{RollupFold, RollupRef, RollupRow, StoredRollup};
-pub use self::run_report::{ChangedDays, DayReport, DayStatus, RunReport, Totals};
+pub use self::rows::{HourRow, RollupFold, RollupRef, RollupRow, StoredRollup};
+pub use self::run_report::{ChangedDays, DayReport, DayStatus, HourCounts, RunReport, Totals};
 pub use self::runs::{
     FailedDay, JOB_NAME, MAX_RUNS_LISTED, NewRun, RunRecord, RunStatus, RunSummary,
     SUMMARY_ERROR_CHARS, SUMMARY_FAILED_DAYS, Trigger,

@@ -1,6 +1,7 @@
 //! Rollup rows: as the engine makes them ([`RollupRow`]) and as a store reads them
 //! back ([`RollupRef`], [`StoredRollup`]) for whatever folds them ([`RollupFold`]).
 
+use jiff::Timestamp;
 use jiff::civil::Date;
 
 /// One row of `telemetry_daily` for a given day.
@@ -17,6 +18,8 @@ pub struct RollupRow {
     /// The distinct users as a sketch in the `hll` extension's format; `None` in a
     /// stored row written before sketches were kept.
     pub users_hll: Option<Vec<u8>>,
+    /// Whether the day had not ended when its events were read (today so far).
+    pub partial: bool,
 }
 
 /// One stored rollup row, borrowed from the database's answer as a store reads it.
@@ -46,4 +49,19 @@ pub struct StoredRollup {
     /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
     pub meta: String,
     pub users_hll: Option<Vec<u8>>,
+}
+
+/// One row of `telemetry_hourly`: one local hour of a day, for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourRow {
+    /// The instant the local hour begins.
+    pub hour: Timestamp,
+    /// The event name.
+    pub event: String,
+    /// Every event of that name in that hour.
+    pub count: i64,
+    /// Distinct non-empty user ids among them.
+    pub unique_users: i64,
+    /// The distinct users as a sketch in the `hll` extension's format.
+    pub users_hll: Vec<u8>,
 }

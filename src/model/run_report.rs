@@ -62,10 +62,32 @@ pub struct DayReport {
     /// when it fitted in memory.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spilled_bytes: u64,
+    /// What happened (or would) to the day's hour rows, counted apart from its rows.
+    #[serde(default)]
+    pub hours: HourCounts,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// Hour rows inserted, updated, deleted and left as they were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HourCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+impl HourCounts {
+    fn add(&mut self, other: &HourCounts) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.unchanged += other.unchanged;
+    }
 }
 
 /// The sums over all days.
@@ -79,6 +101,9 @@ pub struct Totals {
     pub updated: u64,
     pub deleted: u64,
     pub unchanged: u64,
+    /// The days' hour rows.
+    #[serde(default)]
+    pub hours: HourCounts,
 }
 
 /// The report of one run of `telemetry-daily`.
@@ -135,6 +160,7 @@ impl RunReport {
             t.updated += d.updated;
             t.deleted += d.deleted;
             t.unchanged += d.unchanged;
+            t.hours.add(&d.hours);
         }
         self.totals = t;
     }
@@ -216,6 +242,14 @@ impl RunReport {
             t.unchanged,
             self.duration_ms
         );
+        let h = &t.hours;
+        if h.inserted + h.updated + h.deleted + h.unchanged > 0 {
+            let _ = writeln!(
+                out,
+                "hour rows: {} inserted, {} updated, {} deleted, {} unchanged",
+                h.inserted, h.updated, h.deleted, h.unchanged
+            );
+        }
         for d in &self.days {
             if !d.skipped.is_empty() {
                 let reasons: Vec<String> =

@@ -360,6 +360,7 @@ impl DayAggregate {
                     None => group.meta.to_json(top_k),
                 },
                 users_hll: Some(group.sketch.to_bytes()),
+                partial: false,
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.event.cmp(&b.event));
@@ -602,6 +603,7 @@ mod tests {
             event: name,
             user_id: user,
             meta,
+            hour: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! any order, split across any number of aggregates and merged, give what one pass
 //! gives), and past its memory limit spills to files that the jobs provide
 //! ([`SpillSpace`]). Inside: the aggregate (`aggregate.rs`), the metadata summary
-//! (`summary.rs`), the reading of `meta` (`meta.rs`, with the fast scan of the usual
+//! (`summary.rs`), the day's hours beside it (`hours.rs`), the reading of `meta` (`meta.rs`, with the fast scan of the usual
 //! flat object in `flat_json.rs`), what a spilled table passes on (`pass_on.rs`), and
 //! the spill (`spill/`: its port, its record codec, its partition files, where the
 //! threads and the release of freed memory live).
@@ -14,6 +14,7 @@
 
 mod aggregate;
 mod flat_json;
+mod hours;
 mod memory;
 mod meta;
 mod meta_value;
@@ -22,5 +23,6 @@ mod spill;
 mod summary;
 
 pub use self::aggregate::{DayAggregate, DayRollup};
+pub use self::hours::{DayAndHourRollup, DayAndHours, MAX_HOURS};
 pub use self::meta::MAX_DEPTH;
 pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};

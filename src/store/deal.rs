@@ -33,18 +33,21 @@ const MAX_AGGREGATORS: usize = 4;
 #[derive(Debug, Default)]
 pub(super) struct RowBatch {
     text: String,
-    pub(super) rows: Vec<[Option<Range<u32>>; 3]>,
+    pub(super) rows: Vec<(Fields, Option<u8>)>,
 }
 
+/// A row's name, user and metadata, as ranges of a batch's text.
+type Fields = [Option<Range<u32>>; 3];
+
 impl RowBatch {
-    fn push_row(&mut self, fields: [Option<&[u8]>; 3]) {
+    fn push_row(&mut self, fields: [Option<&[u8]>; 3], hour: Option<u8>) {
         let [event, user_id, meta] = fields;
         let ranges = [
             event.map(|bytes| self.push_text(&lenient_utf8(bytes))),
             user_id.map(|bytes| self.push_text(&user_id_text(bytes))),
             meta.map(|bytes| self.push_text(&lenient_utf8(bytes))),
         ];
-        self.rows.push(ranges);
+        self.rows.push((ranges, hour));
     }
 
     fn push_text(&mut self, text: &str) -> Range<u32> {
@@ -61,11 +64,12 @@ impl RowBatch {
                 .as_ref()
                 .and_then(|r| self.text.get(r.start as usize..r.end as usize))
         };
-        for [event, user_id, meta] in &self.rows {
+        for ([event, user_id, meta], hour) in &self.rows {
             sink.push(SourceEvent {
                 event: text(event),
                 user_id: text(user_id),
                 meta: text(meta),
+                hour: *hour,
             });
         }
     }
@@ -152,7 +156,7 @@ impl<K: MergeableSink> Dealer<K> {
     /// Deals one row of (event, user id, meta) bytes, repaired to UTF-8 if need be.
     /// Returns whether a batch went out or was aggregated (a moment to check
     /// whether to go on).
-    pub(super) fn deal_bytes(&mut self, fields: [Option<&[u8]>; 3]) -> bool {
+    pub(super) fn deal_bytes(&mut self, fields: [Option<&[u8]>; 3], hour: Option<u8>) -> bool {
         if !self.dealing {
             let [event, user_id, meta] = fields;
             let (event, meta) = (event.map(lenient_utf8), meta.map(lenient_utf8));
@@ -161,10 +165,11 @@ impl<K: MergeableSink> Dealer<K> {
                 event: event.as_deref(),
                 user_id: user_id.as_deref(),
                 meta: meta.as_deref(),
+                hour,
             });
         }
         let shard = self.shard(fields[1]);
-        self.batches[shard].push_row(fields);
+        self.batches[shard].push_row(fields, hour);
         self.hand_over(shard)
     }
 
@@ -177,7 +182,7 @@ impl<K: MergeableSink> Dealer<K> {
         let batch = &mut self.batches[shard];
         let ranges = [event.event, event.user_id, event.meta]
             .map(|field| field.map(|text| batch.push_text(text)));
-        batch.rows.push(ranges);
+        batch.rows.push((ranges, event.hour));
         self.hand_over(shard)
     }
 

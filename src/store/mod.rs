@@ -52,7 +52,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use jiff::civil::Date;
 
-use crate::model::{DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRow};
+use crate::model::{
+    DayChanges, DayRange, DayWindow, HourRow, MergeableSink, RollupFold, RollupRow,
+};
 
 pub use self::clickhouse::ClickHouseSource;
 pub use self::error::StoreError;
@@ -316,6 +318,12 @@ impl Store {
         ///
         /// [`StoreError`]; the transaction is then rolled back and the day left as it was.
         fn write_day(&self, date: Date, changes: &DayChanges) -> Result<(), StoreError>;
+        /// The stored hour rows of `window`'s day.
+        ///
+        /// # Errors
+        ///
+        /// [`StoreError`] when the rows cannot be read.
+        fn load_hours(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError>;
         /// Takes `days` (in ascending order) for this run, waiting up to `wait` for days
         /// that another run holds. The days stay held until the returned guard is
         /// released or dropped, or the process dies.
@@ -395,6 +403,10 @@ fn load_day_action(date: Date) -> String {
 
 fn rollups_action(range: &DayRange) -> String {
     format!("reading the rollup rows of {range}")
+}
+
+fn load_hours_action(date: Date) -> String {
+    format!("reading the hour rows of {date}")
 }
 
 fn write_day_action(date: Date) -> String {

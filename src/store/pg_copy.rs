@@ -1,4 +1,5 @@
-//! A reader of PostgreSQL's binary `COPY` format for the three source columns.
+//! A reader of PostgreSQL's binary `COPY` format for the three source columns and the
+//! event's local hour.
 //!
 //! `COPY (SELECT event, user_id, meta …) TO STDOUT (FORMAT binary)` is the fastest way
 //! to take rows out of PostgreSQL: no per-row protocol message decoding, no text
@@ -16,7 +17,7 @@ const HEADER_LEN: usize = SIGNATURE.len() + 4 + 4;
 /// The only `jsonb` binary format version there is.
 const JSONB_VERSION: u8 = 1;
 
-/// Incremental parser of a binary COPY stream of `(text, text, jsonb)` tuples.
+/// Incremental parser of a binary COPY stream of `(text, text, jsonb, int2)` tuples.
 #[derive(Debug)]
 pub struct CopyReader {
     /// Bytes of an incomplete tuple carried over from the previous chunk.
@@ -106,8 +107,8 @@ impl CopyReader {
                 self.trailer_seen = true;
                 return Ok(pos + 2);
             }
-            if fields != 3 {
-                return Err(CopyFormatError(format!("expected 3 columns, got {fields}")));
+            if fields != 4 {
+                return Err(CopyFormatError(format!("expected 4 columns, got {fields}")));
             }
             let Some((values, end)) = read_fields(data, pos + 2) else {
                 break; // the tuple continues in the next chunk
@@ -119,10 +120,16 @@ impl CopyReader {
                 None => None,
             };
             let (event, user_id, meta) = (text(values[0]), text(values[1]), text(meta));
+            // The local hour, an `int2`.
+            let hour = match values[3] {
+                Some(&[high, low]) => u8::try_from(i16::from_be_bytes([high, low])).ok(),
+                _ => None,
+            };
             sink.push(SourceEvent {
                 event: event.as_deref(),
                 user_id: user_id.as_deref(),
                 meta: meta.as_deref(),
+                hour,
             });
             pos = end;
         }
@@ -130,9 +137,9 @@ impl CopyReader {
     }
 }
 
-/// The three fields starting at `pos`, or `None` if the data stops inside them.
-fn read_fields(data: &[u8], mut pos: usize) -> Option<([Option<&[u8]>; 3], usize)> {
-    let mut values = [None; 3];
+/// The four fields starting at `pos`, or `None` if the data stops inside them.
+fn read_fields(data: &[u8], mut pos: usize) -> Option<([Option<&[u8]>; 4], usize)> {
+    let mut values = [None; 4];
     for value in &mut values {
         let len = i32::from_be_bytes(data.get(pos..pos + 4)?.try_into().ok()?);
         pos += 4;
@@ -159,8 +166,10 @@ fn be_u32(bytes: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    type Collected = (Option<String>, Option<String>, Option<String>, Option<u8>);
+
     #[derive(Default)]
-    struct Collect(Vec<(Option<String>, Option<String>, Option<String>)>);
+    struct Collect(Vec<Collected>);
 
     impl EventSink for Collect {
         fn push(&mut self, e: SourceEvent<'_>) {
@@ -168,6 +177,7 @@ mod tests {
                 e.event.map(str::to_owned),
                 e.user_id.map(str::to_owned),
                 e.meta.map(str::to_owned),
+                e.hour,
             ));
         }
 
@@ -198,19 +208,21 @@ mod tests {
         let mut out = SIGNATURE.to_vec();
         out.extend_from_slice(&0u32.to_be_bytes());
         out.extend_from_slice(&0u32.to_be_bytes());
-        for (event, user, meta) in [
+        for (event, user, meta, hour) in [
             (
                 Some(&b"view"[..]),
                 Some(&b"u1"[..]),
                 Some(&b"\x01{\"a\": 1}"[..]),
+                Some(&[0u8, 23][..]),
             ),
-            (Some(b"click"), None, None),
-            (Some(b""), Some(b"u2"), Some(b"\x01[1]")),
+            (Some(b"click"), None, None, None),
+            (Some(b""), Some(b"u2"), Some(b"\x01[1]"), Some(&[0, 0])),
         ] {
-            out.extend_from_slice(&3i16.to_be_bytes());
+            out.extend_from_slice(&4i16.to_be_bytes());
             field(&mut out, event);
             field(&mut out, user);
             field(&mut out, meta);
+            field(&mut out, hour);
         }
         out.extend_from_slice(&(-1i16).to_be_bytes());
         out
@@ -229,10 +241,11 @@ mod tests {
             (
                 Some("view".into()),
                 Some("u1".into()),
-                Some("{\"a\": 1}".into())
+                Some("{\"a\": 1}".into()),
+                Some(23)
             )
         );
-        assert_eq!(whole.0[1], (Some("click".into()), None, None));
+        assert_eq!(whole.0[1], (Some("click".into()), None, None, None));
 
         for size in 1..data.len() {
             let mut parts = Collect::default();

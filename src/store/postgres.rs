@@ -20,7 +20,8 @@ use super::error::query_error;
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{DayLocks, StoreError, TableName, day_lock, redact_url, rows};
 use crate::model::{
-    DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRef, RollupRow,
+    DayChanges, DayRange, DayWindow, HourChanges, HourRow, MergeableSink, RollupFold, RollupRef,
+    RollupRow,
 };
 
 /// How long connecting may take before the database counts as unreachable.
@@ -202,6 +203,59 @@ impl PgStore {
     }
 }
 
+/// Applies a day's hour changes inside its write transaction `tx`.
+async fn write_hours(
+    tx: &mut PgConnection,
+    hours: &HourChanges,
+    action: &str,
+) -> Result<(), StoreError> {
+    if !hours.deletes.is_empty() {
+        let (instants, events): (Vec<String>, Vec<&str>) = hours
+            .deletes
+            .iter()
+            .map(|(hour, event)| (hour.to_string(), event.as_str()))
+            .unzip();
+        sqlx::query(
+            "DELETE FROM telemetry_hourly WHERE (hour, event) IN \
+             (SELECT h::timestamptz, e FROM unnest($1::text[], $2::text[]) AS t(h, e))",
+        )
+        .bind(&instants)
+        .bind(&events)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(action))?;
+    }
+    let (mut instants, mut events, mut counts, mut users, mut sketches) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for row in hours.inserts.iter().chain(&hours.updates) {
+        instants.push(row.hour.to_string());
+        events.push(row.event.as_str());
+        counts.push(row.count);
+        users.push(row.unique_users);
+        sketches.push(row.users_hll.as_slice());
+    }
+    if !events.is_empty() {
+        sqlx::query(
+            "INSERT INTO telemetry_hourly (hour, event, count, unique_users, users_hll, updated_at) \
+             SELECT h::timestamptz, e, c, u, s, now() \
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::bytea[]) \
+             AS t(h, e, c, u, s) \
+             ON CONFLICT (hour, event) DO UPDATE SET count = EXCLUDED.count, \
+             unique_users = EXCLUDED.unique_users, users_hll = EXCLUDED.users_hll, \
+             updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&instants)
+        .bind(&events)
+        .bind(&counts)
+        .bind(&users)
+        .bind(&sketches)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(action))?;
+    }
+    Ok(())
+}
+
 /// A pooled connection that goes back to the pool only once its work is
 /// [`finished`](WholeOrClosed::finished). One dropped half way through a `COPY` or a
 /// transaction (its caller hung up, its run was stopped) is closed instead: the
@@ -255,13 +309,16 @@ impl PgStore {
             .await?;
         let meta = if meta_is_jsonb { "meta" } else { "meta::text" };
         // COPY takes no parameters; the bounds are timestamps formatted here, not input.
+        // The event's local hour: whole hours since the day's first instant.
         let sql = format!(
-            "COPY (SELECT event::text, user_id::text, {meta} FROM {} \
-             WHERE created_at >= '{}'::timestamptz AND created_at < '{}'::timestamptz) \
+            "COPY (SELECT event::text, user_id::text, {meta}, \
+             floor(extract(epoch FROM created_at - '{day_start}'::timestamptz) / 3600)::int2 \
+             FROM {} WHERE created_at >= '{}'::timestamptz AND created_at < '{}'::timestamptz) \
              TO STDOUT (FORMAT binary)",
             self.source.quoted(),
             window.start,
-            window.end
+            window.end,
+            day_start = window.day_start,
         );
         let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
         let mut chunks = conn
@@ -361,7 +418,7 @@ impl PgStore {
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
-            "SELECT event, count, unique_users, meta::text, users_hll FROM ",
+            "SELECT event, count, unique_users, meta::text, users_hll, partial FROM ",
             rollup_table!(),
             " WHERE date = $1::date"
         ))
@@ -449,26 +506,28 @@ impl PgStore {
             .map_err(query_error(&action))?;
         }
         let upserts = changes.inserts.iter().chain(&changes.updates);
-        let (mut events, mut counts, mut users, mut metas, mut sketches) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut events, mut counts, mut users, mut metas, mut sketches, mut partials) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for row in upserts {
             events.push(row.event.as_str());
             counts.push(row.count);
             users.push(row.unique_users);
             metas.push(row.meta.as_str());
             sketches.push(row.users_hll.as_deref());
+            partials.push(row.partial);
         }
         if !events.is_empty() {
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
-                " (date, event, count, unique_users, meta, users_hll, updated_at) \
-                 SELECT $1::date, e, c, u, m::jsonb, h, now() \
-                 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[], $6::bytea[]) \
-                 AS t(e, c, u, m, h) \
+                " (date, event, count, unique_users, meta, users_hll, partial, updated_at) \
+                 SELECT $1::date, e, c, u, m::jsonb, h, p, now() \
+                 FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[], $6::bytea[], \
+                 $7::bool[]) AS t(e, c, u, m, h, p) \
                  ON CONFLICT (date, event) DO UPDATE SET count = EXCLUDED.count, \
                  unique_users = EXCLUDED.unique_users, meta = EXCLUDED.meta, \
-                 users_hll = EXCLUDED.users_hll, updated_at = EXCLUDED.updated_at"
+                 users_hll = EXCLUDED.users_hll, partial = EXCLUDED.partial, \
+                 updated_at = EXCLUDED.updated_at"
             ))
             .bind(date.to_string())
             .bind(&events)
@@ -476,13 +535,30 @@ impl PgStore {
             .bind(&users)
             .bind(&metas)
             .bind(&sketches)
+            .bind(&partials)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;
         }
+        write_hours(&mut tx, &changes.hours, &action).await?;
         tx.commit().await.map_err(query_error(&action))?;
         conn.finished();
         Ok(())
+    }
+
+    pub(super) async fn load_hours(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError> {
+        let action = super::load_hours_action(window.date);
+        sqlx::query(
+            "SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), event, \
+             count, unique_users, users_hll FROM telemetry_hourly \
+             WHERE hour >= $1::timestamptz AND hour < $2::timestamptz",
+        )
+        .bind(window.start.to_string())
+        .bind(window.end.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .and_then(|found| found.iter().map(rows::hour_row).collect())
+        .map_err(query_error(&action))
     }
 
     pub(super) async fn lock_days(

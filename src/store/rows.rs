@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::model::{RollupRow, RunRecord};
+use crate::model::{HourRow, RollupRow, RunRecord};
 
 /// Reads a `telemetry_daily` row selected as (event, count, unique_users, meta,
 /// users_hll).
@@ -17,12 +17,34 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
     Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
 {
     Ok(RollupRow {
         event: row.try_get(0)?,
         count: row.try_get(1)?,
         unique_users: row.try_get(2)?,
         meta: row.try_get(3)?,
+        users_hll: row.try_get(4)?,
+        partial: row.try_get(5)?,
+    })
+}
+
+/// Reads a `telemetry_hourly` row selected as (hour as `YYYY-MM-DDTHH:MM:SSZ` text,
+/// event, count, unique_users, users_hll).
+pub(super) fn hour_row<'r, R>(row: &'r R) -> Result<HourRow, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let hour: String = row.try_get(0)?;
+    Ok(HourRow {
+        hour: hour.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        event: row.try_get(1)?,
+        count: row.try_get(2)?,
+        unique_users: row.try_get(3)?,
         users_hll: row.try_get(4)?,
     })
 }

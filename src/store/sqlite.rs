@@ -17,14 +17,15 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _};
 use super::error::query_error;
 use super::{DayLocks, StoreError, TableName, day_lock, rows, sqlite_scan, sqlite_time};
 use crate::model::{
-    DayChanges, DayRange, DayWindow, MergeableSink, RollupFold, RollupRef, RollupRow,
+    DayChanges, DayRange, DayWindow, HourRow, MergeableSink, RollupFold, RollupRef, RollupRow,
 };
 
 /// Columns added since the first version, as (table, column, type).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("job_runs", "source_watermark", "integer"),
     ("job_runs", "summary", "text"),
     (rollup_table!(), "users_hll", "blob"),
+    (rollup_table!(), "partial", "integer NOT NULL DEFAULT 0"),
 ];
 
 /// How long a statement waits for another writer before giving up.
@@ -203,7 +204,7 @@ impl SqliteStore {
                 utc_bounds: (sqlite_bound(window.start), sqlite_bound(window.end)),
                 band_sql: self.sql.scan_band.clone(),
                 band_bounds: sqlite_time::band_bounds(window.start, window.end),
-                window: (window.start, window.end),
+                window: *window,
             },
             BUSY_TIMEOUT,
             &stop.0,
@@ -343,7 +344,7 @@ impl SqliteStore {
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
-            "SELECT event, count, unique_users, meta, users_hll FROM ",
+            "SELECT event, count, unique_users, meta, users_hll, partial FROM ",
             rollup_table!(),
             " WHERE date = ?1"
         ))
@@ -376,6 +377,20 @@ impl SqliteStore {
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => Err(StoreError::Aborted(format!("{} was cancelled", action()))),
         }
+    }
+
+    pub(super) async fn load_hours(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError> {
+        let action = super::load_hours_action(window.date);
+        sqlx::query(
+            "SELECT hour, event, count, unique_users, users_hll FROM telemetry_hourly \
+             WHERE hour >= ?1 AND hour < ?2",
+        )
+        .bind(window.start.to_string())
+        .bind(window.end.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .and_then(|found| found.iter().map(rows::hour_row).collect())
+        .map_err(query_error(&action))
     }
 
     pub(super) async fn write_day(
@@ -411,7 +426,8 @@ impl SqliteStore {
                     r.count,
                     r.unique_users,
                     r.meta,
-                    r.users_hll.as_deref().map(hex)
+                    r.users_hll.as_deref().map(hex),
+                    i64::from(r.partial)
                 ])
             })
             .collect();
@@ -420,14 +436,59 @@ impl SqliteStore {
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
-                " (date, event, count, unique_users, meta, users_hll, updated_at) \
+                " (date, event, count, unique_users, meta, users_hll, partial, updated_at) \
                  SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
-                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?2) WHERE true \
+                 value ->> 5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?2) WHERE true \
                  ON CONFLICT (date, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, meta = excluded.meta, \
-                 users_hll = excluded.users_hll, updated_at = excluded.updated_at"
+                 users_hll = excluded.users_hll, partial = excluded.partial, \
+                 updated_at = excluded.updated_at"
             ))
             .bind(date.to_string())
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
+        }
+        let hours = &changes.hours;
+        if !hours.deletes.is_empty() {
+            let keys: Vec<_> = hours
+                .deletes
+                .iter()
+                .map(|(hour, event)| json!([hour.to_string(), event]))
+                .collect();
+            sqlx::query(
+                "DELETE FROM telemetry_hourly WHERE (hour, event) IN \
+                 (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
+            )
+            .bind(serde_json::Value::Array(keys).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
+        }
+        let rows: Vec<_> = hours
+            .inserts
+            .iter()
+            .chain(&hours.updates)
+            .map(|r| {
+                json!([
+                    r.hour.to_string(),
+                    r.event,
+                    r.count,
+                    r.unique_users,
+                    hex(&r.users_hll)
+                ])
+            })
+            .collect();
+        if !rows.is_empty() {
+            sqlx::query(
+                "INSERT INTO telemetry_hourly (hour, event, count, unique_users, users_hll, updated_at) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?1) WHERE true \
+                 ON CONFLICT (hour, event) DO UPDATE SET count = excluded.count, \
+                 unique_users = excluded.unique_users, users_hll = excluded.users_hll, \
+                 updated_at = excluded.updated_at",
+            )
             .bind(serde_json::Value::Array(rows).to_string())
             .execute(&mut *tx)
             .await

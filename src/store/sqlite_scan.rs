@@ -10,11 +10,9 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use jiff::Timestamp;
-
 use super::deal::{Dealer, Spread};
 use super::sqlite_time::{self, Placement};
-use crate::model::MergeableSink;
+use crate::model::{DayWindow, MergeableSink};
 
 /// The two queries that read a window (see `sqlite_time`): the range of the UTC
 /// form, and the band of rows in other forms, each with its two bounds.
@@ -24,8 +22,8 @@ pub(super) struct WindowQuery {
     pub(super) utc_bounds: (String, String),
     pub(super) band_sql: String,
     pub(super) band_bounds: (String, String),
-    /// The window's instants, `[start, end)`.
-    pub(super) window: (Timestamp, Timestamp),
+    /// The window: its instants, `[start, end)`, and the day its hours count from.
+    pub(super) window: DayWindow,
 }
 
 /// Starts reading the window of `query` from the database at `path` on a blocking
@@ -62,13 +60,13 @@ fn read<K: MergeableSink>(
     conn.busy_timeout(busy_timeout)?;
     // Both queries see one snapshot: a row is read by exactly one of them.
     conn.execute_batch("BEGIN")?;
-    let (start, end) = query.window;
+    let window = &query.window;
     let (low, high) = (&query.utc_bounds.0, &query.utc_bounds.1);
     let mut statement = conn.prepare(&query.utc_sql)?;
     let mut rows = statement.query([low, high])?;
     while let Some(row) = rows.next()? {
         let placement = sqlite_time::place_in_utc_range(field(row, 3)?);
-        if deal(&mut dealer, row, placement)? && stopped(&dealer, stop) {
+        if deal(&mut dealer, row, placement, window)? && stopped(&dealer, stop) {
             return Ok(dealer.finish());
         }
     }
@@ -77,8 +75,8 @@ fn read<K: MergeableSink>(
     let mut statement = conn.prepare(&query.band_sql)?;
     let mut rows = statement.query([low, high])?;
     while let Some(row) = rows.next()? {
-        let placement = sqlite_time::place_in_band(field(row, 3)?, start, end);
-        if deal(&mut dealer, row, placement)? && stopped(&dealer, stop) {
+        let placement = sqlite_time::place_in_band(field(row, 3)?, window.start, window.end);
+        if deal(&mut dealer, row, placement, window)? && stopped(&dealer, stop) {
             break;
         }
     }
@@ -90,9 +88,13 @@ fn deal<K: MergeableSink>(
     dealer: &mut Dealer<K>,
     row: &rusqlite::Row<'_>,
     placement: Placement,
+    window: &DayWindow,
 ) -> rusqlite::Result<bool> {
     Ok(match placement {
-        Placement::Inside => dealer.deal_bytes([field(row, 0)?, field(row, 1)?, field(row, 2)?]),
+        Placement::Inside(at) => dealer.deal_bytes(
+            [field(row, 0)?, field(row, 1)?, field(row, 2)?],
+            window.hour_of(at),
+        ),
         Placement::Elsewhere => false,
         Placement::Invalid => {
             dealer.skip_invalid_created_at();
@@ -134,10 +136,8 @@ mod tests {
             utc_bounds: ("2024-01-01T00:00:00".into(), "2024-01-02T00:00:00".into()),
             band_sql: format!("{SQL} AND substr(at, -1) <> 'Z'"),
             band_bounds: ("2023-12-31".into(), "2024-01-03".into()),
-            window: (
-                "2024-01-01T00:00:00Z".parse().unwrap(),
-                "2024-01-02T00:00:00Z".parse().unwrap(),
-            ),
+            window: DayWindow::new("2024-01-01".parse().unwrap(), &jiff::tz::TimeZone::UTC)
+                .unwrap(),
         }
     }
 
@@ -182,6 +182,7 @@ mod tests {
                 event: text(0),
                 user_id: text(1),
                 meta: text(2),
+                hour: Some(12),
             });
         }
         agg

@@ -70,8 +70,8 @@ pub(super) fn band_bounds(start: Timestamp, end: Timestamp) -> (String, String) 
 /// Where a row read for a window belongs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Placement {
-    /// In the window: aggregated.
-    Inside,
+    /// In the window, at this instant: aggregated.
+    Inside(Timestamp),
     /// An instant of another window (or one the other query reads): left out.
     Elsewhere,
     /// No instant in any allowed form: skipped whole, counted as `invalid_created_at`.
@@ -86,7 +86,7 @@ pub(super) fn place_in_utc_range(created_at: Option<&[u8]>) -> Placement {
         return Placement::Elsewhere;
     };
     match parse_created_at(text) {
-        Some(_) if text.last() == Some(&b'Z') => Placement::Inside,
+        Some(at) if text.last() == Some(&b'Z') => Placement::Inside(at),
         Some(_) => Placement::Elsewhere,
         None => Placement::Invalid,
     }
@@ -101,7 +101,7 @@ pub(super) fn place_in_band(
     end: Timestamp,
 ) -> Placement {
     match created_at.and_then(parse_created_at) {
-        Some(at) if start <= at && at < end => Placement::Inside,
+        Some(at) if start <= at && at < end => Placement::Inside(at),
         _ => Placement::Elsewhere,
     }
 }
@@ -245,7 +245,7 @@ mod tests {
     fn rows_of_the_utc_range_are_placed_by_their_form() {
         assert_eq!(
             place_in_utc_range(Some(b"2024-03-10T05:00:00Z")),
-            Placement::Inside
+            Placement::Inside("2024-03-10T05:00:00Z".parse().unwrap())
         );
         // The band's query reads every row in another form, wherever it sorts.
         assert_eq!(
@@ -268,10 +268,17 @@ mod tests {
         let start: Timestamp = "2024-03-10T00:00:00Z".parse().unwrap();
         let end: Timestamp = "2024-03-11T00:00:00Z".parse().unwrap();
         let place = |text: &str| place_in_band(Some(text.as_bytes()), start, end);
-        assert_eq!(place("2024-03-10 05:00:00"), Placement::Inside);
+        let inside = |at: &str| Placement::Inside(at.parse().unwrap());
+        assert_eq!(place("2024-03-10 05:00:00"), inside("2024-03-10T05:00:00Z"));
         assert_eq!(place("2024-03-09 23:59:59.999"), Placement::Elsewhere);
-        assert_eq!(place("2024-03-09T20:00:00-05:00"), Placement::Inside);
-        assert_eq!(place("2024-03-11T01:00:00+02:00"), Placement::Inside);
+        assert_eq!(
+            place("2024-03-09T20:00:00-05:00"),
+            inside("2024-03-10T01:00:00Z")
+        );
+        assert_eq!(
+            place("2024-03-11T01:00:00+02:00"),
+            inside("2024-03-10T23:00:00Z")
+        );
         assert_eq!(place("2024-03-11T02:00:00+02:00"), Placement::Elsewhere);
         // Text that is no instant is counted by the UTC range that holds it.
         assert_eq!(place("2024-03-10 junk"), Placement::Elsewhere);

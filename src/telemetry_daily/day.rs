@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use jiff::Timestamp;
 use jiff::civil::Date;
 
 use super::spill::ScratchDir;
 use super::{RunOptions, elapsed_ms};
-use crate::model::{DayReport, DayStatus, DayWindow, MergeableSink as _, diff};
-use crate::rollup::{DayAggregate, MemoryLimit, SpillError};
+use crate::model::{DayReport, DayStatus, DayWindow, HourCounts, MergeableSink, diff, diff_hours};
+use crate::rollup::{DayAndHourRollup, DayAndHours, MemoryLimit, SpillError};
 use crate::store::{DayLocks, Store, StoreError};
 
 /// Why a day failed.
@@ -66,6 +67,8 @@ pub(super) async fn roll_up(
     locks: Option<&mut DayLocks>,
 ) -> Result<DayReport, DayFailure> {
     let started = Instant::now();
+    // A day read before its end is written as it stands, marked partial.
+    let partial = Timestamp::now() < window.end;
     let date = window.date;
     let limit = MemoryLimit {
         bytes: options.memory_limit,
@@ -75,14 +78,21 @@ pub(super) async fn roll_up(
         store,
         window,
         options.read_slices,
-        DayAggregate::with_limit(limit),
+        DayAndHours::new(Some(limit)),
     )
     .await?;
     // Reading back what spilled is file work: off the async threads.
     let top_k = options.meta_top_k;
-    let rollup = tokio::task::spawn_blocking(move || aggregate.finish(top_k))
+    let day_start = window.day_start;
+    let DayAndHourRollup {
+        day: mut rollup,
+        hours: fresh_hours,
+    } = tokio::task::spawn_blocking(move || aggregate.finish(top_k, day_start))
         .await
         .map_err(|_| StoreError::Aborted(format!("aggregating {date} was cancelled")))??;
+    for row in &mut rollup.rows {
+        row.partial = partial;
+    }
     if rollup.spilled_bytes > 0 {
         tracing::info!(
             date = %date,
@@ -97,7 +107,16 @@ pub(super) async fn roll_up(
         events_read: read,
     };
     let stored = store.load_day(date).await.map_err(after_reading)?;
-    let changes = diff(&rollup.rows, &stored);
+    let mut changes = diff(&rollup.rows, &stored);
+    // A source that counts for itself (ClickHouse) tells no hours: its days' hours
+    // are left as they are.
+    let stored_hours = if store.counts_itself() {
+        Vec::new()
+    } else {
+        let stored_hours = store.load_hours(window).await.map_err(after_reading)?;
+        changes.hours = diff_hours(&fresh_hours, &stored_hours);
+        stored_hours
+    };
 
     let stored_events: i64 = stored.iter().map(|r| r.count).sum();
     let purged = i64::try_from(rollup.named_events()).unwrap_or(i64::MAX) < stored_events;
@@ -124,6 +143,12 @@ pub(super) async fn roll_up(
         duration_ms: 0,
         error: None,
         spilled_bytes: rollup.spilled_bytes,
+        hours: HourCounts {
+            inserted: changes.hours.inserts.len() as u64,
+            updated: changes.hours.updates.len() as u64,
+            deleted: changes.hours.deletes.len() as u64,
+            unchanged: changes.hours.unchanged,
+        },
     };
     if purged && !options.force {
         day.status = DayStatus::Kept;
@@ -135,6 +160,10 @@ pub(super) async fn roll_up(
         day.rows = stored.len() as u64;
         (day.inserted, day.updated, day.deleted) = (0, 0, 0);
         day.unchanged = stored.len() as u64;
+        day.hours = HourCounts {
+            unchanged: stored_hours.len() as u64,
+            ..HourCounts::default()
+        };
     } else if !options.dry_run && !changes.is_empty() {
         // Another run may have taken the day if the locks were lost meanwhile.
         if let Some(locks) = locks {
@@ -152,12 +181,12 @@ pub(super) async fn roll_up(
 /// Streams a day's events into `day`: in one stream, or in `slices` time slices read
 /// concurrently on tasks of their own (so that their parsing can use several cores)
 /// and merged. The aggregate is mergeable, so the result is the same.
-async fn read(
+async fn read<K: MergeableSink>(
     store: &Store,
     window: &DayWindow,
     slices: u32,
-    mut day: DayAggregate,
-) -> Result<DayAggregate, StoreError> {
+    mut day: K,
+) -> Result<K, StoreError> {
     if slices <= 1 || store.counts_itself() {
         store.scan_window(window, &mut day).await?;
         return Ok(day);
@@ -203,6 +232,7 @@ pub(super) fn failed(date: Date, error: String, duration_ms: u64) -> DayReport {
         duration_ms,
         error: Some(error),
         spilled_bytes: 0,
+        hours: HourCounts::default(),
     }
 }
 

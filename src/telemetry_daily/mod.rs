@@ -209,7 +209,9 @@ where
     P: Progress,
 {
     let started = Instant::now();
-    let range = options.resolve_range(Timestamp::now())?;
+    let read_at = Timestamp::now();
+    let range = options.resolve_range(read_at)?;
+    range.check_begun(read_at, &options.timezone)?;
     // A database found unreachable before any day is the run's error (HTTP 503), not
     // a report of days that all failed.
     store.check_reachable().await?;

@@ -158,6 +158,7 @@ async fn telemetry_daily_prints_the_contract_json_report() {
                 "error",
                 "eventsRead",
                 "eventsSkipped",
+                "hours",
                 "inserted",
                 "rows",
                 "skipped",
@@ -167,11 +168,16 @@ async fn telemetry_daily_prints_the_contract_json_report() {
             ]
         );
         assert_eq!(
+            keys(&report["days"][0]["hours"]),
+            ["deleted", "inserted", "unchanged", "updated"]
+        );
+        assert_eq!(
             keys(&report["totals"]),
             [
                 "deleted",
                 "eventsRead",
                 "eventsSkipped",
+                "hours",
                 "inserted",
                 "rows",
                 "unchanged",
@@ -391,7 +397,8 @@ async fn migrate_creates_the_tables_and_can_be_repeated(db: TestDb) {
             "unique_users",
             "meta",
             "updated_at",
-            "users_hll"
+            "users_hll",
+            "partial"
         ]
     );
     let job_runs = db.strings(columns, Some("job_runs")).await;

@@ -571,6 +571,7 @@ async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) 
             event: e.event.as_deref(),
             user_id: e.user_id.as_deref(),
             meta: e.meta.as_deref(),
+            hour: None,
         });
     }
     let expected: Vec<(String, i64, i64, String)> = reference

@@ -10,6 +10,7 @@ mod exposure;
 mod hardening;
 mod history;
 mod hostile_input;
+mod hours;
 mod http;
 mod job;
 mod memory;

@@ -138,6 +138,24 @@ async fn sketches_equal_the_extension_s_bytes_cardinality_and_weekly_union() {
         "empty, explicit, sparse, full"
     );
 
+    // Every hour row's sketch is the extension's over the hour's events.
+    let hours = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT h.hour::text, h.event, h.users_hll, \
+                hll_send(hll_add_agg(hll_hash_text(NULLIF(e.user_id, '')), {params})) \
+         FROM telemetry_hourly h JOIN telemetry_events e \
+           ON e.event = h.event AND e.created_at >= h.hour AND e.created_at < h.hour + interval '1 hour' \
+         GROUP BY h.hour, h.event, h.users_hll ORDER BY 1, 2"
+    )))
+    .fetch_all(pg.pool())
+    .await
+    .unwrap();
+    assert!(hours.len() >= 3 * 24 * 4, "{} hour rows", hours.len());
+    for row in &hours {
+        let (hour, event): (String, String) = (row.get(0), row.get(1));
+        let (ours, theirs): (Vec<u8>, Vec<u8>) = (row.get(2), row.get(3));
+        assert_eq!(ours, theirs, "{hour} {event}: the hour's users_hll");
+    }
+
     // The week's union: the extension's hll_union_agg over the stored sketches, and
     // the report's unique users from this crate's own union.
     let unions = sqlx::query(

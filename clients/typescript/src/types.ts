@@ -5,6 +5,14 @@
 /** What happened to one day of a run. */
 export type DayStatus = 'written' | 'dry_run' | 'kept' | 'failed';
 
+/** Hour rows (`telemetry_hourly`) inserted, updated, deleted and left as they were. */
+export interface HourCounts {
+  inserted: number;
+  updated: number;
+  deleted: number;
+  unchanged: number;
+}
+
 /** The figures of one day of a run. */
 export interface DayReport {
   /** The day, `YYYY-MM-DD`. */
@@ -27,6 +35,8 @@ export interface DayReport {
   error: string | null;
   /** Bytes spilled to disk past the memory limit; absent when the day fitted. */
   spilledBytes?: number;
+  /** The day's hour rows, counted apart from its rows. */
+  hours: HourCounts;
 }
 
 /** The sums over all days of a run. */
@@ -38,6 +48,8 @@ export interface Totals {
   updated: number;
   deleted: number;
   unchanged: number;
+  /** The days' hour rows. */
+  hours: HourCounts;
 }
 
 /** The earlier days a `--changed` run added to its range. */

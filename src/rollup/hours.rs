@@ -1,0 +1,240 @@
+//! A day's events aggregated by local hour as well, from the same single read: the
+//! day's aggregate takes every event, and one aggregate per hour takes the events of
+//! that hour (names and users only: hour rows carry no metadata summary).
+//!
+//! Each hour's aggregate is a [`DayAggregate`] of its own, so hours are exact,
+//! mergeable and spill past their share of the memory limit just as days do: the
+//! day keeps half of the share, and the hours split the other half.
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::aggregate::{DayAggregate, DayRollup};
+use super::spill::{MemoryLimit, SpillError};
+use crate::model::{CountedEvents, EventSink, HourRow, MergeableSink, SourceEvent};
+
+/// Most hours a day has (a 25-hour day), and so the parts of the hours' half of the
+/// memory share.
+pub const MAX_HOURS: usize = 25;
+
+/// A day's aggregate and its hours'.
+#[derive(Debug)]
+pub struct DayAndHours {
+    day: DayAggregate,
+    /// An empty aggregate holding the hours' half of the share, which each hour's
+    /// aggregate is made from.
+    hour_template: DayAggregate,
+    /// The hours seen so far, by their index in the day.
+    hours: Vec<Option<DayAggregate>>,
+}
+
+/// A finished day: its rows, and its hour rows sorted by hour and event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayAndHourRollup {
+    pub day: DayRollup,
+    pub hours: Vec<HourRow>,
+}
+
+impl DayAndHours {
+    /// An empty aggregate of a day and its hours, within `limit` (none when `None`).
+    pub fn new(limit: Option<MemoryLimit>) -> Self {
+        let mut day = match limit {
+            Some(limit) => DayAggregate::with_limit(limit),
+            None => DayAggregate::new(),
+        };
+        let hour_template = day.part(2);
+        day.share_with(2);
+        Self {
+            day,
+            hour_template,
+            hours: Vec::new(),
+        }
+    }
+
+    /// Every event read, bad ones included.
+    pub fn events_read(&self) -> u64 {
+        self.day.events_read()
+    }
+
+    fn hour(&mut self, index: usize) -> Option<&mut DayAggregate> {
+        if index >= MAX_HOURS {
+            return None;
+        }
+        if self.hours.len() <= index {
+            self.hours.resize_with(index + 1, || None);
+        }
+        let template = &self.hour_template;
+        Some(self.hours[index].get_or_insert_with(|| template.part(MAX_HOURS)))
+    }
+
+    /// The day's rows and its hours' rows, each hour at `day_start` plus its index in
+    /// hours (the local hours of a day are whole hours after its midnight in every
+    /// zone whose offsets change by whole hours).
+    ///
+    /// # Errors
+    ///
+    /// [`SpillError`] when spilled state cannot be read back.
+    pub fn finish(
+        self,
+        top_k: usize,
+        day_start: Timestamp,
+    ) -> Result<DayAndHourRollup, SpillError> {
+        let day = self.day.finish(top_k)?;
+        let mut hours = Vec::new();
+        for (index, hour) in self.hours.into_iter().enumerate() {
+            let Some(hour) = hour else { continue };
+            let offset = SignedDuration::from_hours(index as i64);
+            let Ok(start) = day_start.checked_add(offset) else {
+                continue;
+            };
+            for row in hour.finish(0)?.rows {
+                hours.push(HourRow {
+                    hour: start,
+                    event: row.event,
+                    count: row.count,
+                    unique_users: row.unique_users,
+                    users_hll: row.users_hll.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(DayAndHourRollup { day, hours })
+    }
+}
+
+impl EventSink for DayAndHours {
+    fn push(&mut self, event: SourceEvent<'_>) {
+        if let Some(hour) = event.hour.and_then(|h| self.hour(usize::from(h))) {
+            hour.push(SourceEvent {
+                meta: None,
+                hour: None,
+                ..event
+            });
+        }
+        self.day.push(event);
+    }
+
+    fn push_counted(&mut self, counted: CountedEvents<'_>) {
+        self.day.push_counted(counted);
+    }
+
+    fn push_meta(&mut self, event: &str, meta: Option<&str>, times: u64) {
+        self.day.push_meta(event, meta, times);
+    }
+
+    fn push_invalid_created_at(&mut self, times: u64) {
+        self.day.push_invalid_created_at(times);
+    }
+}
+
+impl MergeableSink for DayAndHours {
+    fn part(&self, of: usize) -> Self {
+        Self {
+            day: self.day.part(of),
+            hour_template: self.hour_template.part(of),
+            hours: Vec::new(),
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.day.merge(other.day);
+        for (index, hour) in other.hours.into_iter().enumerate() {
+            let Some(hour) = hour else { continue };
+            if self.hours.len() <= index {
+                self.hours.resize_with(index + 1, || None);
+            }
+            match &mut self.hours[index] {
+                Some(mine) => mine.merge(hour),
+                slot @ None => *slot = Some(hour),
+            }
+        }
+    }
+
+    fn spilled(&self) -> bool {
+        self.day.spilled() || self.hours.iter().flatten().any(MergeableSink::spilled)
+    }
+
+    fn share_with(&mut self, of: usize) {
+        self.day.share_with(of);
+        self.hour_template.share_with(of);
+        for hour in self.hours.iter_mut().flatten() {
+            hour.share_with(of);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(name: &'a str, user: &'a str, hour: u8) -> SourceEvent<'a> {
+        SourceEvent {
+            event: Some(name),
+            user_id: Some(user),
+            meta: Some(r#"{"k":"v"}"#),
+            hour: Some(hour),
+        }
+    }
+
+    #[test]
+    fn each_hour_counts_its_own_events_and_users() {
+        let start: Timestamp = "2024-03-10T05:00:00Z".parse().unwrap();
+        let mut all = DayAndHours::new(None);
+        for e in [
+            event("view", "a", 0),
+            event("view", "a", 0),
+            event("view", "b", 0),
+            event("view", "a", 2),
+            event("click", "c", 2),
+        ] {
+            all.push(e);
+        }
+        let done = all.finish(20, start).unwrap();
+        assert_eq!(done.day.rows.len(), 2);
+        let hours: Vec<(String, &str, i64, i64)> = done
+            .hours
+            .iter()
+            .map(|h| {
+                (
+                    h.hour.to_string(),
+                    h.event.as_str(),
+                    h.count,
+                    h.unique_users,
+                )
+            })
+            .collect();
+        assert_eq!(
+            hours,
+            [
+                ("2024-03-10T05:00:00Z".to_owned(), "view", 3, 2),
+                ("2024-03-10T07:00:00Z".to_owned(), "click", 1, 1),
+                ("2024-03-10T07:00:00Z".to_owned(), "view", 1, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_merged_equal_one_pass() {
+        let start: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let events: Vec<(String, String, u8)> = (0..500)
+            .map(|i| {
+                (
+                    format!("e{}", i % 3),
+                    format!("u{}", i % 37),
+                    (i % 24) as u8,
+                )
+            })
+            .collect();
+        let mut whole = DayAndHours::new(None);
+        let mut left = whole.part(2);
+        let mut right = whole.part(2);
+        for (i, (name, user, hour)) in events.iter().enumerate() {
+            whole.push(event(name, user, *hour));
+            let side = if i % 2 == 0 { &mut left } else { &mut right };
+            side.push(event(name, user, *hour));
+        }
+        left.merge(right);
+        assert_eq!(
+            left.finish(20, start).unwrap(),
+            whole.finish(20, start).unwrap()
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! `telemetry_hourly`: one row per (local hour, event), written with its day, on both
+//! databases. Expectations come from jiff's zone rules applied to each event's
+//! instant, not from the job's own arithmetic.
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use veris_jobs::model::DayStatus;
+use veris_jobs::store::Database;
+use veris_jobs::telemetry_daily::RunOptions;
+
+use crate::common::{Kind, TestDb, event, range_options};
+
+crate::on_both_databases!(
+    hours_are_the_local_clock_hours_on_both_daylight_saving_days_and_at_half_hours,
+    hours_follow_every_rule_of_days,
+    today_is_written_partial_and_a_later_run_makes_a_partial_day_whole,
+);
+
+/// Every stored hour row: (hour as UTC RFC 3339, event) → (count, unique users).
+async fn hour_rows(db: &TestDb) -> BTreeMap<(String, String), (i64, i64)> {
+    let rows: Vec<(String, String, i64, i64)> = match db.store.database() {
+        Database::Postgres(s) => sqlx::query_as(
+            "SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+             event, count, unique_users FROM telemetry_hourly",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap(),
+        Database::Sqlite(s) => {
+            sqlx::query_as("SELECT hour, event, count, unique_users FROM telemetry_hourly")
+                .fetch_all(s.pool())
+                .await
+                .unwrap()
+        }
+    };
+    rows.into_iter()
+        .map(|(hour, event, count, users)| ((hour, event), (count, users)))
+        .collect()
+}
+
+/// The instant the local hour holding `at` begins in `zone`: the zoned time cut to
+/// its hour, keeping its offset (so the two passes of a repeated hour stay apart).
+fn local_hour_start(at: Timestamp, zone: &TimeZone) -> String {
+    let zoned = at.to_zoned_datetime(zone.clone());
+    let into_hour = i64::from(zoned.minute()) * 60 + i64::from(zoned.second());
+    let into_hour = SignedDuration::from_secs(into_hour)
+        + SignedDuration::from_nanos(i64::from(zoned.subsec_nanosecond()));
+    at.checked_sub(into_hour).unwrap().to_string()
+}
+
+/// (instant, event, user) triples rolled up by local hour, as the contract says.
+fn expected(
+    events: &[(&str, &str, &str)],
+    zone: &TimeZone,
+) -> BTreeMap<(String, String), (i64, i64)> {
+    let mut groups: BTreeMap<(String, String), (i64, std::collections::BTreeSet<String>)> =
+        BTreeMap::new();
+    for (at, name, user) in events {
+        let hour = local_hour_start(at.parse().unwrap(), zone);
+        let group = groups.entry((hour, (*name).to_owned())).or_default();
+        group.0 += 1;
+        group.1.insert((*user).to_owned());
+    }
+    groups
+        .into_iter()
+        .map(|(key, (count, users))| (key, (count, users.len() as i64)))
+        .collect()
+}
+
+async fn hours_are_the_local_clock_hours_on_both_daylight_saving_days_and_at_half_hours(
+    db: TestDb,
+) {
+    let new_york = TimeZone::get("America/New_York").unwrap();
+    // 2024-03-10 (23 hours: 02:00 is skipped) and 2024-11-03 (25 hours: 01:00 twice).
+    let spring = [
+        ("2024-03-10T05:00:00Z", "view", "a"), // 00:00 EST
+        ("2024-03-10T05:59:59Z", "view", "b"), // 00:59 EST
+        ("2024-03-10T06:30:00Z", "view", "a"), // 01:30 EST
+        ("2024-03-10T07:00:00Z", "view", "a"), // 03:00 EDT, the hour after 01:00
+        ("2024-03-10T07:10:00Z", "click", "c"),
+        ("2024-03-11T03:59:59Z", "view", "d"), // 23:59 EDT, the last hour
+    ];
+    let autumn = [
+        ("2024-11-03T04:00:00Z", "view", "a"), // 00:00 EDT
+        ("2024-11-03T05:15:00Z", "view", "a"), // 01:15 EDT, the first pass
+        ("2024-11-03T06:15:00Z", "view", "b"), // 01:15 EST, the second pass
+        ("2024-11-03T06:45:00Z", "view", "b"),
+        ("2024-11-04T04:59:00Z", "view", "c"), // 23:59 EST
+    ];
+    let kolkata_events = [
+        ("2024-05-01T18:30:00Z", "view", "a"), // 00:00 IST on 05-02
+        ("2024-05-01T19:29:59Z", "view", "b"), // 00:59 IST
+        ("2024-05-01T19:30:00Z", "view", "b"), // 01:00 IST
+        ("2024-05-02T18:29:00Z", "view", "c"), // 23:59 IST
+    ];
+    let all: Vec<_> = spring
+        .iter()
+        .chain(&autumn)
+        .chain(&kolkata_events)
+        .map(|(at, name, user)| event(name, Some(user), at, None))
+        .collect();
+    db.insert(&all).await;
+    for (start, end) in [("2024-03-10", "2024-03-10"), ("2024-11-03", "2024-11-03")] {
+        let report = db
+            .run(&RunOptions {
+                timezone: new_york.clone(),
+                ..range_options(start, end)
+            })
+            .await;
+        assert!(report.ok, "{report:?}");
+    }
+    let kolkata = TimeZone::get("Asia/Kolkata").unwrap();
+    let report = db
+        .run(&RunOptions {
+            timezone: kolkata.clone(),
+            ..range_options("2024-05-02", "2024-05-02")
+        })
+        .await;
+    assert!(report.ok, "{report:?}");
+
+    let mut want = expected(&spring, &new_york);
+    want.extend(expected(&autumn, &new_york));
+    want.extend(expected(&kolkata_events, &kolkata));
+    let got = hour_rows(&db).await;
+    assert_eq!(got, want);
+    // The repeated hour is two rows, an hour apart; Kolkata's hours begin at :30 UTC.
+    assert!(got.contains_key(&("2024-11-03T05:00:00Z".into(), "view".into())));
+    assert!(got.contains_key(&("2024-11-03T06:00:00Z".into(), "view".into())));
+    assert!(got.contains_key(&("2024-05-01T18:30:00Z".into(), "view".into())));
+    assert!(got.contains_key(&("2024-05-01T19:30:00Z".into(), "view".into())));
+}
+
+/// Every hour row as one text, its `updated_at` and sketch included.
+async fn stamps(db: &TestDb) -> Vec<String> {
+    let sql = match db.kind {
+        Kind::Postgres => {
+            "SELECT hour::text || event || updated_at::text || encode(users_hll, 'hex') \
+             FROM telemetry_hourly ORDER BY 1"
+        }
+        Kind::Sqlite => {
+            "SELECT hour || event || updated_at || hex(users_hll) FROM telemetry_hourly ORDER BY 1"
+        }
+    };
+    db.strings(sql, None).await
+}
+
+async fn hours_follow_every_rule_of_days(db: TestDb) {
+    db.insert(&[
+        event("view", Some("a"), "2024-06-01T10:05:00Z", None),
+        event("view", Some("b"), "2024-06-01T10:55:00Z", None),
+        event("view", Some("a"), "2024-06-01T11:00:00Z", None),
+        event("click", None, "2024-06-01T23:59:59Z", None),
+    ])
+    .await;
+    let day = range_options("2024-06-01", "2024-06-01");
+
+    // A dry run writes no hour and counts them apart.
+    let dry = db
+        .run(&RunOptions {
+            dry_run: true,
+            ..day.clone()
+        })
+        .await;
+    assert_eq!(dry.days[0].hours.inserted, 3);
+    assert_eq!(dry.totals.hours.inserted, 3);
+    assert!(hour_rows(&db).await.is_empty());
+
+    let first = db.run(&day).await;
+    assert_eq!(first.days[0].hours.inserted, 3);
+    let written = hour_rows(&db).await;
+    assert_eq!(
+        written.get(&("2024-06-01T10:00:00Z".into(), "view".into())),
+        Some(&(2, 2))
+    );
+    assert_eq!(
+        written.get(&("2024-06-01T23:00:00Z".into(), "click".into())),
+        Some(&(1, 0))
+    );
+    let before = stamps(&db).await;
+
+    // Re-run: byte-identical, nothing rewritten.
+    let again = db.run(&day).await;
+    assert_eq!(again.days[0].hours.unchanged, 3);
+    assert_eq!(stamps(&db).await, before);
+
+    // Events gone from an hour: its rows go with them, in the day's transaction.
+    db.execute(
+        "DELETE FROM telemetry_events WHERE event = 'view' AND user_id = 'a' AND id = (SELECT min(id) FROM telemetry_events)",
+    )
+    .await;
+    // The retention guard keeps the day (and its hours) while events are missing...
+    let kept = db.run(&day).await;
+    assert_eq!(kept.days[0].status, DayStatus::Kept);
+    assert_eq!(kept.days[0].hours.unchanged, 3);
+    assert_eq!(stamps(&db).await, before);
+    // ...until forced.
+    let forced = db
+        .run(&RunOptions {
+            force: true,
+            ..day.clone()
+        })
+        .await;
+    assert_eq!(forced.days[0].hours.updated, 1);
+    let after = hour_rows(&db).await;
+    assert_eq!(
+        after.get(&("2024-06-01T10:00:00Z".into(), "view".into())),
+        Some(&(1, 1))
+    );
+    db.execute("DELETE FROM telemetry_events WHERE event = 'click'")
+        .await;
+    let gone = db.run(&RunOptions { force: true, ..day }).await;
+    assert_eq!(gone.days[0].hours.deleted, 1);
+    assert!(
+        !hour_rows(&db)
+            .await
+            .contains_key(&("2024-06-01T23:00:00Z".into(), "click".into()))
+    );
+}
+
+/// The `partial` flag of every stored row of `date`.
+async fn partial_flags(db: &TestDb, date: &str) -> Vec<String> {
+    let sql = match db.kind {
+        Kind::Postgres => {
+            "SELECT event || '=' || partial::text FROM telemetry_daily WHERE date = $1::date ORDER BY event"
+        }
+        Kind::Sqlite => {
+            "SELECT event || '=' || CASE partial WHEN 1 THEN 'true' ELSE 'false' END FROM telemetry_daily WHERE date = $1 ORDER BY event"
+        }
+    };
+    db.strings(sql, Some(date)).await
+}
+
+async fn today_is_written_partial_and_a_later_run_makes_a_partial_day_whole(db: TestDb) {
+    let now = Timestamp::now();
+    let today = now.to_zoned_datetime(TimeZone::UTC).date();
+    let yesterday = today.yesterday().unwrap();
+    db.insert(&[
+        event("view", Some("a"), &now.to_string(), None),
+        event("view", Some("b"), &format!("{yesterday}T12:00:00Z"), None),
+    ])
+    .await;
+
+    // Today, so far: written, marked partial.
+    let report = db
+        .run(&range_options(&today.to_string(), &today.to_string()))
+        .await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(partial_flags(&db, &today.to_string()).await, ["view=true"]);
+
+    // A day written while partial is made whole by a run after its end: `updated`.
+    let day = range_options(&yesterday.to_string(), &yesterday.to_string());
+    db.run(&day).await;
+    assert_eq!(
+        partial_flags(&db, &yesterday.to_string()).await,
+        ["view=false"]
+    );
+    let mark = match db.kind {
+        Kind::Postgres => "UPDATE telemetry_daily SET partial = true",
+        Kind::Sqlite => "UPDATE telemetry_daily SET partial = 1",
+    };
+    db.execute(&format!("{mark} WHERE event = 'view'")).await;
+    let whole = db.run(&day).await;
+    assert_eq!((whole.days[0].updated, whole.days[0].unchanged), (1, 0));
+    assert_eq!(
+        partial_flags(&db, &yesterday.to_string()).await,
+        ["view=false"]
+    );
+
+    // A day that has not begun is refused before anything is read.
+    let tomorrow = today.tomorrow().unwrap().to_string();
+    let refused = veris_jobs::telemetry_daily::run(&db.store, &range_options(&tomorrow, &tomorrow))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("has not begun"), "{refused}");
+}
+
+#[tokio::test]
+async fn the_command_line_and_the_endpoint_take_today_and_refuse_a_day_not_begun() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    let today = Timestamp::now().to_zoned_datetime(TimeZone::UTC).date();
+    let tomorrow = today.tomorrow().unwrap().to_string();
+
+    let output = crate::cli::veris(&db.url, &["telemetry-daily", "--today", "--json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        crate::cli::stderr(&output)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["startDate"], today.to_string());
+
+    let output = crate::cli::veris(&db.url, &["telemetry-daily", "--date", &tomorrow]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(crate::cli::stderr(&output).contains("has not begun"));
+
+    let server = crate::http::TestServer::spawn_app(&db.url, 366).await;
+    let (status, body) = server
+        .post_json(&format!(r#"{{"startDate":"{tomorrow}"}}"#))
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    assert_eq!(body["error"]["code"], "future_date", "{body}");
+    server.stop().await;
+}
