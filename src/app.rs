@@ -119,6 +119,7 @@ impl Application {
             state,
             launcher: self.launcher,
             schedule,
+            today_every: settings.today_every,
         })
     }
 }
@@ -131,6 +132,8 @@ pub struct ServeSettings {
     pub max_range_days: u32,
     /// A cron expression, evaluated in the job's zone.
     pub schedule: Option<String>,
+    /// How often to roll up today so far; never when `None`.
+    pub today_every: Option<std::time::Duration>,
     pub secret: CronSecret,
     /// `READ_SECRET`: reads only (the report, the run history, the metrics).
     pub read_secret: Option<Secret>,
@@ -144,6 +147,7 @@ pub struct Server {
     state: AppState,
     launcher: Launcher,
     schedule: Option<Schedule>,
+    today_every: Option<std::time::Duration>,
 }
 
 impl Server {
@@ -169,6 +173,17 @@ impl Server {
                 stop.clone().cancelled_owned(),
             ))
         });
+        let refresher = self.today_every.map(|every| {
+            tracing::info!(
+                every_s = every.as_secs(),
+                "rolling up today so far at this interval"
+            );
+            tokio::spawn(schedule::refresh_today_every(
+                self.launcher.clone(),
+                every,
+                stop.clone().cancelled_owned(),
+            ))
+        });
         let stop_on_signal = stop.clone();
         http::serve(self.listener, self.state, async move {
             shutdown.await;
@@ -176,11 +191,12 @@ impl Server {
         })
         .await;
         stop.cancel();
-        if let Some(scheduler) = scheduler
-            && let Err(error) = scheduler.await
-            && error.is_panic()
-        {
-            std::panic::resume_unwind(error.into_panic());
+        for task in [scheduler, refresher].into_iter().flatten() {
+            if let Err(error) = task.await
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
         }
         // A scheduled run started just before the stop is waited for too.
         self.launcher.wait().await;

@@ -17,7 +17,9 @@ use crate::config::{
 use crate::error::Error;
 use crate::model::{DayRange, MAX_RUNS_LISTED, RunRecord, RunReport};
 use crate::progress::TerminalProgress;
-use crate::report::{DEFAULT_REPORT_DAYS, Grouping, ReportRequest, telemetry_report};
+use crate::report::{
+    DEFAULT_REPORT_DAYS, Grouping, MAX_HOUR_REPORT_DAYS, ReportRequest, telemetry_report,
+};
 use crate::telemetry_daily::RunOptions;
 
 /// Background jobs of the Veris application.
@@ -54,8 +56,8 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub range: RangeArgs,
 
-    /// How the days are grouped: day, week (ISO, Monday to Sunday), month, or range (the
-    /// whole range as one period).
+    /// How the days are grouped: hour (local hours in --timezone, at most 31 days), day,
+    /// week (ISO, Monday to Sunday), month, or range (the whole range as one period).
     #[arg(long, default_value = "day")]
     pub by: Grouping,
 
@@ -209,14 +211,21 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
     let range = match args.range.range(&args.timezone)? {
         Some(range) => range,
         None => {
-            DayRange::ending_yesterday(jiff::Timestamp::now(), &args.timezone, DEFAULT_REPORT_DAYS)?
+            DayRange::ending_today(jiff::Timestamp::now(), &args.timezone, DEFAULT_REPORT_DAYS)?
         }
     };
+    if args.by == Grouping::Hour && range.len_days() > MAX_HOUR_REPORT_DAYS {
+        return Err(Error::Usage(format!(
+            "--by hour covers at most {MAX_HOUR_REPORT_DAYS} days; the range {range} has {}",
+            range.len_days()
+        )));
+    }
     let request = ReportRequest {
         range,
         by: args.by,
         events: args.events,
         top_k: args.meta_top_k,
+        timezone: args.timezone.clone(),
     };
     let app = application(global, RunOptions::default(), Connect::Read).await?;
     let report = telemetry_report(app.store(), &request).await?;
@@ -332,6 +341,7 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
         bind: args.bind,
         max_range_days: args.max_range_days,
         schedule: args.schedule,
+        today_every: args.today_every,
         secret: cron_secret()?,
         read_secret: read_secret()?,
     };

@@ -150,6 +150,22 @@ impl Launcher {
         })
     }
 
+    /// Starts a roll-up of today so far in the job's zone (trigger `schedule`),
+    /// waiting for busy days up to the lock timeout.
+    pub fn launch_today(&self) -> JoinHandle<Result<RunReport, RunError>> {
+        let today = jiff::Timestamp::now()
+            .to_zoned_datetime(self.inner.job.timezone.clone())
+            .date();
+        self.launch(RunOptions {
+            range: Some(crate::model::DayRange::single(today)),
+            dry_run: false,
+            force: false,
+            changed: false,
+            trigger: Trigger::Schedule,
+            ..self.inner.job.clone()
+        })
+    }
+
     /// Stops taking runs on tasks and waits for those under way to finish.
     pub async fn wait(&self) {
         let tasks = &self.inner.tasks;

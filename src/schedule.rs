@@ -114,6 +114,36 @@ pub async fn run_on_schedule(
     }
 }
 
+/// The shortest interval `--today-every` takes: a refresh of a big day takes seconds.
+pub const MIN_TODAY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rolls up today so far every `every` until `shutdown` completes, the first time
+/// one interval after the start. A tick that finds the previous refresh still going
+/// is skipped and logged, as the schedule's are.
+pub async fn refresh_today_every(
+    launcher: Launcher,
+    every: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut previous: Option<tokio::task::JoinHandle<_>> = None;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        if previous.as_ref().is_some_and(|run| !run.is_finished()) {
+            tracing::warn!("refresh of today skipped: the previous refresh is still going");
+            launcher.metrics().tick_skipped();
+            continue;
+        }
+        tracing::info!("refreshing today so far");
+        previous = Some(launcher.launch_today());
+    }
+}
+
 /// Sleeps until the wall clock reaches `at`. The monotonic timer does not follow
 /// changes to the wall clock, so the time left is checked again on waking.
 async fn sleep_until(at: Timestamp) {

@@ -189,6 +189,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TELEMETRY_SCHEDULE")]
     pub schedule: Option<String>,
 
+    /// Also roll up today so far at this interval (e.g. 10m; at least 1m), as runs of
+    /// the schedule; off unless given.
+    #[arg(long, env = "TELEMETRY_TODAY_EVERY", value_parser = parse_today_every)]
+    pub today_every: Option<Duration>,
+
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -261,6 +266,21 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let bad = || format!("'{value}' is not a duration such as 60s, 5m or 500ms");
     let signed: jiff::SignedDuration = value.parse().map_err(|_| bad())?;
     Duration::try_from(signed).map_err(|_| bad())
+}
+
+/// Parses `--today-every`: a duration of at least a minute.
+///
+/// # Errors
+///
+/// A message when the text is not a duration, or is under a minute.
+pub fn parse_today_every(value: &str) -> Result<Duration, String> {
+    let every = parse_duration(value)?;
+    if every < crate::schedule::MIN_TODAY_EVERY {
+        return Err(format!(
+            "'{value}' is too often: today is refreshed at most once a minute (e.g. 1m, 10m)"
+        ));
+    }
+    Ok(every)
 }
 
 /// Parses an amount of memory such as `256MiB`, `1GiB`, `512MB` or `65536` (bytes).

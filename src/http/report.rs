@@ -7,8 +7,9 @@ use jiff::Timestamp;
 use super::request::{date_error, parse_dates};
 use super::{ApiError, AppState, read_or_unavailable};
 use crate::model::DayRange;
-use crate::report::Grouping;
-use crate::report::{DEFAULT_REPORT_DAYS, ReportRequest, telemetry_report};
+use crate::report::{
+    DEFAULT_REPORT_DAYS, Grouping, MAX_HOUR_REPORT_DAYS, ReportRequest, telemetry_report,
+};
 
 /// `GET /api/telemetry/report?startDate=D&endDate=D&by=week&event=a&event=b`.
 pub(super) async fn report(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
@@ -70,16 +71,20 @@ fn parse(state: &AppState, query: &str) -> Result<ReportRequest, ApiError> {
     let job = state.launcher.job();
     let range = match parse_dates(start.as_deref(), end.as_deref())? {
         Some(range) => range,
-        None => DayRange::ending_yesterday(Timestamp::now(), &job.timezone, DEFAULT_REPORT_DAYS)
+        None => DayRange::ending_today(Timestamp::now(), &job.timezone, DEFAULT_REPORT_DAYS)
             .map_err(date_error)?,
     };
-    if range.len_days() > i64::from(state.max_range_days) {
+    let max_days = match by {
+        Grouping::Hour => MAX_HOUR_REPORT_DAYS.min(i64::from(state.max_range_days)),
+        _ => i64::from(state.max_range_days),
+    };
+    if range.len_days() > max_days {
         return Err(ApiError::bad_request(
             "range_too_long",
             format!(
-                "the range {range} has {} days; at most {} are allowed",
+                "the range {range} has {} days; at most {max_days} are allowed{}",
                 range.len_days(),
-                state.max_range_days
+                if by == Grouping::Hour { " by hour" } else { "" }
             ),
         ));
     }
@@ -90,5 +95,6 @@ fn parse(state: &AppState, query: &str) -> Result<ReportRequest, ApiError> {
         by,
         events,
         top_k: job.meta_top_k,
+        timezone: job.timezone.clone(),
     })
 }

@@ -145,6 +145,20 @@ impl DayRange {
         })
     }
 
+    /// The `days` days ending today, as seen at `now` in `tz`.
+    ///
+    /// # Errors
+    ///
+    /// [`DateError::OutOfRange`] only at the limits of the calendar.
+    pub fn ending_today(now: Timestamp, tz: &TimeZone, days: u32) -> Result<Self, DateError> {
+        let today = now.to_zoned_datetime(tz.clone()).date();
+        let back = i64::from(days.max(1) - 1);
+        let start = today
+            .checked_sub(jiff::Span::new().days(back))
+            .map_err(|_| DateError::OutOfRange { date: today })?;
+        Self::new(start, today)
+    }
+
     /// The first day of the range.
     pub fn start(&self) -> Date {
         self.start

@@ -29,7 +29,7 @@ pub use self::events::{
 };
 pub use self::exact_sum::ExactSum;
 pub use self::json::{canonical_json, canonical_value, json_number};
-pub use self::rows::{HourRow, RollupFold, RollupRef, RollupRow, StoredRollup};
+pub use self::rows::{HourFold, HourRef, HourRow, RollupFold, RollupRef, RollupRow, StoredRollup};
 pub use self::run_report::{ChangedDays, DayReport, DayStatus, HourCounts, RunReport, Totals};
 pub use self::runs::{
     FailedDay, JOB_NAME, MAX_RUNS_LISTED, NewRun, RunRecord, RunStatus, RunSummary,

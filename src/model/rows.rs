@@ -32,6 +32,10 @@ pub struct RollupRef<'a> {
     /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
     pub meta: &'a str,
     pub users_hll: Option<&'a [u8]>,
+    /// Whether the day had not ended when it was read.
+    pub partial: bool,
+    /// When the row was last written, RFC 3339 in UTC with milliseconds.
+    pub updated_at: &'a str,
 }
 
 /// What takes rollup rows one at a time as a store reads them, ordered by date.
@@ -64,4 +68,22 @@ pub struct HourRow {
     pub unique_users: i64,
     /// The distinct users as a sketch in the `hll` extension's format.
     pub users_hll: Vec<u8>,
+}
+
+/// One stored hour row, borrowed from the database's answer as a store reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourRef<'a> {
+    /// The instant the local hour begins.
+    pub hour: Timestamp,
+    pub event: &'a str,
+    pub count: i64,
+    pub unique_users: i64,
+    pub users_hll: &'a [u8],
+    /// When the row was last written, RFC 3339 in UTC with milliseconds.
+    pub updated_at: &'a str,
+}
+
+/// What takes hour rows one at a time as a store reads them, ordered by hour.
+pub trait HourFold: Send + 'static {
+    fn add(&mut self, row: HourRef<'_>);
 }

@@ -27,7 +27,7 @@ pub struct ReportBuilder {
 
 /// A period's rows so far, by event.
 #[derive(Debug, Default)]
-struct PeriodParts {
+pub(super) struct PeriodParts {
     /// In no order: the report ranks them.
     events: FastMap<String, EventParts>,
     rows: usize,
@@ -36,6 +36,10 @@ struct PeriodParts {
     first_row_users: i64,
     /// Dates of rows without a sketch this version can read.
     missing: Vec<String>,
+    /// Whether a row was of a day read before its end.
+    partial: bool,
+    /// The newest `updated_at` of the rows.
+    newest: String,
 }
 
 /// One event's rows so far in a period.
@@ -81,7 +85,14 @@ impl ReportBuilder {
     fn close_period(&mut self) {
         let (start, end) = self.cuts[self.done.len()];
         let parts = std::mem::take(&mut self.open);
-        self.done.push(parts.into_report(start, end, self.top_k));
+        let partial = parts.partial;
+        let mut period = parts.into_report(start.to_string(), end.to_string(), self.top_k);
+        if partial {
+            period.partial = true;
+        } else {
+            period.as_of = None;
+        }
+        self.done.push(period);
         self.at = self.done.len();
     }
 }
@@ -104,9 +115,13 @@ impl RollupFold for ReportBuilder {
 }
 
 impl PeriodParts {
-    fn add(&mut self, row: RollupRef<'_>) {
+    pub(super) fn add(&mut self, row: RollupRef<'_>) {
         if self.rows == 0 {
             self.first_row_users = row.unique_users;
+        }
+        self.partial |= row.partial;
+        if row.updated_at > self.newest.as_str() {
+            row.updated_at.clone_into(&mut self.newest);
         }
         self.rows += 1;
         // A row written before sketches were kept, or with other parameters (by an
@@ -141,7 +156,9 @@ impl PeriodParts {
         event.meta.add(row.meta);
     }
 
-    fn into_report(self, start: Date, end: Date, top_k: usize) -> PeriodReport {
+    /// The period's report, labelled `start` and `end`, with `asOf` set to the newest
+    /// `updated_at` of its rows (the caller keeps it for partial periods only).
+    pub(super) fn into_report(self, start: String, end: String, top_k: usize) -> PeriodReport {
         let mut total_sketch = Some(Sketch::new());
         let mut reports = Vec::with_capacity(self.events.len());
         for (name, event) in self.events {
@@ -172,8 +189,10 @@ impl PeriodParts {
         let mut missing = self.missing;
         missing.sort_unstable();
         PeriodReport {
-            start: start.to_string(),
-            end: end.to_string(),
+            start,
+            end,
+            partial: false,
+            as_of: (!self.newest.is_empty()).then_some(self.newest),
             total: Total {
                 count: reports.iter().map(|e| e.count).sum(),
                 unique_users,
@@ -211,6 +230,8 @@ impl TelemetryReport {
                 unique_users: row.unique_users,
                 meta: &row.meta,
                 users_hll: row.users_hll.as_deref(),
+                partial: false,
+                updated_at: "",
             });
         }
         builder.finish()

@@ -5,6 +5,7 @@
 //! summaries in `merge.rs`, the table and CSV in `render.rs`.
 
 mod build;
+mod hours;
 mod merge;
 mod periods;
 mod render;
@@ -14,13 +15,14 @@ use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
 pub use self::build::ReportBuilder;
+pub use self::hours::HourReportBuilder;
 pub use self::merge::MergedMeta;
-pub use self::periods::{Grouping, periods, split_by_periods};
+pub use self::periods::{Grouping, MAX_HOUR_REPORT_DAYS, periods, split_by_periods};
 pub use self::render::terminal_text;
 use crate::model::DayRange;
 use crate::store::{READS_AT_ONCE, Store, StoreError};
 
-/// Days a report covers when not told: the 30 ending yesterday.
+/// Days a report covers when not told: the 30 ending today.
 pub const DEFAULT_REPORT_DAYS: u32 = 30;
 
 /// What a report covers.
@@ -32,6 +34,8 @@ pub struct ReportRequest {
     pub events: Vec<String>,
     /// Values kept per metadata key.
     pub top_k: usize,
+    /// The zone hours are cut in (a report by hour).
+    pub timezone: jiff::tz::TimeZone,
 }
 
 /// The report `request` asks for, from `store`'s rollups.
@@ -49,6 +53,19 @@ pub async fn telemetry_report(
     store: &Store,
     request: &ReportRequest,
 ) -> Result<TelemetryReport, StoreError> {
+    if request.by == Grouping::Hour {
+        let builder = HourReportBuilder::new(&request.range, &request.timezone).map_err(|e| {
+            StoreError::Source {
+                action: "cutting the report's range into hours".to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+        let span = builder.span();
+        return Ok(store
+            .fold_hours(span, &request.events, builder)
+            .await?
+            .finish());
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let parts = split_by_periods(&request.range, request.by, cores.min(READS_AT_ONCE));
     // Each part on a task of its own, so that the parts are merged on as many
@@ -96,6 +113,13 @@ pub struct PeriodReport {
     /// users that need them are `null` until those days are run again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_sketches: Vec<String>,
+    /// Whether the period holds a day read before its end (today so far); by hour,
+    /// an hour not over when its day was last read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// When a partial period's rows were last written (the newest `updated_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
 }
 
 /// One event in a period.

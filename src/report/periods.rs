@@ -23,7 +23,12 @@ pub enum Grouping {
     Month,
     /// The whole range as one period.
     Range,
+    /// Local hours, from `telemetry_hourly` (at most [`MAX_HOUR_REPORT_DAYS`] days).
+    Hour,
 }
+
+/// The longest range a report by hour covers.
+pub const MAX_HOUR_REPORT_DAYS: i64 = 31;
 
 impl FromStr for Grouping {
     type Err = String;
@@ -34,8 +39,9 @@ impl FromStr for Grouping {
             "week" => Ok(Grouping::Week),
             "month" => Ok(Grouping::Month),
             "range" => Ok(Grouping::Range),
+            "hour" => Ok(Grouping::Hour),
             other => Err(format!(
-                "'{}' is not a grouping: day, week, month or range",
+                "'{}' is not a grouping: hour, day, week, month or range",
                 other.escape_debug()
             )),
         }
@@ -49,6 +55,7 @@ impl fmt::Display for Grouping {
             Grouping::Week => "week",
             Grouping::Month => "month",
             Grouping::Range => "range",
+            Grouping::Hour => "hour",
         })
     }
 }
@@ -67,7 +74,7 @@ pub fn periods(range: &DayRange, by: Grouping) -> Vec<(Date, Date)> {
                     .unwrap_or(range.end())
             }
             Grouping::Month => start.last_of_month(),
-            Grouping::Range => range.end(),
+            Grouping::Range | Grouping::Hour => range.end(),
         };
         let end = natural_end.min(range.end());
         out.push((start, end));

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use super::TelemetryReport;
+use super::{Grouping, TelemetryReport};
 
 impl TelemetryReport {
     /// The report as a readable table: a line per event and period, and the period's
@@ -15,7 +15,8 @@ impl TelemetryReport {
             self.start_date, self.end_date, self.by, "period", "event", "count", "users"
         );
         for period in &self.periods {
-            let span = if period.start == period.end {
+            // An hour is named by its start, with its offset; a day by its date.
+            let span = if period.start == period.end || self.by == Grouping::Hour {
                 period.start.clone()
             } else {
                 format!("{} .. {}", period.start, period.end)
@@ -128,8 +129,8 @@ pub fn terminal_text(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::TelemetryReport;
     use super::super::build::tests::row;
-    use super::super::{Grouping, TelemetryReport};
     use super::*;
     use crate::model::DayRange;
 

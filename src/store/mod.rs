@@ -53,7 +53,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::model::{
-    DayChanges, DayRange, DayWindow, HourRow, MergeableSink, RollupFold, RollupRow,
+    DayChanges, DayRange, DayWindow, HourFold, HourRow, MergeableSink, RollupFold, RollupRow,
 };
 
 pub use self::clickhouse::ClickHouseSource;
@@ -359,6 +359,22 @@ impl Store {
         dispatch!(self, s => s.fold_rollups(range, events, fold).await)
     }
 
+    /// Hands `fold` the stored hour rows of `[start, end)` for the events named (all
+    /// when `events` is empty), ordered by hour and event, one at a time as they are
+    /// read; gives `fold` back.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the rows cannot be read.
+    pub async fn fold_hours<F: HourFold>(
+        &self,
+        span: (Timestamp, Timestamp),
+        events: &[String],
+        fold: F,
+    ) -> Result<F, StoreError> {
+        dispatch!(self, s => s.fold_hours(span, events, fold).await)
+    }
+
     /// Whether the database, and the events' source when there is one, answer now.
     pub async fn ping(&self) -> bool {
         let database = dispatch!(self, s => s.ping().await);
@@ -407,6 +423,10 @@ fn rollups_action(range: &DayRange) -> String {
 
 fn load_hours_action(date: Date) -> String {
     format!("reading the hour rows of {date}")
+}
+
+fn hours_report_action(start: Timestamp, end: Timestamp) -> String {
+    format!("reading the hour rows from {start} to {end}")
 }
 
 fn write_day_action(date: Date) -> String {

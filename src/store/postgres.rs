@@ -20,8 +20,8 @@ use super::error::query_error;
 use super::pg_copy::{CopyFormatError, CopyReader};
 use super::{DayLocks, StoreError, TableName, day_lock, redact_url, rows};
 use crate::model::{
-    DayChanges, DayRange, DayWindow, HourChanges, HourRow, MergeableSink, RollupFold, RollupRef,
-    RollupRow,
+    DayChanges, DayRange, DayWindow, HourChanges, HourFold, HourRef, HourRow, MergeableSink,
+    RollupFold, RollupRef, RollupRow,
 };
 
 /// How long connecting may take before the database counts as unreachable.
@@ -456,7 +456,8 @@ impl PgStore {
         let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
         let mut tx = conn.begin_with(begin).await.map_err(query_error(&action))?;
         let query = sqlx::query(concat!(
-            "SELECT date::text AS day, event, count, unique_users, meta::text, users_hll FROM ",
+            "SELECT date::text AS day, event, count, unique_users, meta::text, users_hll, partial, \
+             to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM ",
             rollup_table!(),
             " WHERE date BETWEEN $1::date AND $2::date \
              AND (cardinality($3::text[]) = 0 OR event = ANY($3::text[])) ORDER BY date, event"
@@ -475,6 +476,8 @@ impl PgStore {
                     unique_users: row.try_get(3)?,
                     meta: row.try_get(4)?,
                     users_hll: row.try_get(5)?,
+                    partial: row.try_get(6)?,
+                    updated_at: row.try_get(7)?,
                 })
             };
             fold.add(read().map_err(query_error(&action))?);
@@ -544,6 +547,51 @@ impl PgStore {
         tx.commit().await.map_err(query_error(&action))?;
         conn.finished();
         Ok(())
+    }
+
+    pub(super) async fn fold_hours<F: HourFold>(
+        &self,
+        (start, end): (Timestamp, Timestamp),
+        events: &[String],
+        mut fold: F,
+    ) -> Result<F, StoreError> {
+        use sqlx::Row as _;
+
+        let action = super::hours_report_action(start, end);
+        let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
+        let mut tx = conn
+            .begin_with("BEGIN READ ONLY")
+            .await
+            .map_err(query_error(&action))?;
+        let query = sqlx::query(
+            "SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), event, \
+             count, unique_users, users_hll, \
+             to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM telemetry_hourly WHERE hour >= $1::timestamptz AND hour < $2::timestamptz \
+             AND (cardinality($3::text[]) = 0 OR event = ANY($3::text[])) ORDER BY hour, event",
+        )
+        .bind(start.to_string())
+        .bind(end.to_string())
+        .bind(events);
+        let mut found = query.fetch(&mut *tx);
+        while let Some(row) = found.try_next().await.map_err(query_error(&action))? {
+            let read = || -> Result<HourRef<'_>, sqlx::Error> {
+                let hour: &str = row.try_get(0)?;
+                Ok(HourRef {
+                    hour: hour.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    event: row.try_get(1)?,
+                    count: row.try_get(2)?,
+                    unique_users: row.try_get(3)?,
+                    users_hll: row.try_get(4)?,
+                    updated_at: row.try_get(5)?,
+                })
+            };
+            fold.add(read().map_err(query_error(&action))?);
+        }
+        drop(found);
+        tx.commit().await.map_err(query_error(&action))?;
+        conn.finished();
+        Ok(fold)
     }
 
     pub(super) async fn load_hours(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError> {

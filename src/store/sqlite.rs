@@ -17,7 +17,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _};
 use super::error::query_error;
 use super::{DayLocks, StoreError, TableName, day_lock, rows, sqlite_scan, sqlite_time};
 use crate::model::{
-    DayChanges, DayRange, DayWindow, HourRow, MergeableSink, RollupFold, RollupRef, RollupRow,
+    DayChanges, DayRange, DayWindow, HourFold, HourRef, HourRow, MergeableSink, RollupFold,
+    RollupRef, RollupRow,
 };
 
 /// Columns added since the first version, as (table, column, type).
@@ -379,6 +380,27 @@ impl SqliteStore {
         }
     }
 
+    pub(super) async fn fold_hours<F: HourFold>(
+        &self,
+        (start, end): (Timestamp, Timestamp),
+        events: &[String],
+        fold: F,
+    ) -> Result<F, StoreError> {
+        let action = || super::hours_report_action(start, end);
+        let path = self.db_path.clone();
+        let bounds = (start.to_string(), end.to_string());
+        let events = json!(events).to_string();
+        let read = tokio::task::spawn_blocking(move || read_hours(&path, bounds, &events, fold));
+        match read.await {
+            Ok(read) => read.map_err(|source| StoreError::Read {
+                action: action(),
+                source,
+            }),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(StoreError::Aborted(format!("{} was cancelled", action()))),
+        }
+    }
+
     pub(super) async fn load_hours(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError> {
         let action = super::load_hours_action(window.date);
         sqlx::query(
@@ -548,7 +570,7 @@ fn read_rollups<F: RollupFold>(
     let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mut statement = conn.prepare(concat!(
-        "SELECT date, event, count, unique_users, meta, users_hll FROM ",
+        "SELECT date, event, count, unique_users, meta, users_hll, partial, updated_at FROM ",
         rollup_table!(),
         " WHERE date BETWEEN ?1 AND ?2 \
          AND (json_array_length(?3) = 0 OR event IN (SELECT value FROM json_each(?3))) \
@@ -570,6 +592,47 @@ fn read_rollups<F: RollupFold>(
             unique_users: row.get(3)?,
             meta: row.get_ref(4)?.as_str()?,
             users_hll: row.get_ref(5)?.as_blob_or_null()?,
+            partial: row.get::<_, i64>(6)? != 0,
+            updated_at: row.get_ref(7)?.as_str()?,
+        });
+    }
+    Ok(fold)
+}
+
+/// Hands `fold` the hour rows of `[start, end)` (UTC text bounds) for `events` (all
+/// when the JSON list is empty), by hour, read on this thread with a plain connection.
+fn read_hours<F: HourFold>(
+    path: &std::path::Path,
+    (start, end): (String, String),
+    events: &str,
+    mut fold: F,
+) -> rusqlite::Result<F> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mut statement = conn.prepare(
+        "SELECT hour, event, count, unique_users, users_hll, updated_at FROM telemetry_hourly \
+         WHERE hour >= ?1 AND hour < ?2 \
+         AND (json_array_length(?3) = 0 OR event IN (SELECT value FROM json_each(?3))) \
+         ORDER BY hour, event",
+    )?;
+    let mut rows = statement.query((start, end, events))?;
+    while let Some(row) = rows.next()? {
+        let hour = row.get_ref(0)?.as_str()?;
+        fold.add(HourRef {
+            hour: hour.parse().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+            event: row.get_ref(1)?.as_str()?,
+            count: row.get(2)?,
+            unique_users: row.get(3)?,
+            users_hll: row.get_ref(4)?.as_blob()?,
+            updated_at: row.get_ref(5)?.as_str()?,
         });
     }
     Ok(fold)

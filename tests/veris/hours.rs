@@ -16,6 +16,7 @@ crate::on_both_databases!(
     hours_are_the_local_clock_hours_on_both_daylight_saving_days_and_at_half_hours,
     hours_follow_every_rule_of_days,
     today_is_written_partial_and_a_later_run_makes_a_partial_day_whole,
+    the_report_by_hour_gives_each_local_hour_and_marks_the_hour_so_far,
 );
 
 /// Every stored hour row: (hour as UTC RFC 3339, event) → (count, unique users).
@@ -303,4 +304,208 @@ async fn the_command_line_and_the_endpoint_take_today_and_refuse_a_day_not_begun
     assert_eq!(status.as_u16(), 400);
     assert_eq!(body["error"]["code"], "future_date", "{body}");
     server.stop().await;
+}
+
+async fn the_report_by_hour_gives_each_local_hour_and_marks_the_hour_so_far(db: TestDb) {
+    use veris_jobs::report::{Grouping, ReportRequest, telemetry_report};
+
+    let new_york = TimeZone::get("America/New_York").unwrap();
+    let autumn = [
+        ("2024-11-03T04:10:00Z", "view", "a"), // 00:10 EDT
+        ("2024-11-03T05:15:00Z", "view", "a"), // 01:15 EDT
+        ("2024-11-03T05:20:00Z", "click", "b"),
+        ("2024-11-03T06:15:00Z", "view", "b"), // 01:15 EST
+        ("2024-11-03T06:45:00Z", "view", "c"),
+    ];
+    let events: Vec<_> = autumn
+        .iter()
+        .map(|(at, name, user)| event(name, Some(user), at, None))
+        .collect();
+    db.insert(&events).await;
+    let day = RunOptions {
+        timezone: new_york.clone(),
+        ..range_options("2024-11-03", "2024-11-03")
+    };
+    assert!(db.run(&day).await.ok);
+    let request = ReportRequest {
+        range: veris_jobs::model::DayRange::single("2024-11-03".parse().unwrap()),
+        by: Grouping::Hour,
+        events: Vec::new(),
+        top_k: 20,
+        timezone: new_york.clone(),
+    };
+    let report = telemetry_report(&db.store, &request).await.unwrap();
+    assert_eq!(report.periods.len(), 25);
+    let summary: Vec<(&str, i64, Option<u64>)> = report
+        .periods
+        .iter()
+        .filter(|p| p.total.count > 0)
+        .map(|p| (p.start.as_str(), p.total.count, p.total.unique_users))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("2024-11-03T00:00:00-04:00", 1, Some(1)),
+            ("2024-11-03T01:00:00-04:00", 2, Some(2)),
+            ("2024-11-03T01:00:00-05:00", 2, Some(2)),
+        ]
+    );
+    let second_pass = &report.periods[2];
+    assert_eq!(second_pass.end, "2024-11-03T02:00:00-05:00");
+    assert_eq!(second_pass.events[0].event, "view");
+    assert_eq!(second_pass.events[0].unique_users, Some(2));
+    assert!(second_pass.events[0].unique_users_exact);
+    assert!(report.periods.iter().all(|p| !p.partial), "a whole day");
+
+    // Today so far: the hour of the run, and its day, are marked with when.
+    let now = Timestamp::now();
+    let today = now.to_zoned_datetime(TimeZone::UTC).date();
+    db.insert(&[event("view", Some("z"), &now.to_string(), None)])
+        .await;
+    assert!(
+        db.run(&range_options(&today.to_string(), &today.to_string()))
+            .await
+            .ok
+    );
+    let today_range = veris_jobs::model::DayRange::single(today);
+    let by_hour = telemetry_report(
+        &db.store,
+        &ReportRequest {
+            range: today_range,
+            timezone: TimeZone::UTC,
+            ..request.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let now_hour = by_hour
+        .periods
+        .iter()
+        .find(|p| p.total.count > 0)
+        .expect("the hour of the event");
+    assert!(now_hour.partial, "{now_hour:?}");
+    let as_of: Timestamp = now_hour.as_of.as_deref().unwrap().parse().unwrap();
+    assert!(as_of >= now, "{as_of} {now}");
+    let by_day = telemetry_report(
+        &db.store,
+        &ReportRequest {
+            range: today_range,
+            by: Grouping::Day,
+            timezone: TimeZone::UTC,
+            ..request
+        },
+    )
+    .await
+    .unwrap();
+    assert!(by_day.periods[0].partial);
+    assert!(by_day.periods[0].as_of.is_some());
+}
+
+#[tokio::test]
+async fn the_endpoint_reports_by_hour_for_at_most_31_days() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    let server = crate::http::TestServer::spawn_app(&db.url, 366).await;
+    let get = |path: String| {
+        let server = &server;
+        async move {
+            let answer = server
+                .authed(reqwest::Method::GET, &path)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let body: serde_json::Value =
+                serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+            (status, body)
+        }
+    };
+    let (status, body) =
+        get("/api/telemetry/report?startDate=2024-01-01&endDate=2024-01-02&by=hour".into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["by"], "hour");
+    assert_eq!(body["periods"].as_array().unwrap().len(), 48);
+    assert_eq!(body["periods"][1]["start"], "2024-01-01T01:00:00+00:00");
+    assert_eq!(body["periods"][1]["end"], "2024-01-01T02:00:00+00:00");
+    let (status, body) =
+        get("/api/telemetry/report?startDate=2024-01-01&endDate=2024-02-01&by=hour".into()).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "range_too_long", "{body}");
+    server.stop().await;
+
+    let output = crate::cli::veris(
+        &db.url,
+        &[
+            "report",
+            "--start-date",
+            "2024-01-01",
+            "--end-date",
+            "2024-03-01",
+            "--by",
+            "hour",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(crate::cli::stderr(&output).contains("at most 31 days"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn today_is_refreshed_at_its_interval_and_a_tick_during_a_refresh_is_skipped() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    let now = Timestamp::now();
+    let today = now.to_zoned_datetime(TimeZone::UTC).date();
+    db.insert(&[event("view", Some("a"), &now.to_string(), None)])
+        .await;
+    let launcher = veris_jobs::launcher::Launcher::new(db.store.clone(), RunOptions::default());
+    // Today is held by another run for a while: the first refresh waits for it, and
+    // the ticks meanwhile are skipped.
+    let held = db
+        .store
+        .lock_days(&[today], std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let refresher = tokio::spawn(veris_jobs::schedule::refresh_today_every(
+        launcher.clone(),
+        std::time::Duration::from_millis(100),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    held.release().await;
+    // Refreshes go on once the day is free.
+    let mut runs = Vec::new();
+    for _ in 0..100 {
+        runs = db
+            .strings(
+                "SELECT trigger || ' ' || start_date || ' ' || status FROM job_runs ORDER BY id",
+                None,
+            )
+            .await;
+        if runs.iter().filter(|r| r.ends_with(" ok")).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    refresher.await.unwrap();
+    launcher.wait().await;
+    let done: Vec<&String> = runs.iter().filter(|r| r.ends_with(" ok")).collect();
+    assert!(done.len() >= 2, "{runs:?}");
+    for run in &done {
+        assert_eq!(run.as_str(), format!("schedule {today} ok"));
+    }
+    let metrics = launcher.metrics().render();
+    let skipped = metrics
+        .lines()
+        .find(|l| l.starts_with("veris_schedule_ticks_skipped_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(skipped >= 1, "{metrics}");
+    assert!(
+        veris_jobs::config::parse_today_every("30s").is_err(),
+        "at least a minute"
+    );
+    assert!(veris_jobs::config::parse_today_every("10m").is_ok());
 }

@@ -54,6 +54,7 @@ impl TestServer {
                 bind: "127.0.0.1:0".parse().unwrap(),
                 max_range_days,
                 schedule: None,
+                today_every: None,
                 secret: CronSecret::new(SECRET).unwrap(),
                 read_secret: None,
             })

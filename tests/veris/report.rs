@@ -58,6 +58,7 @@ fn request(start: &str, end: &str, by: Grouping) -> ReportRequest {
         by,
         events: Vec::new(),
         top_k: 20,
+        timezone: jiff::tz::TimeZone::UTC,
     }
 }
 

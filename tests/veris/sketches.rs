@@ -174,6 +174,7 @@ async fn sketches_equal_the_extension_s_bytes_cardinality_and_weekly_union() {
             by: Grouping::Week,
             events: Vec::new(),
             top_k: 20,
+            timezone: jiff::tz::TimeZone::UTC,
         },
     )
     .await

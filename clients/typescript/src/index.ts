@@ -91,7 +91,7 @@ export async function runTelemetryDailyAggregation(
   });
 }
 
-/** Reads the rollups back, grouped by day, week, month or the whole range. */
+/** Reads the rollups back, grouped by hour, day, week, month or the whole range. */
 export async function getTelemetryReport(
   options: ReportOptions = {},
   client: ClientOptions = {},

@@ -75,7 +75,7 @@ export interface RunReport {
 }
 
 /** How a telemetry report's periods are cut. */
-export type Grouping = 'day' | 'week' | 'month' | 'range';
+export type Grouping = 'hour' | 'day' | 'week' | 'month' | 'range';
 
 /** One event in a period of a telemetry report. */
 export interface EventReport {
@@ -103,6 +103,10 @@ export interface PeriodReport {
   total: Total;
   /** Days whose rows have no sketch. */
   missingSketches?: string[];
+  /** Present (true) when the period holds a day read before its end: today so far. */
+  partial?: boolean;
+  /** When a partial period's rows were last written, RFC 3339 in UTC. */
+  asOf?: string;
 }
 
 /** The rollups of a range, read back. */
