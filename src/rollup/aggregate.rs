@@ -160,6 +160,24 @@ impl DayAggregate {
         self.events_read
     }
 
+    /// The bytes its tables that can spill hold now.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The share of the memory limit its tables may hold.
+    pub(crate) fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Spills its tables now, whatever they hold (when it has a limit): for an owner
+    /// that shares one budget among several aggregates.
+    pub(crate) fn spill_now(&mut self) {
+        if self.limit.is_some() && self.failure.is_none() && self.bytes > 0 {
+            self.spill();
+        }
+    }
+
     /// Whether nothing at all was pushed into it.
     fn is_empty(&self) -> bool {
         self.events_read == 0

@@ -3,8 +3,10 @@
 //! that hour (names and users only: hour rows carry no metadata summary).
 //!
 //! Each hour's aggregate is a [`DayAggregate`] of its own, so hours are exact,
-//! mergeable and spill past their share of the memory limit just as days do: the
-//! day keeps half of the share, and the hours split the other half.
+//! mergeable and spill just as days do: the day keeps half of the memory share, and
+//! the hours share the other half between them as they fill (events mostly come in
+//! time order, so one or two hours grow at a time); when together they hold more,
+//! the biggest spills.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -12,8 +14,7 @@ use super::aggregate::{DayAggregate, DayRollup};
 use super::spill::{MemoryLimit, SpillError};
 use crate::model::{CountedEvents, EventSink, HourRow, MergeableSink, SourceEvent};
 
-/// Most hours a day has (a 25-hour day), and so the parts of the hours' half of the
-/// memory share.
+/// Most hours a day has (a 25-hour day).
 pub const MAX_HOURS: usize = 25;
 
 /// A day's aggregate and its hours'.
@@ -25,6 +26,8 @@ pub struct DayAndHours {
     hour_template: DayAggregate,
     /// The hours seen so far, by their index in the day.
     hours: Vec<Option<DayAggregate>>,
+    /// What the hours' tables hold together, against the template's budget.
+    hours_bytes: usize,
 }
 
 /// A finished day: its rows, and its hour rows sorted by hour and event.
@@ -47,6 +50,7 @@ impl DayAndHours {
             day,
             hour_template,
             hours: Vec::new(),
+            hours_bytes: 0,
         }
     }
 
@@ -63,7 +67,38 @@ impl DayAndHours {
             self.hours.resize_with(index + 1, || None);
         }
         let template = &self.hour_template;
-        Some(self.hours[index].get_or_insert_with(|| template.part(MAX_HOURS)))
+        // Each hour may take the whole of the hours' share; together they are kept
+        // within it by [`DayAndHours::keep_hours_within_budget`].
+        Some(self.hours[index].get_or_insert_with(|| template.part(1)))
+    }
+
+    /// Spills the biggest hours until the hours together fit their share.
+    fn keep_hours_within_budget(&mut self) {
+        let budget = self.hour_template.budget();
+        self.hours_bytes = self.held_by_hours();
+        while self.hours_bytes > budget {
+            let biggest = self
+                .hours
+                .iter_mut()
+                .flatten()
+                .max_by_key(|hour| hour.held_bytes());
+            let Some(biggest) = biggest else { return };
+            let before = biggest.held_bytes();
+            biggest.spill_now();
+            if biggest.held_bytes() >= before {
+                // Nothing could be spilled (no limit, or a failed spill).
+                return;
+            }
+            self.hours_bytes = self.held_by_hours();
+        }
+    }
+
+    fn held_by_hours(&self) -> usize {
+        self.hours
+            .iter()
+            .flatten()
+            .map(DayAggregate::held_bytes)
+            .sum()
     }
 
     /// The day's rows and its hours' rows, each hour at `day_start` plus its index in
@@ -103,11 +138,17 @@ impl DayAndHours {
 impl EventSink for DayAndHours {
     fn push(&mut self, event: SourceEvent<'_>) {
         if let Some(hour) = event.hour.and_then(|h| self.hour(usize::from(h))) {
+            let before = hour.held_bytes();
             hour.push(SourceEvent {
                 meta: None,
                 hour: None,
                 ..event
             });
+            let after = hour.held_bytes();
+            self.hours_bytes = (self.hours_bytes + after).saturating_sub(before);
+            if self.hours_bytes > self.hour_template.budget() {
+                self.keep_hours_within_budget();
+            }
         }
         self.day.push(event);
     }
@@ -131,6 +172,7 @@ impl MergeableSink for DayAndHours {
             day: self.day.part(of),
             hour_template: self.hour_template.part(of),
             hours: Vec::new(),
+            hours_bytes: 0,
         }
     }
 
@@ -146,6 +188,7 @@ impl MergeableSink for DayAndHours {
                 slot @ None => *slot = Some(hour),
             }
         }
+        self.keep_hours_within_budget();
     }
 
     fn spilled(&self) -> bool {
@@ -158,6 +201,7 @@ impl MergeableSink for DayAndHours {
         for hour in self.hours.iter_mut().flatten() {
             hour.share_with(of);
         }
+        self.keep_hours_within_budget();
     }
 }
 
@@ -208,6 +252,49 @@ mod tests {
                 ("2024-03-10T07:00:00Z".to_owned(), "click", 1, 1),
                 ("2024-03-10T07:00:00Z".to_owned(), "view", 1, 1),
             ]
+        );
+    }
+
+    /// Scratch files in memory.
+    #[derive(Debug)]
+    struct InMemory;
+
+    impl crate::rollup::SpillSpace for InMemory {
+        fn scratch(&self) -> std::io::Result<Box<dyn crate::rollup::Scratch>> {
+            Ok(Box::new(std::io::Cursor::new(Vec::new())))
+        }
+
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    #[test]
+    fn the_hours_share_one_budget_and_spill_the_biggest_to_keep_it() {
+        let start: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let limit = MemoryLimit {
+            bytes: 2 << 20,
+            space: std::sync::Arc::new(InMemory),
+        };
+        let mut limited = DayAndHours::new(Some(limit));
+        let mut unlimited = DayAndHours::new(None);
+        let budget = limited.hour_template.budget();
+        let mut spilled_any = false;
+        for i in 0..60_000u32 {
+            let (user, hour) = (format!("user-{i}"), (i % 24) as u8);
+            for all in [&mut limited, &mut unlimited] {
+                all.push(event("view", &user, hour));
+            }
+            assert!(
+                limited.held_by_hours() <= budget,
+                "over the hours' share at {i}"
+            );
+            spilled_any |= limited.hours.iter().flatten().any(MergeableSink::spilled);
+        }
+        assert!(spilled_any, "the test's day is big enough to spill");
+        assert_eq!(
+            limited.finish(20, start).unwrap().hours,
+            unlimited.finish(20, start).unwrap().hours
         );
     }
 
