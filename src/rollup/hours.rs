@@ -3,10 +3,9 @@
 //! that hour (names and users only: hour rows carry no metadata summary).
 //!
 //! Each hour's aggregate is a [`DayAggregate`] of its own, so hours are exact,
-//! mergeable and spill just as days do: the day keeps half of the memory share, and
-//! the hours share the other half between them as they fill (events mostly come in
-//! time order, so one or two hours grow at a time); when together they hold more,
-//! the biggest spills.
+//! mergeable and spill just as days do. The day and its hours share one memory
+//! budget as they fill (events mostly come in time order, so one or two hours grow
+//! at a time): when together they hold more than it, the biggest of them spills.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -21,13 +20,13 @@ pub const MAX_HOURS: usize = 25;
 #[derive(Debug)]
 pub struct DayAndHours {
     day: DayAggregate,
-    /// An empty aggregate holding the hours' half of the share, which each hour's
-    /// aggregate is made from.
+    /// An empty aggregate with the day's budget, which each hour's aggregate is made
+    /// from.
     hour_template: DayAggregate,
     /// The hours seen so far, by their index in the day.
     hours: Vec<Option<DayAggregate>>,
-    /// What the hours' tables hold together, against the template's budget.
-    hours_bytes: usize,
+    /// What the day's and the hours' tables hold together, against the day's budget.
+    held: usize,
 }
 
 /// A finished day: its rows, and its hour rows sorted by hour and event.
@@ -40,17 +39,16 @@ pub struct DayAndHourRollup {
 impl DayAndHours {
     /// An empty aggregate of a day and its hours, within `limit` (none when `None`).
     pub fn new(limit: Option<MemoryLimit>) -> Self {
-        let mut day = match limit {
+        let day = match limit {
             Some(limit) => DayAggregate::with_limit(limit),
             None => DayAggregate::new(),
         };
-        let hour_template = day.part(2);
-        day.share_with(2);
+        let hour_template = day.part(1);
         Self {
             day,
             hour_template,
             hours: Vec::new(),
-            hours_bytes: 0,
+            held: 0,
         }
     }
 
@@ -67,21 +65,20 @@ impl DayAndHours {
             self.hours.resize_with(index + 1, || None);
         }
         let template = &self.hour_template;
-        // Each hour may take the whole of the hours' share; together they are kept
-        // within it by [`DayAndHours::keep_hours_within_budget`].
+        // Each hour may take the whole budget; the day and its hours together are
+        // kept within it by [`DayAndHours::keep_within_budget`].
         Some(self.hours[index].get_or_insert_with(|| template.part(1)))
     }
 
-    /// Spills the biggest hours until the hours together fit their share.
-    fn keep_hours_within_budget(&mut self) {
-        let budget = self.hour_template.budget();
-        self.hours_bytes = self.held_by_hours();
-        while self.hours_bytes > budget {
-            let biggest = self
-                .hours
-                .iter_mut()
-                .flatten()
-                .max_by_key(|hour| hour.held_bytes());
+    /// Spills the biggest of the day and its hours until together they fit the
+    /// day's budget.
+    fn keep_within_budget(&mut self) {
+        let budget = self.day.budget();
+        self.held = self.held_by_all();
+        while self.held > budget {
+            let biggest = std::iter::once(&mut self.day)
+                .chain(self.hours.iter_mut().flatten())
+                .max_by_key(|aggregate| aggregate.held_bytes());
             let Some(biggest) = biggest else { return };
             let before = biggest.held_bytes();
             biggest.spill_now();
@@ -89,16 +86,18 @@ impl DayAndHours {
                 // Nothing could be spilled (no limit, or a failed spill).
                 return;
             }
-            self.hours_bytes = self.held_by_hours();
+            self.held = self.held_by_all();
         }
     }
 
-    fn held_by_hours(&self) -> usize {
-        self.hours
-            .iter()
-            .flatten()
-            .map(DayAggregate::held_bytes)
-            .sum()
+    fn held_by_all(&self) -> usize {
+        self.day.held_bytes()
+            + self
+                .hours
+                .iter()
+                .flatten()
+                .map(DayAggregate::held_bytes)
+                .sum::<usize>()
     }
 
     /// The day's rows and its hours' rows, each hour at `day_start` plus its index in
@@ -137,6 +136,7 @@ impl DayAndHours {
 
 impl EventSink for DayAndHours {
     fn push(&mut self, event: SourceEvent<'_>) {
+        let mut grew = 0isize;
         if let Some(hour) = event.hour.and_then(|h| self.hour(usize::from(h))) {
             let before = hour.held_bytes();
             hour.push(SourceEvent {
@@ -144,13 +144,15 @@ impl EventSink for DayAndHours {
                 hour: None,
                 ..event
             });
-            let after = hour.held_bytes();
-            self.hours_bytes = (self.hours_bytes + after).saturating_sub(before);
-            if self.hours_bytes > self.hour_template.budget() {
-                self.keep_hours_within_budget();
-            }
+            grew += hour.held_bytes() as isize - before as isize;
         }
+        let before = self.day.held_bytes();
         self.day.push(event);
+        grew += self.day.held_bytes() as isize - before as isize;
+        self.held = self.held.saturating_add_signed(grew);
+        if self.held > self.day.budget() {
+            self.keep_within_budget();
+        }
     }
 
     fn push_counted(&mut self, counted: CountedEvents<'_>) {
@@ -172,7 +174,7 @@ impl MergeableSink for DayAndHours {
             day: self.day.part(of),
             hour_template: self.hour_template.part(of),
             hours: Vec::new(),
-            hours_bytes: 0,
+            held: 0,
         }
     }
 
@@ -188,7 +190,7 @@ impl MergeableSink for DayAndHours {
                 slot @ None => *slot = Some(hour),
             }
         }
-        self.keep_hours_within_budget();
+        self.keep_within_budget();
     }
 
     fn spilled(&self) -> bool {
@@ -201,7 +203,7 @@ impl MergeableSink for DayAndHours {
         for hour in self.hours.iter_mut().flatten() {
             hour.share_with(of);
         }
-        self.keep_hours_within_budget();
+        self.keep_within_budget();
     }
 }
 
@@ -278,17 +280,14 @@ mod tests {
         };
         let mut limited = DayAndHours::new(Some(limit));
         let mut unlimited = DayAndHours::new(None);
-        let budget = limited.hour_template.budget();
+        let budget = limited.day.budget();
         let mut spilled_any = false;
         for i in 0..60_000u32 {
             let (user, hour) = (format!("user-{i}"), (i % 24) as u8);
             for all in [&mut limited, &mut unlimited] {
                 all.push(event("view", &user, hour));
             }
-            assert!(
-                limited.held_by_hours() <= budget,
-                "over the hours' share at {i}"
-            );
+            assert!(limited.held_by_all() <= budget, "over the budget at {i}");
             spilled_any |= limited.hours.iter().flatten().any(MergeableSink::spilled);
         }
         assert!(spilled_any, "the test's day is big enough to spill");
