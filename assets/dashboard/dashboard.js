@@ -52,6 +52,10 @@
 
   function chosenRange() {
     const kind = $('range').value;
+    const today = iso(new Date());
+    // Today and the 48 hours before it are read by hour.
+    if (kind === 'today') return { start: today, end: today, hourly: true };
+    if (kind === '48h') return { start: addDays(today, -1), end: today, hourly: true };
     if (kind === 'custom') {
       const start = $('start').value;
       const end = $('end').value || start;
@@ -96,7 +100,8 @@
   async function load() {
     const range = chosenRange();
     if (!range) { show('Choose a first day.', true); return; }
-    const by = $('by').value;
+    const by = range.hourly ? 'hour' : $('by').value;
+    $('by').disabled = Boolean(range.hourly);
     const days = daysBetween(range.start, range.end);
     const previous = { start: addDays(range.start, -days), end: addDays(range.start, -1) };
     const query = (r, grouping) => `api/telemetry/report?startDate=${r.start}&endDate=${r.end}&by=${grouping}`;
@@ -115,6 +120,7 @@
       $('runs-section').hidden = false;
       drawCharts(series);
       const period = whole.periods[0];
+      drawSoFar(whole.periods[0]);
       drawTable(period, before.periods[0], range, previous);
       fillEvents(period);
       drawRuns(runs.runs);
@@ -139,18 +145,45 @@
     return [...totals.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, TOP).map(([name]) => name);
   }
 
+  // A period's start as seconds: a date (YYYY-MM-DD) or, by hour, an RFC 3339 instant.
+  function start(period) {
+    return period.start.length > 10 ? Date.parse(period.start) / 1000 : seconds(period.start);
+  }
+
+  // HH:MM of an RFC 3339 instant, in the browser's time.
+  function clock(instant) {
+    const at = new Date(instant);
+    return `${String(at.getHours()).padStart(2, '0')}:${String(at.getMinutes()).padStart(2, '0')}`;
+  }
+
+  function drawSoFar(period) {
+    const note = $('so-far');
+    note.hidden = !period.partial;
+    note.textContent = period.partial ? `Today is not over: its figures are so far, as of ${clock(period.asOf)}.` : '';
+  }
+
   function drawCharts(report) {
     while (charts.length) charts.pop().destroy();
-    const xs = report.periods.map((p) => seconds(p.start));
+    const xs = report.periods.map(start);
     const top = topEvents(report);
     const find = (period, name) => period.events.find((e) => e.event === name);
-    const counts = top.map((name) => report.periods.map((p) => (find(p, name) || { count: 0 }).count));
-    const other = report.periods.map((p) => p.events.filter((e) => !top.includes(e.event)).reduce((sum, e) => sum + e.count, 0));
-    const users = top.map((name) => report.periods.map((p) => { const e = find(p, name); return e ? e.uniqueUsers : 0; }));
-    const all = report.periods.map((p) => p.total.uniqueUsers);
-    const series = (names) => [{}].concat(names.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], width: 2 })));
-    charts.push(chart($('events-chart'), 'Events', series(top.concat(['other'])), [xs].concat(counts, [other])));
-    charts.push(chart($('users-chart'), 'Unique users', series(top.concat(['all events'])), [xs].concat(users, [all])));
+    // A period not over yet is drawn on a dashed line of its own, not as a fall of
+    // the finished ones: their lines stop before it.
+    const done = (p, value) => (p.partial ? null : value);
+    const counts = top.map((name) => report.periods.map((p) => done(p, (find(p, name) || { count: 0 }).count)));
+    const other = report.periods.map((p) => done(p, p.events.filter((e) => !top.includes(e.event)).reduce((sum, e) => sum + e.count, 0)));
+    const soFarCount = report.periods.map((p) => (p.partial ? p.total.count : null));
+    const users = top.map((name) => report.periods.map((p) => { const e = find(p, name); return done(p, e ? e.uniqueUsers : 0); }));
+    const all = report.periods.map((p) => done(p, p.total.uniqueUsers));
+    const soFarUsers = report.periods.map((p) => (p.partial ? p.total.uniqueUsers : null));
+    const partial = report.periods.find((p) => p.partial);
+    const soFar = partial ? [`all events so far, as of ${clock(partial.asOf)}`] : [];
+    const series = (names) => [{}].concat(names.map((name, i) => (name.includes('so far')
+      ? { label: name, stroke: '#57606a', width: 2, dash: [6, 4], points: { show: true, size: 8 } }
+      : { label: name, stroke: COLORS[i % COLORS.length], width: 2 })));
+    const extra = (values) => (partial ? [values] : []);
+    charts.push(chart($('events-chart'), 'Events', series(top.concat(['other'], soFar)), [xs].concat(counts, [other], extra(soFarCount))));
+    charts.push(chart($('users-chart'), 'Unique users', series(top.concat(['all events'], soFar)), [xs].concat(users, [all], extra(soFarUsers))));
   }
 
   function chart(element, title, series, data) {
@@ -189,7 +222,8 @@
   }
 
   function drawTable(period, before, range, previous) {
-    $('events-caption').textContent = `${range.start} to ${range.end}, against ${previous.start} to ${previous.end}`;
+    const soFar = period.partial ? ` (so far, as of ${clock(period.asOf)})` : '';
+    $('events-caption').textContent = `${range.start} to ${range.end}${soFar}, against ${previous.start} to ${previous.end}`;
     const body = $('events-table').tBodies[0];
     body.textContent = '';
     const earlier = new Map(before.events.map((e) => [e.event, e]));

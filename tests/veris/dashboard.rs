@@ -321,6 +321,80 @@ async fn the_dashboard_draws_the_demo_at_375_pixels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn today_by_hour_is_drawn_as_so_far_not_as_a_fall() {
+    let Some(browser) = Browser::start(1280).await else {
+        return;
+    };
+    let db = crate::common::TestDb::new(crate::common::Kind::Sqlite)
+        .await
+        .unwrap();
+    let now = jiff::Timestamp::now();
+    let yesterday = now
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .yesterday()
+        .unwrap();
+    let events: Vec<_> = (0..30)
+        .map(|i| {
+            let at = format!("{yesterday}T{:02}:10:00Z", i % 24);
+            crate::common::event("view", Some(&format!("u{i}")), &at, None)
+        })
+        .chain(std::iter::once(crate::common::event(
+            "view",
+            Some("now"),
+            &now.to_string(),
+            None,
+        )))
+        .collect();
+    db.insert(&events).await;
+    let today = now
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    assert!(
+        db.run(&crate::common::range_options(
+            &yesterday.to_string(),
+            &today
+        ))
+        .await
+        .ok
+    );
+    let server = server(db.store.clone()).await;
+    with_screenshot(&browser, "today-by-hour", async {
+        let c = &browser.client;
+        c.goto(&server.url("/")).await.unwrap();
+        sign_in(&browser, READER).await;
+        browser.wait_for("return document.body.dataset.loaded", "the data").await;
+        c.find(Locator::Id("range")).await.unwrap().select_by_value("48h").await.unwrap();
+        browser
+            .wait_for("const l = document.body.dataset.loaded; return l.endsWith('/hour') && l", "the last 48 hours")
+            .await;
+        let note = browser
+            .wait_for("const n = document.getElementById('so-far'); return !n.hidden && n.textContent", "the note")
+            .await;
+        assert!(note.as_str().unwrap().contains("so far, as of"), "{note}");
+        let legend: Value = c
+            .execute("return [...document.querySelectorAll('#events-chart .u-legend .u-label')].map(l => l.textContent)", vec![])
+            .await
+            .unwrap();
+        assert!(legend.to_string().contains("all events so far"), "{legend}");
+        let caption: Value = c
+            .execute("return document.getElementById('events-caption').textContent", vec![])
+            .await
+            .unwrap();
+        assert!(caption.as_str().unwrap().contains("so far, as of"), "{caption}");
+        assert_eq!(
+            c.execute("return document.getElementById('by').disabled", vec![]).await.unwrap(),
+            true,
+            "the hours fix the grouping"
+        );
+    })
+    .await;
+    server.stop().await;
+    browser.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_says_when_there_is_no_data_or_no_database() {
     let Some(browser) = Browser::start(1280).await else {
         return;
