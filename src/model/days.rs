@@ -268,6 +268,27 @@ impl DayWindow {
         (self.end.as_second() - self.start.as_second()) / 3600
     }
 
+    /// The day's local hours, each as a window of its own (the same `date` and
+    /// `day_start`): whole hours after the day's first instant, the last cut at its
+    /// end.
+    pub fn local_hours(&self) -> Vec<DayWindow> {
+        let mut hours = Vec::new();
+        let mut start = self.day_start;
+        while start < self.end {
+            let end = start
+                .checked_add(jiff::SignedDuration::from_hours(1))
+                .map_or(self.end, |end| end.min(self.end));
+            hours.push(DayWindow {
+                date: self.date,
+                start,
+                end,
+                day_start: self.day_start,
+            });
+            start = end;
+        }
+        hours
+    }
+
     /// The local hour of the day `at` falls in, counted from its first (0 to 24);
     /// `None` outside the day.
     pub fn hour_of(&self, at: Timestamp) -> Option<u8> {

@@ -359,6 +359,27 @@ impl Store {
         dispatch!(self, s => s.fold_rollups(range, events, fold).await)
     }
 
+    /// The hour rows of `window`'s day from a source that counts for itself
+    /// (ClickHouse), which tells no event's hour: each local hour read on its own,
+    /// `None` when events come from the database (their hours come with them).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the source cannot be read, or an hour cannot be counted.
+    pub async fn counted_hours(
+        &self,
+        window: &DayWindow,
+    ) -> Result<Option<Vec<HourRow>>, StoreError> {
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        for hour in window.local_hours() {
+            rows.extend(source.hour_rows(&hour).await?);
+        }
+        Ok(Some(rows))
+    }
+
     /// Hands `fold` the stored hour rows of `[start, end)` for the events named (all
     /// when `events` is empty), ordered by hour and event, one at a time as they are
     /// read; gives `fold` back.

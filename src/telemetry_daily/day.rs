@@ -108,15 +108,14 @@ pub(super) async fn roll_up(
     };
     let stored = store.load_day(date).await.map_err(after_reading)?;
     let mut changes = diff(&rollup.rows, &stored);
-    // A source that counts for itself (ClickHouse) tells no hours: its days' hours
-    // are left as they are.
-    let stored_hours = if store.counts_itself() {
-        Vec::new()
-    } else {
-        let stored_hours = store.load_hours(window).await.map_err(after_reading)?;
-        changes.hours = diff_hours(&fresh_hours, &stored_hours);
-        stored_hours
+    // A source that counts for itself (ClickHouse) tells no event's hour: it counts
+    // each local hour on its own.
+    let fresh_hours = match store.counted_hours(window).await.map_err(after_reading)? {
+        Some(counted) => counted,
+        None => fresh_hours,
     };
+    let stored_hours = store.load_hours(window).await.map_err(after_reading)?;
+    changes.hours = diff_hours(&fresh_hours, &stored_hours);
 
     let stored_events: i64 = stored.iter().map(|r| r.count).sum();
     let purged = i64::try_from(rollup.named_events()).unwrap_or(i64::MAX) < stored_events;

@@ -323,6 +323,21 @@ fn options(zone: &str) -> RunOptions {
 
 /// Loads `events` into `database`'s own source table and into a fresh ClickHouse
 /// database; runs the job from each in every zone, and compares the rows.
+/// Every hour row of `db` as one text, its sketch in hex.
+async fn hours(db: &TestDb) -> Vec<String> {
+    let sql = match db.kind {
+        Kind::Postgres => {
+            "SELECT hour::text || ' ' || event || ' ' || count || ' ' || unique_users \
+             || ' ' || encode(users_hll, 'hex') FROM telemetry_hourly ORDER BY hour, event"
+        }
+        Kind::Sqlite => {
+            "SELECT hour || ' ' || event || ' ' || count || ' ' || unique_users \
+             || ' ' || lower(hex(users_hll)) FROM telemetry_hourly ORDER BY hour, event"
+        }
+    };
+    db.strings(sql, None).await
+}
+
 async fn compare(kind: Kind, events: &[NewEvent]) {
     let Some(cluster) = cluster() else { return };
     let Some(direct) = TestDb::new(kind).await else {
@@ -338,8 +353,10 @@ async fn compare(kind: Kind, events: &[NewEvent]) {
     for zone in ["UTC", "America/New_York", "Asia/Kathmandu"] {
         // Each zone afresh: days cut again in another zone would be kept by the
         // retention guard.
-        direct.execute("DELETE FROM telemetry_daily").await;
-        via_clickhouse.execute("DELETE FROM telemetry_daily").await;
+        for db in [&direct, &via_clickhouse] {
+            db.execute("DELETE FROM telemetry_daily").await;
+            db.execute("DELETE FROM telemetry_hourly").await;
+        }
         let expected = direct.run(&options(zone)).await;
         let got = telemetry_daily::run(&from_clickhouse, &options(zone))
             .await
@@ -367,6 +384,10 @@ async fn compare(kind: Kind, events: &[NewEvent]) {
         for (h, w) in have.iter().zip(&want) {
             assert_eq!(h, w, "{zone}");
         }
+        // The hours too, counted hour by hour on the cluster.
+        let (want, have) = (hours(&direct).await, hours(&via_clickhouse).await);
+        assert!(!want.is_empty(), "{zone}: hours were written");
+        assert_eq!(have, want, "{zone}: hours");
     }
     // The counted events and weighted metadata spill as single events do, and
     // the rows stay the same.
@@ -512,7 +533,8 @@ async fn a_name_that_comes_after_the_names_were_read_is_counted_by_reading_the_d
         format!("[{names_before}]"),
         "step 0's names"
     );
-    assert_eq!(step_1.trim(), "1\t1", "step 1 with codes, then by names");
+    // The day's step 1 with codes, then by names; then each of its 24 hours by names.
+    assert_eq!(step_1.trim(), "1\t25", "step 1 with codes, then by names");
 
     let mut all = early;
     all.push(late);

@@ -43,7 +43,7 @@ mod queries;
 mod row_binary;
 mod transport;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use hyper::Response;
 use hyper::body::Incoming;
@@ -59,7 +59,7 @@ use self::transport::Transport;
 use super::rows::lenient_utf8;
 use super::{StoreError, TableName};
 use crate::model::hll::{EXPLICIT_MAX, LOG2M, Sketch, register_value};
-use crate::model::{CountedEvents, DayWindow, MAX_EVENT_NAME_BYTES, MergeableSink};
+use crate::model::{CountedEvents, DayWindow, HourRow, MAX_EVENT_NAME_BYTES, MergeableSink};
 
 /// Raw events in a ClickHouse table, read over HTTP.
 #[derive(Debug, Clone)]
@@ -336,6 +336,78 @@ impl Name {
 }
 
 impl ClickHouseSource {
+    /// Steps 1 and 2 alone (no codes, no metadata): the hour rows of `window`, one
+    /// local hour, each name with its events, distinct users and sketch, named as
+    /// the day's rows name them (skipped names left out, names alike once read
+    /// leniently counted together).
+    pub(super) async fn hour_rows(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError> {
+        let action = format!(
+            "reading the events of {} from {} to {} from {} in ClickHouse",
+            window.date, window.start, window.end, self.table
+        );
+        let mut names = self.names(window, None, &action).await?.unwrap_or_default();
+        let mut by_name: BTreeMap<String, (u64, u64, Sketch)> = BTreeMap::new();
+        self.push_names(window, &mut names, &action, |counted| {
+            let Some(name) = counted.event.filter(|n| !n.is_empty()) else {
+                return;
+            };
+            if name.len() > MAX_EVENT_NAME_BYTES {
+                return;
+            }
+            let entry = by_name
+                .entry(name.to_owned())
+                .or_insert_with(|| (0, 0, Sketch::new()));
+            entry.0 += counted.events;
+            entry.1 += counted.unique_users;
+            entry.2.union(counted.sketch);
+        })
+        .await?;
+        Ok(by_name
+            .into_iter()
+            .map(|(event, (count, users, sketch))| HourRow {
+                hour: window.start,
+                event,
+                count: i64::try_from(count).unwrap_or(i64::MAX),
+                unique_users: i64::try_from(users).unwrap_or(i64::MAX),
+                users_hll: sketch.to_bytes(),
+            })
+            .collect())
+    }
+
+    /// Step 2 for `names`, then each name to `take` with its sketch.
+    async fn push_names(
+        &self,
+        window: &DayWindow,
+        names: &mut [Name],
+        action: &str,
+        mut take: impl FnMut(CountedEvents<'_>),
+    ) -> Result<(), StoreError> {
+        let explicit = self.explicit_sketches(window, names, action).await?;
+        let empty = Sketch::new();
+        for name in names.iter_mut() {
+            let registers;
+            let sketch = match explicit.get(&name.bytes) {
+                Some(sketch) => sketch,
+                None if name.users > EXPLICIT_MAX as u64 && name.is_kept() => {
+                    registers = Sketch::from_registers(std::mem::take(&mut name.registers))
+                        .map_err(|e| StoreError::Source {
+                            action: action.to_owned(),
+                            message: e.to_string(),
+                        })?;
+                    &registers
+                }
+                None => &empty,
+            };
+            take(CountedEvents {
+                event: Some(&lenient_utf8(&name.bytes)),
+                events: name.events,
+                unique_users: name.users,
+                sketch,
+            });
+        }
+        Ok(())
+    }
+
     pub(super) async fn scan_window<K: MergeableSink>(
         &self,
         window: &DayWindow,
@@ -362,29 +434,10 @@ impl ClickHouseSource {
             }
         };
         let coding = coding.as_ref();
-        let explicit = self.explicit_sketches(window, &names, &action).await?;
-        let empty = Sketch::new();
-        for name in &mut names {
-            let registers;
-            let sketch = match explicit.get(&name.bytes) {
-                Some(sketch) => sketch,
-                None if name.users > EXPLICIT_MAX as u64 && name.is_kept() => {
-                    registers = Sketch::from_registers(std::mem::take(&mut name.registers))
-                        .map_err(|e| StoreError::Source {
-                            action: action.clone(),
-                            message: e.to_string(),
-                        })?;
-                    &registers
-                }
-                None => &empty,
-            };
-            sink.push_counted(CountedEvents {
-                event: Some(&lenient_utf8(&name.bytes)),
-                events: name.events,
-                unique_users: name.users,
-                sketch,
-            });
-        }
+        self.push_names(window, &mut names, &action, |counted| {
+            sink.push_counted(counted);
+        })
+        .await?;
         self.read_metadata(metadata, coding, sink, &action).await
     }
 
