@@ -10,8 +10,10 @@ impl TelemetryReport {
     /// The report as a readable table: a line per event and period, and the period's
     /// total; `~` marks an estimate.
     pub fn to_table(&self) -> String {
+        // An hour's start with its offset is 25 characters; a week's span 24.
+        let width = if self.by == Grouping::Hour { 25 } else { 24 };
         let mut out = format!(
-            "telemetry  {} .. {}  by {}\n{:<24}  {:<24}  {:>12}  {:>12}\n",
+            "telemetry  {} .. {}  by {}\n{:<width$}  {:<24}  {:>12}  {:>12}\n",
             self.start_date, self.end_date, self.by, "period", "event", "count", "users"
         );
         for period in &self.periods {
@@ -24,7 +26,7 @@ impl TelemetryReport {
             for event in &period.events {
                 let _ = writeln!(
                     out,
-                    "{span:<24}  {:<24}  {:>12}  {:>12}",
+                    "{span:<width$}  {:<24}  {:>12}  {:>12}",
                     terminal_text(&event.event),
                     event.count,
                     users(event.unique_users, event.unique_users_exact)
@@ -32,15 +34,18 @@ impl TelemetryReport {
             }
             let _ = writeln!(
                 out,
-                "{span:<24}  {:<24}  {:>12}  {:>12}",
+                "{span:<width$}  {:<24}  {:>12}  {:>12}",
                 "(all events)",
                 period.total.count,
                 users(period.total.unique_users, period.total.unique_users_exact)
             );
+            if let (true, Some(as_of)) = (period.partial, &period.as_of) {
+                let _ = writeln!(out, "{span:<width$}  so far, as of {as_of}");
+            }
             if !period.missing_sketches.is_empty() {
                 let _ = writeln!(
                     out,
-                    "{span:<24}  rows with no usable sketch on {} (run those days again)",
+                    "{span:<width$}  rows with no usable sketch on {} (run those days again)",
                     period.missing_sketches.join(", ")
                 );
             }
@@ -136,6 +141,31 @@ mod tests {
 
     fn range(start: &str, end: &str) -> DayRange {
         DayRange::new(start.parse().unwrap(), end.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_hour_table_keeps_its_columns_and_says_what_is_so_far() {
+        let zone = jiff::tz::TimeZone::get("America/New_York").unwrap();
+        let day = range("2024-11-03", "2024-11-03");
+        let mut report = super::super::HourReportBuilder::new(&day, &zone)
+            .unwrap()
+            .finish();
+        report.periods[1].partial = true;
+        report.periods[1].as_of = Some("2024-11-03T05:30:00.000Z".into());
+        let table = report.to_table();
+        let lines: Vec<&str> = table.lines().collect();
+        let count_column = lines[1].find("count").unwrap() + "count".len();
+        for line in lines.iter().skip(2).filter(|l| l.contains("(all events)")) {
+            assert_eq!(
+                line.find(" 0").map(|at| at + 2),
+                Some(count_column),
+                "{line}"
+            );
+        }
+        assert!(
+            table.contains("2024-11-03T01:00:00-04:00  so far, as of 2024-11-03T05:30:00.000Z"),
+            "{table}"
+        );
     }
 
     #[test]
