@@ -580,13 +580,7 @@ fn read_rollups<F: RollupFold>(
     while let Some(row) = rows.next()? {
         let date = row.get_ref(0)?.as_str()?;
         fold.add(RollupRef {
-            date: date.parse().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
+            date: parsed(date)?,
             event: row.get_ref(1)?.as_str()?,
             count: row.get(2)?,
             unique_users: row.get(3)?,
@@ -621,13 +615,7 @@ fn read_hours<F: HourFold>(
     while let Some(row) = rows.next()? {
         let hour = row.get_ref(0)?.as_str()?;
         fold.add(HourRef {
-            hour: hour.parse().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?,
+            hour: parsed(hour)?,
             event: row.get_ref(1)?.as_str()?,
             count: row.get(2)?,
             unique_users: row.get(3)?,
@@ -636,4 +624,15 @@ fn read_hours<F: HourFold>(
         });
     }
     Ok(fold)
+}
+
+/// The first column's text parsed, or a conversion error naming it.
+fn parsed<T>(text: &str) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
