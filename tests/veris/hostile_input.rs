@@ -191,3 +191,67 @@ async fn sqlite_user_ids_that_are_not_utf8_count_by_their_bytes() {
     // a\xff, a\xfe, a U+FFFD and a NUL are four users; the name is read leniently.
     assert_eq!(found, [("b\u{FFFD}", 1, 1), ("e", 5, 4)]);
 }
+
+/// The peak resident memory (`VmHWM`) of the running process `pid`, in bytes.
+fn peak_memory(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_value_costs_about_its_row_not_a_copy_per_table() {
+    let db = TestDb::new(Kind::Sqlite).await.expect("sqlite");
+    // A 50 MB string value, and a few ordinary events.
+    db.execute(
+        "INSERT INTO telemetry_events (event, user_id, created_at, meta) VALUES \
+         ('e', 'u', '2024-04-05T10:00:00Z', '{\"k\":\"' || hex(randomblob(25000000)) || '\"}')",
+    )
+    .await;
+    db.insert(&[event(
+        "e",
+        Some("v"),
+        "2024-04-05T11:00:00Z",
+        Some(r#"{"k":"small"}"#),
+    )])
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+        .env("DATABASE_URL", &db.url)
+        .args([
+            "telemetry-daily",
+            "--date",
+            "2024-04-05",
+            "--memory-limit",
+            "16MiB",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_memory(pid).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["days"][0]["rows"], 1);
+    // The limit, the row as SQLite and the batch hold it (50 MB each, a few times),
+    // and the process itself: nowhere near one more copy per table that kept it.
+    let allowance: u64 = 16 * 1024 * 1024 + 4 * 50_000_000 + 64 * 1024 * 1024;
+    eprintln!("peak {peak} bytes");
+    assert!(peak > 0, "the peak was read");
+    assert!(peak < allowance, "peak {peak} bytes, allowance {allowance}");
+    let rows = db.rollups().await;
+    let meta: Value = serde_json::from_str(&rows[0].4).unwrap();
+    assert_eq!(meta["k"]["other"], 1, "{meta}");
+}
