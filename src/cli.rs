@@ -279,12 +279,9 @@ async fn migrate(global: &GlobalArgs) -> Result<ExitCode, Error> {
 
 async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Result<ExitCode, Error> {
     let range = args.range.range(&args.job.timezone)?;
-    let connect = if args.dry_run {
-        Connect::Read
-    } else {
-        Connect::Write
-    };
-    let app = application(global, args.job.run_options(), connect).await?;
+    // Only `migrate` (and `demo`) make a database: a run on a file that is not there
+    // says so rather than creating an empty one.
+    let app = application(global, args.job.run_options(), Connect::Read).await?;
     let launcher = app.launcher();
     let options = RunOptions {
         range,

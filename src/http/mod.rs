@@ -374,7 +374,15 @@ async fn read_or_unavailable<T>(
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.launcher.store();
     if store.ping().await {
-        Json(json!({"status": "ok"})).into_response()
+        if store.is_migrated().await {
+            Json(json!({"status": "ok"})).into_response()
+        } else {
+            ApiError::Unavailable(
+                "the database answers but has no rollup tables: run `veris-jobs migrate` first"
+                    .into(),
+            )
+            .into_response()
+        }
     } else if store.has_external_source() {
         ApiError::Unavailable("the database or the source of events does not answer".into())
             .into_response()

@@ -20,12 +20,10 @@ pub enum StoreError {
     #[error("{action}: {message}")]
     Source { action: String, message: String },
     /// A command that only reads was pointed at a SQLite file that does not exist.
-    #[error(
-        "there is no database at {0} (`veris-jobs migrate` creates it; this command only reads)"
-    )]
+    #[error("there is no database at {0}: run `veris-jobs migrate` first, which creates it")]
     NoDatabase(String),
     /// The database could not be reached, or the connection was lost.
-    #[error("cannot reach the database {target}: {source}")]
+    #[error("cannot reach the database {target}: {}", driver_words(source))]
     Unreachable {
         target: String,
         #[source]
@@ -44,7 +42,7 @@ pub enum StoreError {
     )]
     DayBusy { date: Date, waited: Duration },
     /// Reading SQLite source events failed.
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", sqlite_words(source))]
     Read {
         action: String,
         #[source]
@@ -72,7 +70,7 @@ impl StoreError {
     pub fn without_addresses(&self) -> String {
         match self {
             StoreError::Unreachable { source, .. } => {
-                format!("cannot reach the database ({source})")
+                format!("cannot reach the database ({})", driver_words(source))
             }
             StoreError::SourceUnreachable { message, .. } => {
                 format!("cannot reach the source of events ({message})")
@@ -117,12 +115,48 @@ impl StoreError {
     }
 }
 
-/// A driver error in words: a lost connection says so first.
+/// A driver error in words: a lost connection says so first, a missing table says
+/// what to do.
 fn describe(error: &sqlx::Error) -> String {
     if is_connection_error(error) {
-        format!("the connection to the database was lost ({error})")
+        format!(
+            "the connection to the database was lost ({})",
+            driver_words(error)
+        )
+    } else if is_missing_table(error) {
+        format!("{}; run `veris-jobs migrate` first", driver_words(error))
     } else {
-        error.to_string()
+        driver_words(error)
+    }
+}
+
+/// The driver's words for `error`, without what only concerns the server's own
+/// code: PostgreSQL's errors carry the line of its C source (`… at line 433`).
+fn driver_words(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => format!("the database said: {}", db.message()),
+        other => other.to_string(),
+    }
+}
+
+/// Whether `error` says a table does not exist: PostgreSQL's `undefined_table`,
+/// SQLite's "no such table".
+pub(super) fn is_missing_table(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("42P01") || db.message().starts_with("no such table")
+        }
+        _ => false,
+    }
+}
+
+/// SQLite's words for a failed read, with what to do about a missing table.
+fn sqlite_words(error: &rusqlite::Error) -> String {
+    let text = error.to_string();
+    if text.contains("no such table") {
+        format!("{text}; run `veris-jobs migrate` first")
+    } else {
+        text
     }
 }
 

@@ -396,6 +396,14 @@ impl Store {
         dispatch!(self, s => s.fold_hours(span, events, fold).await)
     }
 
+    /// Whether the tables every run writes exist (`migrate` has run). An answer
+    /// other than a missing table counts as migrated: the health check tells the rest.
+    pub async fn is_migrated(&self) -> bool {
+        const SQL: &str = "SELECT 1 FROM telemetry_daily, telemetry_hourly, job_runs WHERE 1 = 0";
+        let answer = dispatch!(self, s => sqlx::query(SQL).execute(s.pool()).await.map(drop));
+        !matches!(answer, Err(error) if error::is_missing_table(&error))
+    }
+
     /// Whether the database, and the events' source when there is one, answer now.
     pub async fn ping(&self) -> bool {
         let database = dispatch!(self, s => s.ping().await);

@@ -513,3 +513,56 @@ async fn bad_values_name_their_flag_and_what_is_allowed() {
     assert!(message.contains("unknown value \"bogus\""), "{message}");
     assert!(!message.contains("error with configuration"), "{message}");
 }
+
+#[tokio::test]
+async fn a_database_never_migrated_says_to_run_migrate_and_none_is_made() {
+    // SQLite: no file, and none is made.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let url = format!("sqlite://{}", path.display());
+    let output = veris(&url, &["telemetry-daily", "--date", "2024-01-01"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("run `veris-jobs migrate` first"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!path.exists(), "no empty database is made");
+
+    // PostgreSQL: a database without the tables.
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let output = veris(&db.url, &["telemetry-daily", "--date", "2024-01-01"]);
+    assert_ne!(output.status.code(), Some(0));
+    let message = stderr(&output);
+    assert!(
+        message.contains("run `veris-jobs migrate` first"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("at line"),
+        "PostgreSQL's source line leaked: {message}"
+    );
+}
+
+#[tokio::test]
+async fn healthz_answers_503_until_the_tables_exist() {
+    let db = TestDb::sqlite().await;
+    let server = crate::http::TestServer::spawn_app(&db.url, 366).await;
+    let health = || async {
+        let answer = server
+            .client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("veris-jobs migrate"), "{body}");
+    db.store.migrate().await.unwrap();
+    assert_eq!(health().await.0, 200);
+    server.stop().await;
+}
