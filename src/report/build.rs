@@ -74,12 +74,7 @@ impl ReportBuilder {
         while self.done.len() < self.cuts.len() {
             self.close_period();
         }
-        TelemetryReport {
-            start_date: self.range.start().to_string(),
-            end_date: self.range.end().to_string(),
-            by: self.by,
-            periods: self.done,
-        }
+        TelemetryReport::of(&self.range, self.by, self.done)
     }
 
     fn close_period(&mut self) {
@@ -87,11 +82,7 @@ impl ReportBuilder {
         let parts = std::mem::take(&mut self.open);
         let partial = parts.partial;
         let mut period = parts.into_report(start.to_string(), end.to_string(), self.top_k);
-        if partial {
-            period.partial = true;
-        } else {
-            period.as_of = None;
-        }
+        period.mark_partial(partial);
         self.done.push(period);
         self.at = self.done.len();
     }
@@ -208,12 +199,8 @@ impl TelemetryReport {
     /// The report of `range` from the reports of the parts
     /// [`split_by_periods`] cut it into, in their order.
     pub fn joined(range: &DayRange, by: Grouping, parts: Vec<TelemetryReport>) -> Self {
-        TelemetryReport {
-            start_date: range.start().to_string(),
-            end_date: range.end().to_string(),
-            by,
-            periods: parts.into_iter().flat_map(|part| part.periods).collect(),
-        }
+        let periods = parts.into_iter().flat_map(|part| part.periods).collect();
+        TelemetryReport::of(range, by, periods)
     }
 
     /// The report of `range`, its days grouped `by` day, week or month, from its

@@ -68,12 +68,7 @@ impl HourReportBuilder {
         while self.done.len() < self.cuts.len() {
             self.close_period();
         }
-        TelemetryReport {
-            start_date: self.range.start().to_string(),
-            end_date: self.range.end().to_string(),
-            by: Grouping::Hour,
-            periods: self.done,
-        }
+        TelemetryReport::of(&self.range, Grouping::Hour, self.done)
     }
 
     fn label(&self, at: Timestamp) -> String {
@@ -93,11 +88,7 @@ impl HourReportBuilder {
             .as_deref()
             .and_then(|at| at.parse::<Timestamp>().ok())
             .is_some_and(|at| at < end);
-        if read_before_end {
-            period.partial = true;
-        } else {
-            period.as_of = None;
-        }
+        period.mark_partial(read_before_end);
         self.done.push(period);
         self.at = self.done.len();
     }

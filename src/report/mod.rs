@@ -122,6 +122,28 @@ pub struct PeriodReport {
     pub as_of: Option<String>,
 }
 
+impl TelemetryReport {
+    /// The report of `range` by `by`, of these periods.
+    fn of(range: &DayRange, by: Grouping, periods: Vec<PeriodReport>) -> Self {
+        Self {
+            start_date: range.start().to_string(),
+            end_date: range.end().to_string(),
+            by,
+            periods,
+        }
+    }
+}
+
+impl PeriodReport {
+    /// Marks the period partial, keeping its `asOf`; or whole, without one.
+    fn mark_partial(&mut self, partial: bool) {
+        self.partial = partial;
+        if !partial {
+            self.as_of = None;
+        }
+    }
+}
+
 /// One event in a period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

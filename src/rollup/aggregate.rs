@@ -730,15 +730,7 @@ mod tests {
     }
 
     fn aggregate(events: &[OwnedEvent]) -> DayAggregate {
-        let mut agg = DayAggregate::new();
-        for e in events {
-            agg.push(event(
-                e.event.as_deref(),
-                e.user.as_deref(),
-                e.meta.as_deref(),
-            ));
-        }
-        agg
+        aggregate_within(events, &DayAggregate::new(), 1)
     }
 
     /// Scratch files in memory: the spill code reads and writes through `std::io`

@@ -86,6 +86,16 @@ impl Statements {
     }
 }
 
+/// `rows` as one JSON array for `json_each`, each made by `row`; `None` when there
+/// are none.
+fn json_rows<'r, T: 'r>(
+    rows: impl Iterator<Item = &'r T>,
+    row: impl Fn(&T) -> serde_json::Value,
+) -> Option<String> {
+    let rows: Vec<_> = rows.map(row).collect();
+    (!rows.is_empty()).then(|| serde_json::Value::Array(rows).to_string())
+}
+
 /// Bytes as hexadecimal text, for a blob passed inside JSON.
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -438,22 +448,17 @@ impl SqliteStore {
             .await
             .map_err(query_error(&action))?;
         }
-        let rows: Vec<_> = changes
-            .inserts
-            .iter()
-            .chain(&changes.updates)
-            .map(|r| {
-                json!([
-                    r.event,
-                    r.count,
-                    r.unique_users,
-                    r.meta,
-                    r.users_hll.as_deref().map(hex),
-                    i64::from(r.partial)
-                ])
-            })
-            .collect();
-        if !rows.is_empty() {
+        let rows = json_rows(changes.inserts.iter().chain(&changes.updates), |r| {
+            json!([
+                r.event,
+                r.count,
+                r.unique_users,
+                r.meta,
+                r.users_hll.as_deref().map(hex),
+                i64::from(r.partial)
+            ])
+        });
+        if let Some(rows) = rows {
             // `WHERE true` keeps SQLite from reading ON CONFLICT as part of a join.
             sqlx::query(concat!(
                 "INSERT INTO ",
@@ -467,7 +472,7 @@ impl SqliteStore {
                  updated_at = excluded.updated_at"
             ))
             .bind(date.to_string())
-            .bind(serde_json::Value::Array(rows).to_string())
+            .bind(rows)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;
@@ -488,21 +493,16 @@ impl SqliteStore {
             .await
             .map_err(query_error(&action))?;
         }
-        let rows: Vec<_> = hours
-            .inserts
-            .iter()
-            .chain(&hours.updates)
-            .map(|r| {
-                json!([
-                    r.hour.to_string(),
-                    r.event,
-                    r.count,
-                    r.unique_users,
-                    hex(&r.users_hll)
-                ])
-            })
-            .collect();
-        if !rows.is_empty() {
+        let rows = json_rows(hours.inserts.iter().chain(&hours.updates), |r| {
+            json!([
+                r.hour.to_string(),
+                r.event,
+                r.count,
+                r.unique_users,
+                hex(&r.users_hll)
+            ])
+        });
+        if let Some(rows) = rows {
             sqlx::query(
                 "INSERT INTO telemetry_hourly (hour, event, count, unique_users, users_hll, updated_at) \
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
@@ -511,7 +511,7 @@ impl SqliteStore {
                  unique_users = excluded.unique_users, users_hll = excluded.users_hll, \
                  updated_at = excluded.updated_at",
             )
-            .bind(serde_json::Value::Array(rows).to_string())
+            .bind(rows)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;
@@ -557,6 +557,15 @@ impl SqliteStore {
     }
 }
 
+/// A plain read-only connection to the file at `path`, for the report's folds.
+fn open_for_reading(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
 /// Hands `fold` the rollup rows of the days from `first` to `last` (and of
 /// `events`, a JSON array, unless it is empty), by date and event.
 fn read_rollups<F: RollupFold>(
@@ -565,10 +574,7 @@ fn read_rollups<F: RollupFold>(
     events: &str,
     mut fold: F,
 ) -> rusqlite::Result<F> {
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let conn = open_for_reading(path)?;
     let mut statement = conn.prepare(concat!(
         "SELECT date, event, count, unique_users, meta, users_hll, partial, updated_at FROM ",
         rollup_table!(),
@@ -601,10 +607,7 @@ fn read_hours<F: HourFold>(
     events: &str,
     mut fold: F,
 ) -> rusqlite::Result<F> {
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let conn = open_for_reading(path)?;
     let mut statement = conn.prepare(
         "SELECT hour, event, count, unique_users, users_hll, updated_at FROM telemetry_hourly \
          WHERE hour >= ?1 AND hour < ?2 \
