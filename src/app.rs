@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CronSecret, Secret};
 use crate::error::Error;
-use crate::http::{self, AppState, JOB_PATH};
+use crate::http::{self, AppState, JOB_PATH, REPORT_PATH, RUNS_PATH};
 use crate::launcher::Launcher;
 use crate::schedule::{self, Schedule};
 use crate::store::{ClickHouseSource, Store, TableName};
@@ -159,11 +159,23 @@ impl Server {
     /// Serves until `shutdown` completes; then stops accepting, stops the schedule,
     /// and waits for the requests and runs under way to finish.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        tracing::info!(address = %self.address, "serving {JOB_PATH} and /healthz");
+        let base = format!("http://{}", self.address);
+        tracing::info!(
+            address = %self.address,
+            dashboard = %format!("{base}/"),
+            "serving: the dashboard at {base}/, runs at {JOB_PATH} (CRON_SECRET), \
+             the report at {REPORT_PATH}, the run history at {RUNS_PATH}, /metrics \
+             (READ_SECRET or CRON_SECRET), and /healthz"
+        );
         let stop = CancellationToken::new();
         let scheduler = self.schedule.map(|schedule| {
+            let next = schedule
+                .next_after(jiff::Timestamp::now())
+                .map(|tick| tick.to_string())
+                .unwrap_or_default();
             tracing::info!(
                 schedule = schedule.expression(),
+                next_run = %next,
                 timezone = self.launcher.job().timezone.iana_name().unwrap_or("UTC"),
                 "running telemetry-daily on schedule"
             );

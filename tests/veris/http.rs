@@ -734,6 +734,10 @@ async fn the_binary_refuses_a_missing_or_short_secret_and_never_logs_the_secret(
     assert_eq!(output.status.code(), Some(0));
     let logs = String::from_utf8_lossy(&output.stderr);
     assert!(
+        logs.contains(&format!("\"dashboard\":\"http://127.0.0.1:{port}/\"")),
+        "the start-up line names the dashboard: {logs}"
+    );
+    assert!(
         logs.contains("\"status\":200") && logs.contains("\"status\":401"),
         "one line per request: {logs}"
     );
