@@ -70,6 +70,19 @@ pub struct HourRow {
     pub users_hll: Vec<u8>,
 }
 
+impl HourRow {
+    /// The hour row of `row`, an hour's aggregate of one event, at `hour`.
+    pub fn of(hour: Timestamp, row: RollupRow) -> Self {
+        Self {
+            hour,
+            event: row.event,
+            count: row.count,
+            unique_users: row.unique_users,
+            users_hll: row.users_hll.unwrap_or_default(),
+        }
+    }
+}
+
 /// One stored hour row, borrowed from the database's answer as a store reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HourRef<'a> {

@@ -6,8 +6,8 @@
 //! `partial` when its day was last rolled up before the hour ended, and then carries
 //! `asOf`, when that was.
 
+use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp};
 
 use super::TelemetryReport;
 use super::build::PeriodParts;
@@ -36,14 +36,12 @@ impl HourReportBuilder {
         let mut cuts = Vec::new();
         for date in range.days() {
             let window = DayWindow::new(date, zone)?;
-            let mut start = window.start;
-            while start < window.end {
-                let end = start
-                    .checked_add(SignedDuration::from_hours(1))
-                    .map_or(window.end, |end| end.min(window.end));
-                cuts.push((start, end));
-                start = end;
-            }
+            cuts.extend(
+                window
+                    .local_hours()
+                    .iter()
+                    .map(|hour| (hour.start, hour.end)),
+            );
         }
         Ok(Self {
             range: *range,

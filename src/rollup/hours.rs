@@ -20,9 +20,6 @@ pub const MAX_HOURS: usize = 25;
 #[derive(Debug)]
 pub struct DayAndHours {
     day: DayAggregate,
-    /// An empty aggregate with the day's budget, which each hour's aggregate is made
-    /// from.
-    hour_template: DayAggregate,
     /// The hours seen so far, by their index in the day.
     hours: Vec<Option<DayAggregate>>,
     /// What the day's and the hours' tables hold together, against the day's budget.
@@ -43,10 +40,8 @@ impl DayAndHours {
             Some(limit) => DayAggregate::with_limit(limit),
             None => DayAggregate::new(),
         };
-        let hour_template = day.part(1);
         Self {
             day,
-            hour_template,
             hours: Vec::new(),
             held: 0,
         }
@@ -64,10 +59,10 @@ impl DayAndHours {
         if self.hours.len() <= index {
             self.hours.resize_with(index + 1, || None);
         }
-        let template = &self.hour_template;
+        let day = &self.day;
         // Each hour may take the whole budget; the day and its hours together are
         // kept within it by [`DayAndHours::keep_within_budget`].
-        Some(self.hours[index].get_or_insert_with(|| template.part(1)))
+        Some(self.hours[index].get_or_insert_with(|| day.part(1)))
     }
 
     /// Spills the biggest of the day and its hours until together they fit the
@@ -120,15 +115,12 @@ impl DayAndHours {
             let Ok(start) = day_start.checked_add(offset) else {
                 continue;
             };
-            for row in hour.finish(0)?.rows {
-                hours.push(HourRow {
-                    hour: start,
-                    event: row.event,
-                    count: row.count,
-                    unique_users: row.unique_users,
-                    users_hll: row.users_hll.unwrap_or_default(),
-                });
-            }
+            hours.extend(
+                hour.finish(0)?
+                    .rows
+                    .into_iter()
+                    .map(|row| HourRow::of(start, row)),
+            );
         }
         Ok(DayAndHourRollup { day, hours })
     }
@@ -172,7 +164,6 @@ impl MergeableSink for DayAndHours {
     fn part(&self, of: usize) -> Self {
         Self {
             day: self.day.part(of),
-            hour_template: self.hour_template.part(of),
             hours: Vec::new(),
             held: 0,
         }
@@ -199,7 +190,6 @@ impl MergeableSink for DayAndHours {
 
     fn share_with(&mut self, of: usize) {
         self.day.share_with(of);
-        self.hour_template.share_with(of);
         for hour in self.hours.iter_mut().flatten() {
             hour.share_with(of);
         }

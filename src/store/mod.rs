@@ -359,25 +359,22 @@ impl Store {
         dispatch!(self, s => s.fold_rollups(range, events, fold).await)
     }
 
-    /// The hour rows of `window`'s day from a source that counts for itself
-    /// (ClickHouse), which tells no event's hour: each local hour read on its own,
-    /// `None` when events come from the database (their hours come with them).
+    /// The names of `window` with their events, distinct users and sketches, into
+    /// `sink`, without metadata: from a source that counts for itself (ClickHouse),
+    /// steps 1 and 2 of its plan; else the window's events.
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the source cannot be read, or an hour cannot be counted.
-    pub async fn counted_hours(
+    /// [`StoreError`] when the source cannot be read.
+    pub async fn scan_counts<K: MergeableSink>(
         &self,
         window: &DayWindow,
-    ) -> Result<Option<Vec<HourRow>>, StoreError> {
-        let Some(source) = &self.source else {
-            return Ok(None);
-        };
-        let mut rows = Vec::new();
-        for hour in window.local_hours() {
-            rows.extend(source.hour_rows(&hour).await?);
+        sink: &mut K,
+    ) -> Result<(), StoreError> {
+        match &self.source {
+            Some(source) => source.scan_counts(window, sink).await,
+            None => self.scan_window(window, sink).await,
         }
-        Ok(Some(rows))
     }
 
     /// Hands `fold` the stored hour rows of `[start, end)` for the events named (all

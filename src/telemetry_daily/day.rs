@@ -9,8 +9,10 @@ use jiff::civil::Date;
 
 use super::spill::ScratchDir;
 use super::{RunOptions, elapsed_ms};
-use crate::model::{DayReport, DayStatus, DayWindow, HourCounts, MergeableSink, diff, diff_hours};
-use crate::rollup::{DayAndHourRollup, DayAndHours, MemoryLimit, SpillError};
+use crate::model::{
+    DayReport, DayStatus, DayWindow, HourCounts, HourRow, MergeableSink, diff, diff_hours,
+};
+use crate::rollup::{DayAggregate, DayAndHourRollup, DayAndHours, MemoryLimit, SpillError};
 use crate::store::{DayLocks, Store, StoreError};
 
 /// Why a day failed.
@@ -108,11 +110,17 @@ pub(super) async fn roll_up(
     };
     let stored = store.load_day(date).await.map_err(after_reading)?;
     let mut changes = diff(&rollup.rows, &stored);
-    // A source that counts for itself (ClickHouse) tells no event's hour: it counts
-    // each local hour on its own.
-    let fresh_hours = match store.counted_hours(window).await.map_err(after_reading)? {
-        Some(counted) => counted,
-        None => fresh_hours,
+    // A source that counts for itself (ClickHouse) tells no event's hour: each local
+    // hour is counted on its own.
+    let fresh_hours = if store.counts_itself() {
+        counted_hours(store, window)
+            .await
+            .map_err(|error| DayFailure {
+                error,
+                events_read: read,
+            })?
+    } else {
+        fresh_hours
     };
     let stored_hours = store.load_hours(window).await.map_err(after_reading)?;
     changes.hours = diff_hours(&fresh_hours, &stored_hours);
@@ -175,6 +183,24 @@ pub(super) async fn roll_up(
     }
     day.duration_ms = elapsed_ms(started);
     Ok(day)
+}
+
+/// The hour rows of `window`'s day from a source that counts for itself, each local
+/// hour counted on its own into an aggregate of the hour.
+async fn counted_hours(store: &Store, window: &DayWindow) -> Result<Vec<HourRow>, DayError> {
+    let mut rows = Vec::new();
+    for hour in window.local_hours() {
+        let mut counts = DayAggregate::new();
+        store.scan_counts(&hour, &mut counts).await?;
+        let rollup = counts.finish(0)?;
+        rows.extend(
+            rollup
+                .rows
+                .into_iter()
+                .map(|row| HourRow::of(hour.start, row)),
+        );
+    }
+    Ok(rows)
 }
 
 /// Streams a day's events into `day`: in one stream, or in `slices` time slices read

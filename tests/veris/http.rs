@@ -60,32 +60,33 @@ impl TestServer {
             })
             .await
             .expect("the server binds");
-        let base = format!("http://{}", server.address());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        Self {
-            base,
-            client,
-            shutdown: Some(tx),
-            task,
-        }
+        let address = server.address();
+        Self::serving(address, |stop| tokio::spawn(server.run_until_stopped(stop)))
     }
 
     /// A server of `state`, whose secret must be [`SECRET`].
     pub async fn start_with(state: AppState) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let address = listener.local_addr().unwrap();
+        Self::serving(address, |stop| {
+            tokio::spawn(veris_jobs::http::serve(listener, state, stop))
+        })
+    }
+
+    /// A server at `address`, started by `start` with the future that stops it.
+    fn serving(
+        address: std::net::SocketAddr,
+        start: impl FnOnce(
+            std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        ) -> tokio::task::JoinHandle<()>,
+    ) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(veris_jobs::http::serve(listener, state, async move {
+        let task = start(Box::pin(async move {
             let _ = rx.await;
         }));
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
         Self {
-            base,
-            client,
+            base: format!("http://{address}"),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
             shutdown: Some(tx),
             task,
         }

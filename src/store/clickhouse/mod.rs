@@ -43,7 +43,7 @@ mod queries;
 mod row_binary;
 mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use hyper::Response;
 use hyper::body::Incoming;
@@ -59,7 +59,7 @@ use self::transport::Transport;
 use super::rows::lenient_utf8;
 use super::{StoreError, TableName};
 use crate::model::hll::{EXPLICIT_MAX, LOG2M, Sketch, register_value};
-use crate::model::{CountedEvents, DayWindow, HourRow, MAX_EVENT_NAME_BYTES, MergeableSink};
+use crate::model::{CountedEvents, DayWindow, EventSink, MAX_EVENT_NAME_BYTES, MergeableSink};
 
 /// Raw events in a ClickHouse table, read over HTTP.
 #[derive(Debug, Clone)]
@@ -336,42 +336,22 @@ impl Name {
 }
 
 impl ClickHouseSource {
-    /// Steps 1 and 2 alone (no codes, no metadata): the hour rows of `window`, one
-    /// local hour, each name with its events, distinct users and sketch, named as
-    /// the day's rows name them (skipped names left out, names alike once read
-    /// leniently counted together).
-    pub(super) async fn hour_rows(&self, window: &DayWindow) -> Result<Vec<HourRow>, StoreError> {
+    /// Steps 1 and 2 alone (no codes, no metadata): the names of `window` with their
+    /// events, distinct users and sketches, into `sink`. For a day's hours.
+    pub(super) async fn scan_counts<K: EventSink>(
+        &self,
+        window: &DayWindow,
+        sink: &mut K,
+    ) -> Result<(), StoreError> {
         let action = format!(
             "reading the events of {} from {} to {} from {} in ClickHouse",
             window.date, window.start, window.end, self.table
         );
         let mut names = self.names(window, None, &action).await?.unwrap_or_default();
-        let mut by_name: BTreeMap<String, (u64, u64, Sketch)> = BTreeMap::new();
         self.push_names(window, &mut names, &action, |counted| {
-            let Some(name) = counted.event.filter(|n| !n.is_empty()) else {
-                return;
-            };
-            if name.len() > MAX_EVENT_NAME_BYTES {
-                return;
-            }
-            let entry = by_name
-                .entry(name.to_owned())
-                .or_insert_with(|| (0, 0, Sketch::new()));
-            entry.0 += counted.events;
-            entry.1 += counted.unique_users;
-            entry.2.union(counted.sketch);
+            sink.push_counted(counted);
         })
-        .await?;
-        Ok(by_name
-            .into_iter()
-            .map(|(event, (count, users, sketch))| HourRow {
-                hour: window.start,
-                event,
-                count: i64::try_from(count).unwrap_or(i64::MAX),
-                unique_users: i64::try_from(users).unwrap_or(i64::MAX),
-                users_hll: sketch.to_bytes(),
-            })
-            .collect())
+        .await
     }
 
     /// Step 2 for `names`, then each name to `take` with its sketch.
