@@ -35,12 +35,28 @@ struct EventGroup {
     /// the aggregate spills.
     sketch: Sketch,
     meta: MetaSummary,
+    /// The bit its users carry in [`UserIds`]: the first [`BIT_GROUPS`] groups of
+    /// the day's rows have one.
+    bit: Option<u8>,
+    /// For a group of the day's rows: the groups of its local hours, by the hour's
+    /// index in the day ([`NO_GROUP`] where the hour had none of its events yet).
+    hours: Vec<u32>,
+    /// For a group of one local hour's events: that hour's index in the day.
+    hour: Option<u8>,
 }
+
+/// Marks an hour without a group in [`EventGroup::hours`].
+const NO_GROUP: u32 = u32::MAX;
+
+/// Most hours a day has (a 25-hour day).
+const MAX_HOURS: usize = 25;
 
 /// Groups whose users are tracked by a bit on each user rather than a set per group.
 /// Most days have fewer event names than this, and then the distinct-user check costs
-/// no memory access beyond the user lookup itself.
-const BIT_GROUPS: u32 = 64;
+/// no memory access beyond the user lookup itself. Only the day's groups get bits:
+/// an hour's group holds a set of user numbers, so that an event costs one user
+/// lookup for its day and its hour together.
+const BIT_GROUPS: usize = 64;
 
 /// Each distinct user id of the day, stored once and numbered, with a bit for each
 /// of the first [`BIT_GROUPS`] groups the user has been seen in.
@@ -56,11 +72,11 @@ struct UserEntry {
 }
 
 impl UserIds {
-    /// Notes that `user` did an event of `group`. Returns the user's number, for a
-    /// group below [`BIT_GROUPS`] whether this is the user's first event in it, and
-    /// the bytes the table grew by.
-    fn see(&mut self, user: &str, group: u32) -> (u32, bool, usize) {
-        let bit = if group < BIT_GROUPS { 1u64 << group } else { 0 };
+    /// Notes that `user` did an event of the group whose bit is `bit` (if it has
+    /// one). Returns the user's number, for a group with a bit whether this is the
+    /// user's first event in it, and the bytes the table grew by.
+    fn see(&mut self, user: &str, bit: Option<u8>) -> (u32, bool, usize) {
+        let bit = bit.map_or(0, |bit| 1u64 << bit);
         if let Some(entry) = self.ids.get_mut(user) {
             let first = entry.groups & bit == 0 && bit != 0;
             entry.groups |= bit;
@@ -100,7 +116,10 @@ const TABLE_SHARE: usize = 4;
 pub struct DayAggregate {
     /// Groups by event name, numbered in the order they were first seen.
     index: FastMap<CompactString, u32>,
+    /// The day's groups and, after them as they come, its hours' groups.
     groups: Vec<(CompactString, EventGroup)>,
+    /// The group of each bit of [`UserEntry::groups`].
+    bit_groups: Vec<u32>,
     users: UserIds,
     events_read: u64,
     skipped: SkipCounts,
@@ -160,24 +179,6 @@ impl DayAggregate {
         self.events_read
     }
 
-    /// The bytes its tables that can spill hold now.
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// The share of the memory limit its tables may hold.
-    pub(crate) fn budget(&self) -> usize {
-        self.budget
-    }
-
-    /// Spills its tables now, whatever they hold (when it has a limit): for an owner
-    /// that shares one budget among several aggregates.
-    pub(crate) fn spill_now(&mut self) {
-        if self.limit.is_some() && self.failure.is_none() && self.bytes > 0 {
-            self.spill();
-        }
-    }
-
     /// Whether nothing at all was pushed into it.
     fn is_empty(&self) -> bool {
         self.events_read == 0
@@ -194,34 +195,88 @@ impl DayAggregate {
         // Event names are capped in length and a day cannot hold 4 billion of them
         // in memory, so the count fits.
         let group = self.groups.len() as u32;
+        let bit = (self.bit_groups.len() < BIT_GROUPS).then(|| {
+            self.bit_groups.push(group);
+            (self.bit_groups.len() - 1) as u8
+        });
         self.index.insert(name.into(), group);
-        self.groups.push((name.into(), EventGroup::default()));
+        self.groups.push((
+            name.into(),
+            EventGroup {
+                bit,
+                ..EventGroup::default()
+            },
+        ));
         group
+    }
+
+    /// The group of the events of the day's group `group` in the local hour `hour`,
+    /// made if new; `None` for an hour past the longest day's.
+    fn hour_group(&mut self, group: u32, hour: u8) -> Option<u32> {
+        let at = usize::from(hour);
+        if at >= MAX_HOURS {
+            return None;
+        }
+        let next = self.groups.len() as u32;
+        let (name, day) = &mut self.groups[group as usize];
+        if day.hours.len() <= at {
+            day.hours.resize(at + 1, NO_GROUP);
+        }
+        if day.hours[at] != NO_GROUP {
+            return Some(day.hours[at]);
+        }
+        day.hours[at] = next;
+        let name = name.clone();
+        self.groups.push((
+            name,
+            EventGroup {
+                hour: Some(hour),
+                ..EventGroup::default()
+            },
+        ));
+        Some(next)
     }
 
     /// Counts `user` among the distinct users of `group`; returns whether it is new
     /// there (since the last spill).
     fn add_user(&mut self, group: u32, user: &str) -> bool {
+        self.add_user_in_hour(group, None, user).0
+    }
+
+    /// Counts `user` among the distinct users of `group` and, when given, of its
+    /// hour's group `hour`, with one lookup of the user; returns whether it is new in
+    /// each (since the last spill).
+    fn add_user_in_hour(&mut self, group: u32, hour: Option<u32>, user: &str) -> (bool, bool) {
         if self.users_pass.take() {
             self.pass_user(group, user);
+            if let Some(hour) = hour {
+                self.pass_user(hour, user);
+            }
             // Whether it is new is for the partitions to say; the sketch may see
             // a user twice.
-            return true;
+            return (true, hour.is_some());
         }
         self.user_pushes += 1;
-        let (id, first, grew) = self.users.see(user, group);
+        let (id, first, grew) = self.users.see(user, self.groups[group as usize].1.bit);
         self.bytes += grew;
+        let in_day = self.count_user(group, id, first);
+        let in_hour = hour.is_some_and(|hour| self.count_user(hour, id, false));
+        (in_day, in_hour)
+    }
+
+    /// Counts the user numbered `id` in `group`: by the bit [`UserIds::see`] tested
+    /// (`first`) when the group has one, else in its set.
+    fn count_user(&mut self, group: u32, id: u32, first: bool) -> bool {
         let target = &mut self.groups[group as usize].1;
-        if group < BIT_GROUPS {
+        if target.bit.is_some() {
             target.unique += u64::from(first);
-            first
-        } else {
-            let before = target.users.capacity();
-            let new = target.users.insert(id);
-            self.bytes +=
-                table_bytes::<u32, ()>(target.users.capacity()) - table_bytes::<u32, ()>(before);
-            new
+            return first;
         }
+        let before = target.users.capacity();
+        let new = target.users.insert(id);
+        self.bytes +=
+            table_bytes::<u32, ()>(target.users.capacity()) - table_bytes::<u32, ()>(before);
+        new
     }
 
     /// Writes `user` of `group` straight to the spill files.
@@ -267,7 +322,7 @@ impl DayAggregate {
         let mut write = || -> std::io::Result<()> {
             // Users by number, for the sets of the groups past the bit-tracked ones.
             let mut names: Vec<&str> = Vec::new();
-            if self.groups.len() > BIT_GROUPS as usize {
+            if self.groups.len() > self.bit_groups.len() {
                 names = vec![""; self.users.ids.len()];
                 for (user, entry) in &self.users.ids {
                     names[entry.id as usize] = user;
@@ -276,7 +331,7 @@ impl DayAggregate {
             for (user, entry) in &self.users.ids {
                 let mut bits = entry.groups;
                 while bits != 0 {
-                    let group = bits.trailing_zeros();
+                    let group = self.bit_groups[bits.trailing_zeros() as usize];
                     bits &= bits - 1;
                     spilled.users.write(
                         space,
@@ -293,7 +348,6 @@ impl DayAggregate {
                     let user = CompactString::from(names[*id as usize]);
                     spilled.users.write(space, &UserRecord { group, user })?;
                 }
-                event_group.users = FastSet::default();
                 for (key, mut stats) in event_group.meta.take_keys() {
                     let values = std::mem::take(&mut stats.values);
                     stats.pass.judge(values.values().sum(), values.len() as u64);
@@ -322,6 +376,10 @@ impl DayAggregate {
                 source,
             });
         }
+        // The sets hold numbers of the users table emptied below, written out or not.
+        for (_, group) in &mut self.groups {
+            group.users = FastSet::default();
+        }
         self.users_pass
             .judge(self.user_pushes, self.users.ids.len() as u64);
         self.user_pushes = 0;
@@ -335,7 +393,20 @@ impl DayAggregate {
     ///
     /// [`SpillError`] when the aggregate spilled and writing or reading its files
     /// failed.
-    pub fn finish(mut self, top_k: usize) -> Result<DayRollup, SpillError> {
+    pub fn finish(self, top_k: usize) -> Result<DayRollup, SpillError> {
+        Ok(self.finish_with_hour_rows(top_k)?.0)
+    }
+
+    /// The rollup rows as [`DayAggregate::finish`] gives them, and the rows of each
+    /// local hour's events by the hour's index in the day, sorted by hour and event.
+    ///
+    /// # Errors
+    ///
+    /// As [`DayAggregate::finish`].
+    pub(crate) fn finish_with_hour_rows(
+        mut self,
+        top_k: usize,
+    ) -> Result<(DayRollup, Vec<(u8, RollupRow)>), SpillError> {
         if let Some(failure) = self.failure.take() {
             return Err(failure);
         }
@@ -359,11 +430,10 @@ impl DayAggregate {
             uniques = Some(u);
             metas = Some(m);
         }
-        let mut rows: Vec<RollupRow> = self
-            .groups
-            .into_iter()
-            .enumerate()
-            .map(|(at, (event, group))| RollupRow {
+        let mut rows = Vec::new();
+        let mut hour_rows = Vec::new();
+        for (at, (event, group)) in self.groups.into_iter().enumerate() {
+            let row = RollupRow {
                 event: event.into(),
                 count: saturating_i64(group.count),
                 unique_users: saturating_i64(
@@ -379,15 +449,21 @@ impl DayAggregate {
                 },
                 users_hll: Some(group.sketch.to_bytes()),
                 partial: false,
-            })
-            .collect();
+            };
+            match group.hour {
+                Some(hour) => hour_rows.push((hour, row)),
+                None => rows.push(row),
+            }
+        }
         rows.sort_unstable_by(|a, b| a.event.cmp(&b.event));
-        Ok(DayRollup {
+        hour_rows.sort_unstable_by(|(h, a), (g, b)| (h, &a.event).cmp(&(g, &b.event)));
+        let day = DayRollup {
             rows,
             events_read: self.events_read,
             skipped: self.skipped,
             spilled_bytes,
-        })
+        };
+        Ok((day, hour_rows))
     }
 }
 
@@ -437,7 +513,13 @@ impl MergeableSink for DayAggregate {
         let groups: Vec<u32> = other
             .groups
             .iter()
-            .map(|(name, _)| self.group(name))
+            .map(|(name, group)| {
+                let day = self.group(name);
+                match group.hour {
+                    Some(hour) => self.hour_group(day, hour).unwrap_or(day),
+                    None => day,
+                }
+            })
             .collect();
         if self.limit.is_none() && other.limit.is_some() {
             self.limit = other.limit.clone();
@@ -467,7 +549,7 @@ impl MergeableSink for DayAggregate {
             names[entry.id as usize] = user;
             let mut bits = entry.groups;
             while bits != 0 {
-                let theirs = bits.trailing_zeros();
+                let theirs = other.bit_groups[bits.trailing_zeros() as usize];
                 bits &= bits - 1;
                 self.add_user(groups[theirs as usize], user);
             }
@@ -570,11 +652,21 @@ impl EventSink for DayAggregate {
         }
         let group = self.group(name);
         self.groups[group as usize].1.count += 1;
-        if let Some(user) = event.user_id.filter(|u| !u.is_empty())
-            && self.add_user(group, user)
-        {
-            let sketch = &mut self.groups[group as usize].1.sketch;
-            sketch.add_hash(hash_user(user));
+        let hour = event.hour.and_then(|hour| self.hour_group(group, hour));
+        if let Some(hour) = hour {
+            self.groups[hour as usize].1.count += 1;
+        }
+        if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
+            let (in_day, in_hour) = self.add_user_in_hour(group, hour, user);
+            if in_day || in_hour {
+                let hash = hash_user(user);
+                if in_day {
+                    self.groups[group as usize].1.sketch.add_hash(hash);
+                }
+                if let Some(hour) = hour.filter(|_| in_hour) {
+                    self.groups[hour as usize].1.sketch.add_hash(hash);
+                }
+            }
         }
         self.add_meta(group, event.meta, 1);
     }
@@ -697,6 +789,7 @@ mod tests {
         event: Option<String>,
         user: Option<String>,
         meta: Option<String>,
+        hour: Option<u8>,
     }
 
     fn arb_meta() -> impl Strategy<Value = Option<String>> {
@@ -725,8 +818,14 @@ mod tests {
             prop::option::weighted(0.95, prop_oneof!["[a-d]{0,1}", "x[0-9]{2}"]),
             prop::option::weighted(0.8, "u[0-9]{0,1}"),
             arb_meta(),
+            prop::option::weighted(0.9, 0u8..25),
         )
-            .prop_map(|(event, user, meta)| OwnedEvent { event, user, meta })
+            .prop_map(|(event, user, meta, hour)| OwnedEvent {
+                event,
+                user,
+                meta,
+                hour,
+            })
     }
 
     fn aggregate(events: &[OwnedEvent]) -> DayAggregate {
@@ -774,11 +873,10 @@ mod tests {
     fn aggregate_within(events: &[OwnedEvent], template: &DayAggregate, of: usize) -> DayAggregate {
         let mut agg = template.part(of);
         for e in events {
-            agg.push(event(
-                e.event.as_deref(),
-                e.user.as_deref(),
-                e.meta.as_deref(),
-            ));
+            agg.push(SourceEvent {
+                hour: e.hour,
+                ..event(e.event.as_deref(), e.user.as_deref(), e.meta.as_deref())
+            });
         }
         agg
     }
@@ -795,6 +893,7 @@ mod tests {
                     i % 150,
                     i % 3
                 )),
+                hour: None,
             })
             .collect()
     }
@@ -839,23 +938,24 @@ mod tests {
                 event: Some(format!("e{}", i % 7)),
                 user: Some(format!("device-{i}")),
                 meta: Some(format!(r#"{{"trace":"t{i}","plan":"p{}"}}"#, i % 3)),
+                hour: Some((i % 24) as u8),
             })
             .collect();
         events.extend((0..200_000).map(|i| OwnedEvent {
             event: Some(format!("e{}", i % 7)),
             user: Some(format!("regular-{}", i % 50)),
             meta: Some(format!(r#"{{"trace":"t{}","plan":"p{}"}}"#, i % 20, i % 3)),
+            hour: Some((i % 24) as u8),
         }));
-        let whole = aggregate(&events).finish(5).unwrap();
+        let whole = aggregate(&events).finish_with_hour_rows(5).unwrap();
         let mut limited = limited(8 << 20, Arc::new(MemorySpace::default()));
         let (distinct, regular) = events.split_at(40_000);
         let push = |agg: &mut DayAggregate, events: &[OwnedEvent]| {
             for e in events {
-                agg.push(event(
-                    e.event.as_deref(),
-                    e.user.as_deref(),
-                    e.meta.as_deref(),
-                ));
+                agg.push(SourceEvent {
+                    hour: e.hour,
+                    ..event(e.event.as_deref(), e.user.as_deref(), e.meta.as_deref())
+                });
             }
         };
         push(&mut limited, distinct);
@@ -871,9 +971,10 @@ mod tests {
         assert!(trace_passing > 0, "trace ids pass on once they do not fold");
         push(&mut limited, regular);
         assert!(!limited.users_pass.is_passing(), "users are counted again");
-        let limited = limited.finish(5).unwrap();
+        let (limited, limited_hours) = limited.finish_with_hour_rows(5).unwrap();
         assert!(limited.spilled_bytes > 0);
-        assert_eq!(limited.rows, whole.rows);
+        assert_eq!(limited.rows, whole.0.rows);
+        assert_eq!(limited_hours, whole.1);
     }
 
     #[test]
@@ -900,7 +1001,7 @@ mod tests {
             top_k in 0usize..4,
             limit in prop::option::of(1usize..4096),
         ) {
-            let whole = aggregate(&events).finish(top_k).unwrap();
+            let (whole, whole_hours) = aggregate(&events).finish_with_hour_rows(top_k).unwrap();
 
             let mut shuffled = events.clone();
             // A deterministic Fisher-Yates from the seed, so failures reproduce.
@@ -924,8 +1025,9 @@ mod tests {
             for part in parts.rev() {
                 merged.merge(part);
             }
-            let merged = merged.finish(top_k).unwrap();
+            let (merged, merged_hours) = merged.finish_with_hour_rows(top_k).unwrap();
             prop_assert_eq!(merged.rows, whole.rows);
+            prop_assert_eq!(merged_hours, whole_hours);
             prop_assert_eq!((merged.events_read, merged.skipped), (whole.events_read, whole.skipped));
         }
     }

@@ -23,6 +23,6 @@ mod spill;
 mod summary;
 
 pub use self::aggregate::{DayAggregate, DayRollup};
-pub use self::hours::{DayAndHourRollup, DayAndHours, MAX_HOURS};
+pub use self::hours::DayAndHourRollup;
 pub use self::meta::MAX_DEPTH;
 pub use self::spill::{MemoryLimit, Scratch, SpillError, SpillSpace};

@@ -12,7 +12,7 @@ use super::{RunOptions, elapsed_ms};
 use crate::model::{
     DayReport, DayStatus, DayWindow, HourCounts, HourRow, MergeableSink, diff, diff_hours,
 };
-use crate::rollup::{DayAggregate, DayAndHourRollup, DayAndHours, MemoryLimit, SpillError};
+use crate::rollup::{DayAggregate, DayAndHourRollup, MemoryLimit, SpillError};
 use crate::store::{DayLocks, Store, StoreError};
 
 /// Why a day failed.
@@ -80,7 +80,7 @@ pub(super) async fn roll_up(
         store,
         window,
         options.read_slices,
-        DayAndHours::new(Some(limit)),
+        DayAggregate::with_limit(limit),
     )
     .await?;
     // Reading back what spilled is file work: off the async threads.
@@ -89,7 +89,7 @@ pub(super) async fn roll_up(
     let DayAndHourRollup {
         day: mut rollup,
         hours: fresh_hours,
-    } = tokio::task::spawn_blocking(move || aggregate.finish(top_k, day_start))
+    } = tokio::task::spawn_blocking(move || aggregate.finish_with_hours(top_k, day_start))
         .await
         .map_err(|_| StoreError::Aborted(format!("aggregating {date} was cancelled")))??;
     for row in &mut rollup.rows {
