@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CronSecret, Secret};
 use crate::error::Error;
-use crate::http::{self, AppState, JOB_PATH, REPORT_PATH, RUNS_PATH};
+use crate::http::{self, AppState, JOB_PATH, PURGE_PATH, REPORT_PATH, RUNS_PATH};
 use crate::launcher::Launcher;
 use crate::schedule::{self, Schedule};
 use crate::store::{ClickHouseSource, Store, TableName};
@@ -98,6 +98,20 @@ impl Application {
                     .map_err(|e| Error::Usage(format!("--schedule: {e}")))
             })
             .transpose()?;
+        let purge_schedule = match (settings.purge_schedule.as_deref(), settings.keep_days) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::Usage(
+                    "--purge-schedule needs --keep-days (TELEMETRY_KEEP_DAYS): the days of raw events to keep"
+                        .into(),
+                ));
+            }
+            (Some(expression), Some(keep_days)) => Some((
+                Schedule::parse(expression, self.launcher.job().timezone.clone())
+                    .map_err(|e| Error::Usage(format!("--purge-schedule: {e}")))?,
+                keep_days,
+            )),
+        };
         let listener = TcpListener::bind(settings.bind).await.map_err(|e| {
             Error::Usage(format!(
                 "--bind {}: cannot listen there: {e}",
@@ -109,7 +123,8 @@ impl Application {
             self.launcher.clone(),
             settings.max_range_days,
             settings.secret,
-        );
+        )
+        .with_keep_days(settings.keep_days);
         if let Some(read) = settings.read_secret {
             state = state.with_read_secret(read);
         }
@@ -119,6 +134,7 @@ impl Application {
             state,
             launcher: self.launcher,
             schedule,
+            purge_schedule,
             today_every: settings.today_every,
         })
     }
@@ -134,6 +150,10 @@ pub struct ServeSettings {
     pub schedule: Option<String>,
     /// How often to roll up today so far; never when `None`.
     pub today_every: Option<std::time::Duration>,
+    /// A cron expression for `telemetry-purge`, in the job's zone; needs `keep_days`.
+    pub purge_schedule: Option<String>,
+    /// The purge's days kept, for its schedule and for requests that do not say.
+    pub keep_days: Option<u32>,
     pub secret: CronSecret,
     /// `READ_SECRET`: reads only (the report, the run history, the metrics).
     pub read_secret: Option<Secret>,
@@ -147,6 +167,8 @@ pub struct Server {
     state: AppState,
     launcher: Launcher,
     schedule: Option<Schedule>,
+    /// The purge's schedule and its days kept.
+    purge_schedule: Option<(Schedule, u32)>,
     today_every: Option<std::time::Duration>,
 }
 
@@ -163,7 +185,7 @@ impl Server {
         tracing::info!(
             address = %self.address,
             dashboard = %format!("{base}/"),
-            "serving: the dashboard at {base}/, runs at {JOB_PATH} (CRON_SECRET), \
+            "serving: the dashboard at {base}/, runs at {JOB_PATH} and {PURGE_PATH} (CRON_SECRET), \
              the report at {REPORT_PATH}, the run history at {RUNS_PATH}, /metrics \
              (READ_SECRET or CRON_SECRET), and /healthz"
         );
@@ -196,6 +218,19 @@ impl Server {
                 stop.clone().cancelled_owned(),
             ))
         });
+        let purger = self.purge_schedule.map(|(schedule, keep_days)| {
+            tracing::info!(
+                schedule = schedule.expression(),
+                keep_days,
+                "running telemetry-purge on schedule"
+            );
+            tokio::spawn(schedule::run_job_on_schedule(
+                self.launcher.clone(),
+                schedule,
+                stop.clone().cancelled_owned(),
+                move |launcher: &Launcher| launcher.launch_scheduled_purge(keep_days),
+            ))
+        });
         let stop_on_signal = stop.clone();
         http::serve(self.listener, self.state, async move {
             shutdown.await;
@@ -203,7 +238,7 @@ impl Server {
         })
         .await;
         stop.cancel();
-        for task in [scheduler, refresher].into_iter().flatten() {
+        for task in [scheduler, refresher, purger].into_iter().flatten() {
             if let Err(error) = task.await
                 && error.is_panic()
             {

@@ -21,6 +21,7 @@ use crate::report::{
     DEFAULT_REPORT_DAYS, Grouping, MAX_HOUR_REPORT_DAYS, ReportRequest, telemetry_report,
 };
 use crate::telemetry_daily::RunOptions;
+use crate::telemetry_purge::PurgeOptions;
 
 /// Background jobs of the Veris application.
 #[derive(Debug, Parser)]
@@ -40,6 +41,8 @@ pub enum Command {
     Migrate,
     /// Roll raw events up into one row per (day, event).
     TelemetryDaily(TelemetryDailyArgs),
+    /// Delete raw events of old days whose rollups already hold them, and nothing else.
+    TelemetryPurge(TelemetryPurgeArgs),
     /// List recent runs from the run history (job_runs).
     Runs(RunsArgs),
     /// Serve the job over HTTP (needs CRON_SECRET in the environment).
@@ -109,6 +112,30 @@ pub struct TelemetryDailyArgs {
     pub job: JobArgs,
 }
 
+/// Flags of `telemetry-purge`.
+#[derive(Debug, Args)]
+pub struct TelemetryPurgeArgs {
+    /// Days of raw events to keep, ending yesterday; older days are purged once
+    /// their rollups hold them. Required: there is no default.
+    #[arg(long, env = "TELEMETRY_KEEP_DAYS", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_days: Option<u32>,
+
+    /// Check and count, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Rows deleted per transaction.
+    #[arg(long, default_value_t = crate::telemetry_purge::DEFAULT_BATCH_SIZE, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
 /// Flags of `runs`.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
@@ -119,6 +146,10 @@ pub struct RunsArgs {
     /// Show this one run, with its whole report.
     #[arg(long, conflicts_with = "limit", allow_negative_numbers = true)]
     pub id: Option<i64>,
+
+    /// Only the runs of this job (telemetry-daily, telemetry-purge).
+    #[arg(long, conflicts_with = "id")]
+    pub job: Option<crate::jobs::Job>,
 
     /// Print the runs as JSON.
     #[arg(long)]
@@ -200,6 +231,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode, Error> {
     match command {
         Command::Migrate => migrate(&global).await,
         Command::TelemetryDaily(args) => telemetry_daily(&global, args).await,
+        Command::TelemetryPurge(args) => telemetry_purge(&global, args).await,
         Command::Runs(args) => runs(&global, args).await,
         Command::Serve(args) => serve(&global, args).await,
         Command::Demo(args) => demo(&global, args).await,
@@ -298,6 +330,33 @@ async fn telemetry_daily(global: &GlobalArgs, args: TelemetryDailyArgs) -> Resul
     Ok(exit_code(&report))
 }
 
+async fn telemetry_purge(global: &GlobalArgs, args: TelemetryPurgeArgs) -> Result<ExitCode, Error> {
+    let Some(keep_days) = args.keep_days else {
+        return Err(crate::telemetry_purge::PurgeError::KeepDaysRequired.into());
+    };
+    let app = application(global, args.job.run_options(), Connect::Read).await?;
+    let launcher = app.launcher();
+    let options = PurgeOptions {
+        keep_days,
+        dry_run: args.dry_run,
+        batch_size: args.batch_size,
+        trigger: crate::model::Trigger::Cli,
+        job: launcher.job().clone(),
+    };
+    let report = launcher.purge_here(&options).await?;
+    launcher.store().close().await;
+    if args.json {
+        write_stdout(&format!("{}\n", to_json(&report)));
+    } else {
+        write_stdout(&report.to_table());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn runs(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode, Error> {
     let app = application(global, RunOptions::default(), Connect::Read).await?;
     let store = app.store();
@@ -319,7 +378,9 @@ async fn runs(global: &GlobalArgs, args: RunsArgs) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let runs = store.recent_runs(args.limit).await?;
+    let runs = store
+        .recent_runs_of(args.limit, args.job.map(|job| job.name()))
+        .await?;
     if args.json {
         write_stdout(&format!("{}\n", to_json(&runs)));
     } else {
@@ -339,6 +400,8 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode, Error> 
         max_range_days: args.max_range_days,
         schedule: args.schedule,
         today_every: args.today_every,
+        purge_schedule: args.purge_schedule,
+        keep_days: args.keep_days,
         secret: cron_secret()?,
         read_secret: read_secret()?,
     };
@@ -434,8 +497,8 @@ async fn shutdown_signal() {
 fn runs_table(runs: &[RunRecord]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:>5}  {:<8}  {:<9}  {:<24}  {:<24}  {:>9}\n",
-        "id", "trigger", "status", "started (UTC)", "range", "days"
+        "{:>5}  {:<15}  {:<8}  {:<9}  {:<24}  {:<24}  {:>9}\n",
+        "id", "job", "trigger", "status", "started (UTC)", "range", "days"
     );
     for run in runs {
         let range = if run.start_date == run.end_date {
@@ -446,8 +509,8 @@ fn runs_table(runs: &[RunRecord]) -> String {
         let days = format!("{}/{}", run.days_done, run.days_total);
         let _ = writeln!(
             out,
-            "{:>5}  {:<8}  {:<9}  {:<24}  {:<24}  {:>9}",
-            run.id, run.trigger, run.status, run.started_at, range, days
+            "{:>5}  {:<15}  {:<8}  {:<9}  {:<24}  {:<24}  {:>9}",
+            run.id, run.job, run.trigger, run.status, run.started_at, range, days
         );
     }
     if runs.is_empty() {

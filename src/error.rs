@@ -3,6 +3,7 @@
 use crate::model::DateError;
 use crate::store::StoreError;
 use crate::telemetry_daily::RunError;
+use crate::telemetry_purge::PurgeError;
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,9 @@ pub enum Error {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The purge could not start.
+    #[error(transparent)]
+    Purge(#[from] PurgeError),
 }
 
 impl Error {
@@ -31,7 +35,14 @@ impl Error {
                 StoreError::InvalidUrl(_) | StoreError::InvalidSourceUrl(_),
             )) => 2,
             Error::Run(RunError::Date(_)) => 2,
-            Error::Run(_) | Error::Store(_) => 1,
+            Error::Purge(
+                PurgeError::KeepDaysRequired
+                | PurgeError::UnsupportedSource
+                | PurgeError::BatchSize
+                | PurgeError::Date(_)
+                | PurgeError::Store(StoreError::InvalidUrl(_) | StoreError::InvalidSourceUrl(_)),
+            ) => 2,
+            Error::Run(_) | Error::Store(_) | Error::Purge(_) => 1,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Starting runs, for every face: the command line, the HTTP endpoint and the
-//! built-in schedule all start `telemetry-daily` through a [`Launcher`].
+//! built-in schedule all start `telemetry-daily` and `telemetry-purge` through a
+//! [`Launcher`].
 //!
 //! The launcher owns what runs share within a process: the store, the job's settings,
 //! the tasks of runs under way (so that a shutdown can wait for them), the run
@@ -13,9 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::model::PurgeReport;
 use crate::model::{RunReport, Trigger};
 use crate::store::Store;
 use crate::telemetry_daily::{self, Progress, RunError, RunOptions};
+use crate::telemetry_purge::{self, PurgeError, PurgeOptions};
 
 /// Starts runs over one store with one set of job settings.
 #[derive(Debug, Clone)]
@@ -166,6 +169,67 @@ impl Launcher {
         })
     }
 
+    /// Runs a purge here and now, and counts the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`PurgeError`] when the purge cannot start.
+    pub async fn purge_here(&self, options: &PurgeOptions) -> Result<PurgeReport, PurgeError> {
+        let outcome = telemetry_purge::run(&self.inner.store, options).await;
+        self.observe_purge(options.trigger, &outcome);
+        outcome
+    }
+
+    /// Starts a purge on a task of its own, as [`Launcher::launch`] does a run;
+    /// with `permit`, a requested one that holds its place until it ends.
+    fn launch_purge_holding(
+        &self,
+        options: PurgeOptions,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> JoinHandle<Result<PurgeReport, PurgeError>> {
+        let launcher = self.clone();
+        self.inner.tasks.spawn(async move {
+            let _permit = permit;
+            let outcome = telemetry_purge::run(&launcher.inner.store, &options).await;
+            if let Err(error) = &outcome {
+                tracing::warn!(%error, trigger = options.trigger.as_str(), "purge did not start");
+            }
+            launcher.observe_purge(options.trigger, &outcome);
+            outcome
+        })
+    }
+
+    /// Starts a purge asked for by a request, unless as many runs as allowed are
+    /// going already (purges and runs share the places).
+    ///
+    /// # Errors
+    ///
+    /// [`TooManyRuns`] when none can start now.
+    pub fn launch_requested_purge(
+        &self,
+        options: PurgeOptions,
+    ) -> Result<JoinHandle<Result<PurgeReport, PurgeError>>, TooManyRuns> {
+        let permit = Arc::clone(&self.inner.requested)
+            .try_acquire_owned()
+            .map_err(|_| TooManyRuns(self.inner.requested_limit))?;
+        Ok(self.launch_purge_holding(options, Some(permit)))
+    }
+
+    /// Starts a purge of the built-in purge schedule, keeping `keep_days` days.
+    pub fn launch_scheduled_purge(
+        &self,
+        keep_days: u32,
+    ) -> JoinHandle<Result<PurgeReport, PurgeError>> {
+        self.launch_purge_holding(
+            PurgeOptions {
+                trigger: Trigger::Schedule,
+                job: self.inner.job.clone(),
+                ..PurgeOptions::keeping(keep_days)
+            },
+            None,
+        )
+    }
+
     /// Stops taking runs on tasks and waits for those under way to finish.
     pub async fn wait(&self) {
         let tasks = &self.inner.tasks;
@@ -178,5 +242,11 @@ impl Launcher {
 
     fn observe(&self, trigger: Trigger, outcome: &Result<RunReport, RunError>) {
         self.inner.metrics.observe(trigger, outcome.as_ref().ok());
+    }
+
+    fn observe_purge(&self, trigger: Trigger, outcome: &Result<PurgeReport, PurgeError>) {
+        self.inner
+            .metrics
+            .observe_purge(trigger, outcome.as_ref().ok());
     }
 }

@@ -1,9 +1,11 @@
 //! `veris-jobs`: the background jobs of the Veris application.
 //!
 //! Its first job, [`telemetry_daily`], rolls raw telemetry events (event name, user
-//! id, time, JSON metadata) up into one row per (day, event): how many events, how
-//! many distinct users, and a summary of their metadata. It runs on PostgreSQL in
-//! production and on a SQLite file with no set-up at all.
+//! id, time, JSON metadata) up into one row per (day, event) and per (hour, event):
+//! how many events, how many distinct users, and a summary of their metadata. Its
+//! second, [`telemetry_purge`], deletes the raw events of old days whose rollups hold
+//! them, and nothing else. They run on PostgreSQL in production and on a SQLite file
+//! with no set-up at all.
 //!
 //! # Layout
 //!
@@ -20,8 +22,11 @@
 //! 3. [`store`]: every line of SQL. [`store::Store`] is a pool to PostgreSQL or
 //!    SQLite, chosen by the URL, with events read from a [`store::ClickHouseSource`]
 //!    when one is given; each method reaches the backend through one `dispatch!`.
-//! 4. [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
+//! 4. [`jobs`]: the registry of job names and the run history the jobs share.
+//!    [`telemetry_daily`]: a run of the job: holds the days, reads, aggregates, diffs
 //!    and writes each day, records the run ([`telemetry_daily::run`]).
+//!    [`telemetry_purge`]: finds old days, checks each day's rollup with
+//!    `telemetry_daily`'s own read, and deletes in batches ([`telemetry_purge::run`]).
 //!    [`report`]: the read path whole: the rollups read back, grouped by day, week or
 //!    month, merged and rendered.
 //! 5. [`metrics`]: counters of the runs a process made, in Prometheus text format.
@@ -56,6 +61,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod progress;
@@ -66,5 +72,6 @@ pub mod launcher;
 pub mod schedule;
 pub mod store;
 pub mod telemetry_daily;
+pub mod telemetry_purge;
 
 pub use error::Error;

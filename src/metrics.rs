@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use crate::model::{RunReport, Trigger};
+use crate::model::{PURGE_JOB_NAME, PurgeReport, RunReport, Trigger};
 
 /// Upper bounds of the run-duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
@@ -27,7 +27,11 @@ pub struct Metrics {
 
 #[derive(Debug, Default)]
 struct Counters {
-    runs: BTreeMap<(&'static str, &'static str), u64>,
+    /// Runs by job, trigger and outcome.
+    runs: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    /// Days of purges, by status.
+    purge_days: BTreeMap<String, u64>,
+    events_deleted: u64,
     days: BTreeMap<String, u64>,
     events_read: u64,
     events_skipped: BTreeMap<String, u64>,
@@ -58,7 +62,9 @@ impl Metrics {
             Some(r) if r.ok => "ok",
             Some(_) => "failed",
         };
-        *c.runs.entry((trigger.as_str(), outcome)).or_default() += 1;
+        *c.runs
+            .entry((crate::model::JOB_NAME, trigger.as_str(), outcome))
+            .or_default() += 1;
         let Some(report) = report else { return };
         for day in &report.days {
             *c.days.entry(day.status.to_string()).or_default() += 1;
@@ -88,6 +94,29 @@ impl Metrics {
         }
     }
 
+    /// Counts one purge: its report, or `None` when it could not start.
+    pub fn observe_purge(&self, trigger: Trigger, report: Option<&PurgeReport>) {
+        let mut c = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outcome = match report {
+            None => "not_started",
+            Some(r) if r.ok => "ok",
+            Some(_) => "failed",
+        };
+        *c.runs
+            .entry((PURGE_JOB_NAME, trigger.as_str(), outcome))
+            .or_default() += 1;
+        let Some(report) = report else { return };
+        for day in &report.days {
+            *c.purge_days.entry(day.status.to_string()).or_default() += 1;
+        }
+        if !report.dry_run {
+            c.events_deleted += report.totals.events_deleted;
+        }
+    }
+
     /// Counts a tick of the schedule skipped because the previous run was still going.
     pub fn tick_skipped(&self) {
         self.inner
@@ -107,19 +136,35 @@ impl Metrics {
             &mut out,
             "veris_runs_total",
             "counter",
-            "Runs of telemetry-daily by trigger and outcome.",
+            "Runs by job, trigger and outcome.",
         );
-        for ((trigger, outcome), n) in &c.runs {
+        for ((job, trigger, outcome), n) in &c.runs {
             let _ = writeln!(
                 out,
-                "{runs}{{job=\"telemetry-daily\",trigger=\"{trigger}\",outcome=\"{outcome}\"}} {n}"
+                "{runs}{{job=\"{job}\",trigger=\"{trigger}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+        let purge_days = family(
+            &mut out,
+            "veris_purge_days_total",
+            "counter",
+            "Old days telemetry-purge judged, by status (purged, would_purge, kept, failed).",
+        );
+        for (status, n) in &c.purge_days {
+            let _ = writeln!(out, "{purge_days}{{status=\"{status}\"}} {n}");
+        }
+        let deleted = family(
+            &mut out,
+            "veris_events_deleted_total",
+            "counter",
+            "Source events telemetry-purge deleted.",
+        );
+        let _ = writeln!(out, "{deleted} {}", c.events_deleted);
         let days = family(
             &mut out,
             "veris_days_total",
             "counter",
-            "Days processed, by status.",
+            "Days telemetry-daily processed, by status.",
         );
         for (status, n) in &c.days {
             let _ = writeln!(out, "{days}{{status=\"{status}\"}} {n}");

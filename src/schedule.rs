@@ -80,9 +80,20 @@ pub async fn run_on_schedule(
     schedule: Schedule,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_job_on_schedule(launcher, schedule, shutdown, Launcher::launch_scheduled).await;
+}
+
+/// Starts a run with `start` at every tick of `schedule` until `shutdown` completes,
+/// skipping (and logging) a tick that finds the previous run `start` made still going.
+pub async fn run_job_on_schedule<T: Send + 'static>(
+    launcher: Launcher,
+    schedule: Schedule,
+    shutdown: impl Future<Output = ()>,
+    start: impl Fn(&Launcher) -> tokio::task::JoinHandle<T>,
+) {
     tokio::pin!(shutdown);
     // The run logs and counts its own outcome; only whether it is still going matters here.
-    let mut previous: Option<tokio::task::JoinHandle<_>> = None;
+    let mut previous: Option<tokio::task::JoinHandle<T>> = None;
     let mut after = Timestamp::now();
     loop {
         let Some(tick) = schedule.next_after(after) else {
@@ -110,7 +121,7 @@ pub async fn run_on_schedule(
             continue;
         }
         tracing::info!(%tick, schedule = schedule.expression(), "scheduled run starting");
-        previous = Some(launcher.launch_scheduled());
+        previous = Some(start(&launcher));
     }
 }
 

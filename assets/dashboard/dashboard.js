@@ -308,12 +308,13 @@
     if (runs.length === 0) {
       const row = body.insertRow();
       const td = cell(row, 'No runs recorded yet.');
-      td.colSpan = 6;
+      td.colSpan = 7;
       return;
     }
     for (const run of runs) {
       const row = body.insertRow();
       cell(row, String(run.id));
+      cell(row, run.job);
       cell(row, run.trigger);
       cell(row, run.status, `status-${run.status}`);
       cell(row, run.startedAt.replace('T', ' ').replace('Z', ''));
@@ -323,7 +324,7 @@
       for (const day of failedDays) {
         const detail = body.insertRow();
         const td = cell(detail, `${day.date}: ${day.error}`, 'failed-day');
-        td.colSpan = 6;
+        td.colSpan = 7;
       }
     }
   }

@@ -57,3 +57,17 @@ CREATE TABLE IF NOT EXISTS telemetry_hourly (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (hour, event)
 );
+
+-- Days whose source events telemetry-purge deletes: the start is recorded before the
+-- first batch, so an interrupted purge is finished by the next without a new check,
+-- and telemetry-daily keeps the day's rollup. through_id bounds what may be deleted:
+-- the largest id the check read.
+CREATE TABLE IF NOT EXISTS purged_days (
+    date           date        NOT NULL,
+    timezone       text        NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz,
+    events_deleted bigint      NOT NULL DEFAULT 0,
+    through_id     bigint      NOT NULL,
+    PRIMARY KEY (date, timezone)
+);

@@ -52,3 +52,17 @@ CREATE TABLE IF NOT EXISTS telemetry_hourly (
     updated_at   text    NOT NULL,
     PRIMARY KEY (hour, event)
 );
+
+-- Days whose source events telemetry-purge deletes: the start is recorded before the
+-- first batch, so an interrupted purge is finished by the next without a new check,
+-- and telemetry-daily keeps the day's rollup. through_id bounds what may be deleted:
+-- the largest id the check read.
+CREATE TABLE IF NOT EXISTS purged_days (
+    date           text    NOT NULL,
+    timezone       text    NOT NULL,
+    started_at     text    NOT NULL,
+    finished_at    text,
+    events_deleted integer NOT NULL DEFAULT 0,
+    through_id     integer NOT NULL,
+    PRIMARY KEY (date, timezone)
+);

@@ -194,6 +194,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TELEMETRY_TODAY_EVERY", value_parser = parse_today_every)]
     pub today_every: Option<Duration>,
 
+    /// Run telemetry-purge on this cron schedule, in --timezone (as --schedule);
+    /// needs --keep-days.
+    #[arg(long, env = "TELEMETRY_PURGE_SCHEDULE", requires = "keep_days")]
+    pub purge_schedule: Option<String>,
+
+    /// Days of raw events telemetry-purge keeps, ending yesterday: for the purge
+    /// schedule, and for purge requests that do not say.
+    #[arg(long, env = "TELEMETRY_KEEP_DAYS", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_days: Option<u32>,
+
     #[command(flatten)]
     pub job: JobArgs,
 }

@@ -39,7 +39,7 @@ pub(super) async fn run_from_query(
 }
 
 /// Whether the request announces a body.
-fn has_body(headers: &HeaderMap) -> bool {
+pub(super) fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
@@ -53,12 +53,30 @@ pub(super) async fn run_from_body(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let body = match json_body(&state, query, &headers, body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    match RunRequest::from_json(&body, state.max_range_days) {
+        Ok(request) => run_and_answer(&state, request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// A POST's JSON body, read within the state's body timeout; or the answer that
+/// refuses it (a query string, a body too large, slow or not JSON).
+pub(super) async fn json_body(
+    state: &AppState,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
     if query.is_some_and(|q| !q.is_empty()) {
-        return ApiError::bad_request(
+        return Err(ApiError::bad_request(
             "invalid_query",
             "a POST takes its fields in the JSON body, not in the query string",
         )
-        .into_response();
+        .into_response());
     }
     // A client that sends its body slowly, or never finishes it, is cut off.
     let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
@@ -67,7 +85,7 @@ pub(super) async fn run_from_body(
         Ok(Err(error)) => {
             let too_large = std::error::Error::source(&error)
                 .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            return if too_large {
+            return Err(if too_large {
                 ApiError::PayloadTooLarge.into_response()
             } else {
                 ApiError::bad_request(
@@ -75,9 +93,9 @@ pub(super) async fn run_from_body(
                     format!("the request body could not be read: {error}"),
                 )
                 .into_response()
-            };
+            });
         }
-        Err(_) => return ApiError::RequestTimeout.into_response(),
+        Err(_) => return Err(ApiError::RequestTimeout.into_response()),
     };
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -85,12 +103,9 @@ pub(super) async fn run_from_body(
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
     if !body.iter().all(u8::is_ascii_whitespace) && !is_json {
-        return ApiError::UnsupportedMediaType.into_response();
+        return Err(ApiError::UnsupportedMediaType.into_response());
     }
-    match RunRequest::from_json(&body, state.max_range_days) {
-        Ok(request) => run_and_answer(&state, request).await,
-        Err(error) => error.into_response(),
-    }
+    Ok(body)
 }
 
 async fn run_and_answer(state: &AppState, request: RunRequest) -> Response {
@@ -141,9 +156,9 @@ async fn run(state: &AppState, request: RunRequest) -> Result<RunReport, ApiErro
 
 /// A run's handle that, when `armed`, stops the run if dropped before it ended
 /// (its caller hung up).
-struct StopIfDropped<T> {
-    handle: JoinHandle<T>,
-    armed: bool,
+pub(super) struct StopIfDropped<T> {
+    pub(super) handle: JoinHandle<T>,
+    pub(super) armed: bool,
 }
 
 impl<T> Future for StopIfDropped<T> {

@@ -23,6 +23,7 @@ mod dashboard;
 mod error;
 mod job;
 mod log;
+mod purge;
 mod report;
 mod request;
 mod runs;
@@ -83,6 +84,9 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// The job's path.
 pub(crate) const JOB_PATH: &str = "/api/jobs/telemetry-daily";
 
+/// The purge's path.
+pub(crate) const PURGE_PATH: &str = "/api/jobs/telemetry-purge";
+
 /// The run history's path.
 pub(crate) const RUNS_PATH: &str = "/api/jobs/runs";
 
@@ -95,6 +99,8 @@ pub(crate) const REPORT_PATH: &str = "/api/telemetry/report";
 pub struct AppState {
     launcher: Launcher,
     max_range_days: u32,
+    /// The purge's `keepDays` when a request gives none (`TELEMETRY_KEEP_DAYS`).
+    keep_days: Option<u32>,
     secret: Arc<CronSecret>,
     read_secret: Option<Arc<Secret>>,
     body_timeout: Duration,
@@ -116,6 +122,7 @@ impl AppState {
         Self {
             launcher,
             max_range_days,
+            keep_days: None,
             secret: Arc::new(secret),
             read_secret: None,
             body_timeout: BODY_TIMEOUT,
@@ -123,6 +130,13 @@ impl AppState {
             write_timeout: WRITE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
         }
+    }
+
+    /// The same state purging `keep_days` days when a request says nothing
+    /// (`TELEMETRY_KEEP_DAYS`).
+    pub fn with_keep_days(mut self, keep_days: Option<u32>) -> Self {
+        self.keep_days = keep_days;
+        self
     }
 
     /// The same state with another limit on how long a request body may take to
@@ -184,11 +198,20 @@ pub fn router(state: AppState) -> Router {
             "GET, POST",
         )
     };
+    let purge = || {
+        only(
+            get(purge::purge_from_query).post(purge::purge_from_body),
+            "GET, POST",
+        )
+    };
     let runs = || only(get(runs::recent), "GET");
+    // Every job of the registry at /api/jobs/{job}; any other name is 404.
     let runs_jobs = Router::new()
         .route(JOB_PATH, run())
         // Served as they are, never redirected: cron callers do not follow redirects.
         .route(&format!("{JOB_PATH}/"), run())
+        .route(PURGE_PATH, purge())
+        .route(&format!("{PURGE_PATH}/"), purge())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_cron,

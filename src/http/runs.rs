@@ -6,21 +6,39 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
 use super::{ApiError, AppState, read_or_unavailable};
+use crate::jobs::Job;
 use crate::model::MAX_RUNS_LISTED;
 
 /// Runs a listing shows when the request does not say.
 const DEFAULT_LIMIT: u32 = 20;
 
-/// `GET /api/jobs/runs?limit=N`: the `N` most recent runs (20 by default, at most
-/// 100), each with its summary and without its report, so the answer stays small
-/// however long the runs were.
+/// `GET /api/jobs/runs?limit=N&job=NAME`: the `N` most recent runs (20 by default,
+/// at most 100), of one job or of all, each with its summary and without its report,
+/// so the answer stays small however long the runs were.
 pub(super) async fn recent(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let mut limit = None;
+    let mut job: Option<Job> = None;
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        if key == "job" {
+            let named = match value.parse::<Job>() {
+                Ok(named) => named,
+                Err(message) => {
+                    return ApiError::bad_request("unknown_job", message).into_response();
+                }
+            };
+            if job.replace(named).is_some() {
+                return ApiError::bad_request("invalid_query", "'job' is given more than once")
+                    .into_response();
+            }
+            continue;
+        }
         if key != "limit" {
             return ApiError::bad_request(
                 "unknown_field",
-                format!("unknown parameter '{}'; expected limit", key.escape_debug()),
+                format!(
+                    "unknown parameter '{}'; expected limit or job",
+                    key.escape_debug()
+                ),
             )
             .into_response();
         }
@@ -42,7 +60,7 @@ pub(super) async fn recent(State(state): State<AppState>, RawQuery(query): RawQu
     let read = state
         .launcher
         .store()
-        .recent_runs(limit.unwrap_or(DEFAULT_LIMIT));
+        .recent_runs_of(limit.unwrap_or(DEFAULT_LIMIT), job.map(|job| job.name()));
     match read_or_unavailable(&state, read).await {
         Ok(runs) => Json(json!({ "runs": runs })).into_response(),
         Err(error) => error.into_response(),

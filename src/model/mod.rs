@@ -17,6 +17,7 @@ mod events;
 mod exact_sum;
 pub mod hll;
 mod json;
+mod purge_report;
 mod rows;
 mod run_report;
 mod runs;
@@ -29,11 +30,14 @@ pub use self::events::{
 };
 pub use self::exact_sum::ExactSum;
 pub use self::json::{canonical_json, canonical_value, json_number};
+pub use self::purge_report::{
+    KeptReason, PURGE_JOB_NAME, PurgeDay, PurgeReport, PurgeStatus, PurgeTotals,
+};
 pub use self::rows::{HourFold, HourRef, HourRow, RollupFold, RollupRef, RollupRow, StoredRollup};
 pub use self::run_report::{ChangedDays, DayReport, DayStatus, HourCounts, RunReport, Totals};
 pub use self::runs::{
-    FailedDay, JOB_NAME, MAX_RUNS_LISTED, NewRun, RunRecord, RunStatus, RunSummary,
-    SUMMARY_ERROR_CHARS, SUMMARY_FAILED_DAYS, Trigger,
+    FailedDay, JOB_NAME, JobReport, JobTotals, MAX_RUNS_LISTED, NewRun, RunRecord, RunStatus,
+    RunSummary, SUMMARY_ERROR_CHARS, SUMMARY_FAILED_DAYS, Trigger,
 };
 pub use self::summary_format::{DROPPED_KEYS, MAX_KEYS, MAX_VALUE_BYTES, key_order, value_order};
 

@@ -58,6 +58,10 @@ pub struct DayReport {
     pub duration_ms: u64,
     /// Why the day failed, or why it was kept; `null` otherwise.
     pub error: Option<String>,
+    /// Why a kept day was kept, as a name: `purged` when `telemetry-purge` deleted
+    /// its events; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Bytes the day's aggregation spilled to disk past the memory limit; absent
     /// when it fitted in memory.
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::days::DayRange;
+use super::purge_report::{PurgeReport, PurgeStatus, PurgeTotals};
 use super::run_report::{DayStatus, RunReport, Totals};
 
 /// The job's name, as reports, logs and `job_runs.job` give it.
@@ -114,7 +115,7 @@ pub struct RunSummary {
     /// Whether the run wrote nothing (only in reports; dry runs are not recorded).
     pub dry_run: bool,
     /// The report's sums over all days.
-    pub totals: Totals,
+    pub totals: JobTotals,
     /// Wall time of the whole run.
     pub duration_ms: u64,
     /// How many days failed.
@@ -142,23 +143,84 @@ impl RunSummary {
         Self {
             ok: report.ok,
             dry_run: report.dry_run,
-            totals: report.totals.clone(),
+            totals: JobTotals::Daily(report.totals.clone()),
             duration_ms: report.duration_ms,
             failed_days_total: failed.len() as u64,
-            failed_days: failed
-                .into_iter()
-                .take(SUMMARY_FAILED_DAYS)
-                .map(|day| FailedDay {
-                    date: day.date.clone(),
-                    error: day
-                        .error
-                        .as_deref()
-                        .unwrap_or("")
-                        .chars()
-                        .take(SUMMARY_ERROR_CHARS)
-                        .collect(),
-                })
-                .collect(),
+            failed_days: failed_days(failed.iter().map(|day| (&day.date, &day.error))),
         }
+    }
+
+    /// The summary of a purge's `report`.
+    pub fn of_purge(report: &PurgeReport) -> Self {
+        let failed: Vec<_> = report
+            .days
+            .iter()
+            .filter(|day| day.status == PurgeStatus::Failed)
+            .collect();
+        Self {
+            ok: report.ok,
+            dry_run: report.dry_run,
+            totals: JobTotals::Purge(report.totals.clone()),
+            duration_ms: report.duration_ms,
+            failed_days_total: failed.len() as u64,
+            failed_days: failed_days(failed.iter().map(|day| (&day.date, &day.error))),
+        }
+    }
+}
+
+/// The first failed days, with their errors cut short.
+fn failed_days<'a>(
+    failed: impl Iterator<Item = (&'a String, &'a Option<String>)>,
+) -> Vec<FailedDay> {
+    failed
+        .take(SUMMARY_FAILED_DAYS)
+        .map(|(date, error)| FailedDay {
+            date: date.clone(),
+            error: error
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(SUMMARY_ERROR_CHARS)
+                .collect(),
+        })
+        .collect()
+}
+
+/// A run's sums, as its job counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobTotals {
+    /// A purge's: days purged, kept and failed, events deleted. First, since it
+    /// takes no field it does not know, and a daily run's sums have none of its.
+    Purge(PurgeTotals),
+    /// `telemetry-daily`'s.
+    Daily(Totals),
+}
+
+/// A job's report, as the run history records it.
+pub trait JobReport: Serialize {
+    /// False when any day failed.
+    fn ok(&self) -> bool;
+    /// The report in brief.
+    fn summary(&self) -> RunSummary;
+}
+
+impl JobReport for RunReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary::of(self)
+    }
+}
+
+impl JobReport for PurgeReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary::of_purge(self)
     }
 }

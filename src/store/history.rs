@@ -3,7 +3,7 @@
 //! the same order.
 
 use super::{PgStore, SqliteStore, Store, StoreError, history_read_error, rows};
-use crate::model::{NewRun, RunRecord, RunReport, RunStatus, RunSummary};
+use crate::model::{JobReport, NewRun, RunRecord, RunStatus};
 
 use super::error::query_error;
 
@@ -25,7 +25,8 @@ struct HistorySql {
     prune: &'static str,
     /// The watermark of job $1's latest successful run that recorded one.
     watermark: &'static str,
-    /// The $1 newest runs, selected as [`rows::run_record`] reads them (no report).
+    /// The $1 newest runs (of job $2 only, unless it is null), selected as
+    /// [`rows::run_record`] reads them (no report).
     recent: &'static str,
     /// Run $1, with its report.
     one: &'static str,
@@ -130,12 +131,12 @@ impl Store {
         &self,
         id: i64,
         days_done: u32,
-        report: &RunReport,
+        report: &impl JobReport,
     ) -> Result<(), StoreError> {
         dispatch!(self, db => {
             let sql = db.history_sql();
                     let action = "recording the end of the run";
-            let status = if report.ok {
+            let status = if report.ok() {
                 RunStatus::Ok
             } else {
                 RunStatus::Failed
@@ -144,7 +145,7 @@ impl Store {
                 |e: serde_json::Error| query_error(action)(sqlx::Error::Encode(Box::new(e)));
             let report_json = serde_json::to_string(report).map_err(encode)?;
             let summary_json =
-                serde_json::to_string(&RunSummary::of(report)).map_err(encode)?;
+                serde_json::to_string(&report.summary()).map_err(encode)?;
             sqlx::query(sql.finish)
                 .bind(id)
                 .bind(status.as_str())
@@ -200,10 +201,24 @@ impl Store {
     ///
     /// [`StoreError`] when the history cannot be read.
     pub async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        self.recent_runs_of(limit, None).await
+    }
+
+    /// The `limit` most recent runs of `job` (of every job when `None`), newest first.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the history cannot be read.
+    pub async fn recent_runs_of(
+        &self,
+        limit: u32,
+        job: Option<&str>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         dispatch!(self, db => {
             let sql = db.history_sql();
-                    sqlx::query(sql.recent)
+            sqlx::query(sql.recent)
                 .bind(i64::from(limit))
+                .bind(job)
                 .fetch_all(&db.pool)
                 .await
                 .and_then(|found| found.iter().map(rows::run_record).collect())
@@ -245,7 +260,10 @@ const PG_HISTORY: HistorySql = HistorySql {
                     WHERE status = 'ok' AND source_watermark IS NOT NULL)",
     watermark: "SELECT source_watermark FROM job_runs WHERE job = $1 AND status = 'ok' \
                     AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
-    recent: pg_runs!("NULL::text", "ORDER BY id DESC LIMIT $1"),
+    recent: pg_runs!(
+        "NULL::text",
+        "WHERE ($2::text IS NULL OR job = $2) ORDER BY id DESC LIMIT $1"
+    ),
     one: pg_runs!("report::text", "WHERE id = $1"),
 };
 
@@ -272,7 +290,10 @@ const SQLITE_HISTORY: HistorySql = HistorySql {
                     WHERE status = 'ok' AND source_watermark IS NOT NULL)",
     watermark: "SELECT source_watermark FROM job_runs WHERE job = ?1 AND status = 'ok' \
                     AND source_watermark IS NOT NULL ORDER BY id DESC LIMIT 1",
-    recent: sqlite_runs!("NULL", "ORDER BY id DESC LIMIT ?1"),
+    recent: sqlite_runs!(
+        "NULL",
+        "WHERE (?2 IS NULL OR job = ?2) ORDER BY id DESC LIMIT ?1"
+    ),
     one: sqlite_runs!("report", "WHERE id = ?1"),
 };
 

@@ -40,6 +40,7 @@ mod error;
 mod history;
 mod pg_copy;
 pub mod postgres;
+mod purge;
 mod raw_events;
 mod rows;
 pub mod sqlite;
@@ -59,6 +60,7 @@ use crate::model::{
 pub use self::clickhouse::ClickHouseSource;
 pub use self::error::StoreError;
 pub use self::postgres::PgStore;
+pub use self::purge::{DayEvents, PurgeRecord};
 pub use self::raw_events::{DemoSample, NewEvent};
 pub use self::sqlite::SqliteStore;
 pub use self::table_name::TableName;

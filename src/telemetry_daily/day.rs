@@ -149,6 +149,7 @@ pub(super) async fn roll_up(
         unchanged: changes.unchanged,
         duration_ms: 0,
         error: None,
+        reason: None,
         spilled_bytes: rollup.spilled_bytes,
         hours: HourCounts {
             inserted: changes.hours.inserts.len() as u64,
@@ -157,13 +158,22 @@ pub(super) async fn roll_up(
             unchanged: changes.hours.unchanged,
         },
     };
-    if purged && !options.force {
+    // A day whose events telemetry-purge deleted (or is deleting) keeps its rollup
+    // whatever --force says: it is the only copy left of what went.
+    let purge_started = !stored.is_empty() && store.is_purged(date).await.map_err(after_reading)?;
+    if purge_started || (purged && !options.force) {
         day.status = DayStatus::Kept;
-        day.error = Some(format!(
-            "the source holds {} events but the stored rollups count {stored_events}; \
-             kept the rollups (use --force to overwrite)",
-            rollup.named_events()
-        ));
+        day.error = Some(if purge_started {
+            "telemetry-purge deleted this day's events; kept the rollups, the only copy of them"
+                .to_owned()
+        } else {
+            format!(
+                "the source holds {} events but the stored rollups count {stored_events}; \
+                 kept the rollups (use --force to overwrite)",
+                rollup.named_events()
+            )
+        });
+        day.reason = purge_started.then(|| "purged".to_owned());
         day.rows = stored.len() as u64;
         (day.inserted, day.updated, day.deleted) = (0, 0, 0);
         day.unchanged = stored.len() as u64;
@@ -256,6 +266,7 @@ pub(super) fn failed(date: Date, error: String, duration_ms: u64) -> DayReport {
         unchanged: 0,
         duration_ms,
         error: Some(error),
+        reason: None,
         spilled_bytes: 0,
         hours: HourCounts::default(),
     }

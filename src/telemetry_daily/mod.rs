@@ -58,7 +58,6 @@
 
 mod changed;
 mod day;
-mod history;
 mod spill;
 
 use std::path::PathBuf;
@@ -69,7 +68,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use self::changed::Changed;
-use self::history::History;
+use crate::jobs::History;
 use crate::model::{
     DateError, DayRange, DayReport, DayStatus, DayWindow, JOB_NAME, NewRun, RunReport, Totals,
     Trigger,
@@ -352,6 +351,28 @@ async fn run_day(
     }
 }
 
-fn elapsed_ms(since: Instant) -> u64 {
+/// Aggregates `window`'s day now and compares it with the stored rows, writing
+/// nothing: the day's report as a dry run of `options` gives it (`failed` with its
+/// error when the day could not be read). `telemetry-purge` checks a day with it.
+pub(crate) async fn check_day(
+    store: &Store,
+    window: &DayWindow,
+    options: &RunOptions,
+) -> DayReport {
+    let options = RunOptions {
+        dry_run: true,
+        ..options.clone()
+    };
+    match day::roll_up(store, window, &options, None).await {
+        Ok(day) => day,
+        Err(day::DayFailure { error, events_read }) => {
+            let mut day = day::failed(window.date, error.for_report(), 0);
+            day.events_read = events_read;
+            day
+        }
+    }
+}
+
+pub(crate) fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

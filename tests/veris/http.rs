@@ -55,6 +55,8 @@ impl TestServer {
                 max_range_days,
                 schedule: None,
                 today_every: None,
+                purge_schedule: None,
+                keep_days: None,
                 secret: CronSecret::new(SECRET).unwrap(),
                 read_secret: None,
             })

@@ -16,6 +16,7 @@ mod job;
 mod memory;
 mod operations;
 mod pool;
+mod purge;
 mod reliability;
 mod report;
 mod sketches;

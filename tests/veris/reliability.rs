@@ -617,6 +617,7 @@ async fn hostile_configuration_is_refused_before_any_sql() {
         tables,
         [
             "job_runs",
+            "purged_days",
             "telemetry_daily",
             "telemetry_events",
             "telemetry_hourly",

@@ -8,7 +8,16 @@
 // if set, for the calls that only read), or from the second argument. No runtime
 // dependency: `fetch` only (Node 18 or later, or any runtime with fetch).
 
-import type { ErrorBody, Grouping, RunList, RunRecord, RunReport, TelemetryReport } from './types.js';
+import type {
+  ErrorBody,
+  Grouping,
+  JobName,
+  PurgeReport,
+  RunList,
+  RunRecord,
+  RunReport,
+  TelemetryReport,
+} from './types.js';
 
 export type * from './types.js';
 
@@ -40,6 +49,16 @@ export interface RunOptions {
   dryRun?: boolean;
 }
 
+/** How to purge; `keepDays` falls back to the service's TELEMETRY_KEEP_DAYS. */
+export interface PurgeOptions {
+  /** Days of raw events to keep, ending yesterday (at least 1). */
+  keepDays?: number;
+  /** Check and count, delete nothing. */
+  dryRun?: boolean;
+  /** Rows deleted per transaction (default 10,000). */
+  batchSize?: number;
+}
+
 /** What to read back. */
 export interface ReportOptions {
   startDate?: string;
@@ -57,9 +76,9 @@ export class VerisJobsError extends Error {
    * `aborted`, `network`, `run_failed` (a 500 with a report), `invalid_answer`. */
   readonly code: string;
   /** For a 500: the run report, with the failed days and their errors. */
-  readonly report: RunReport | undefined;
+  readonly report: RunReport | PurgeReport | undefined;
 
-  constructor(status: number, code: string, message: string, report?: RunReport) {
+  constructor(status: number, code: string, message: string, report?: RunReport | PurgeReport) {
     super(message);
     this.name = 'VerisJobsError';
     this.status = status;
@@ -91,6 +110,27 @@ export async function runTelemetryDailyAggregation(
   });
 }
 
+/**
+ * Runs telemetry-purge: deletes the raw events of days older than `keepDays` whose
+ * rollups hold them, and nothing else. Resolves to the purge report when every day
+ * is ok; rejects with a `VerisJobsError` otherwise (`keep_days_required` when
+ * neither the call nor the service gives `keepDays`).
+ */
+export async function runTelemetryPurge(
+  options: PurgeOptions = {},
+  client: ClientOptions = {},
+): Promise<PurgeReport> {
+  const body: Record<string, number | boolean> = {};
+  if (options.keepDays !== undefined) body.keepDays = options.keepDays;
+  if (options.dryRun !== undefined) body.dryRun = options.dryRun;
+  if (options.batchSize !== undefined) body.batchSize = options.batchSize;
+  return call<PurgeReport>('/api/jobs/telemetry-purge', client, 'CRON_SECRET', RUN_TIMEOUT_MS, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
 /** Reads the rollups back, grouped by hour, day, week, month or the whole range. */
 export async function getTelemetryReport(
   options: ReportOptions = {},
@@ -106,12 +146,17 @@ export async function getTelemetryReport(
   return call<TelemetryReport>(`/api/telemetry/report${suffix}`, client, 'READ_SECRET', READ_TIMEOUT_MS);
 }
 
-/** The most recent runs, newest first (at most 100), each with its summary. */
+/** The most recent runs (of one job, or of all), newest first (at most 100), each
+ * with its summary. */
 export async function listRuns(
-  options: { limit?: number } = {},
+  options: { limit?: number; job?: JobName } = {},
   client: ClientOptions = {},
 ): Promise<RunRecord[]> {
-  const suffix = options.limit !== undefined ? `?limit=${encodeURIComponent(String(options.limit))}` : '';
+  const query = new URLSearchParams();
+  if (options.limit !== undefined) query.set('limit', String(options.limit));
+  if (options.job !== undefined) query.set('job', options.job);
+  const text = query.toString();
+  const suffix = text === '' ? '' : `?${text}`;
   const list = await call<RunList>(`/api/jobs/runs${suffix}`, client, 'READ_SECRET', READ_TIMEOUT_MS);
   return list.runs;
 }
@@ -215,6 +260,6 @@ function either(a: AbortSignal, b: AbortSignal): AbortSignal {
   return controller.signal;
 }
 
-function isReport(body: unknown): body is RunReport {
+function isReport(body: unknown): body is RunReport | PurgeReport {
   return typeof body === 'object' && body !== null && 'days' in body && Array.isArray((body as RunReport).days);
 }

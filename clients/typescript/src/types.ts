@@ -33,6 +33,9 @@ export interface DayReport {
   durationMs: number;
   /** Why the day failed, or why it was kept; `null` otherwise. */
   error: string | null;
+  /** Why a kept day was kept, as a name: `purged` when telemetry-purge deleted its
+   * events; absent otherwise. */
+  reason?: 'purged';
   /** Bytes spilled to disk past the memory limit; absent when the day fitted. */
   spilledBytes?: number;
   /** The day's hour rows, counted apart from its rows. */
@@ -127,7 +130,8 @@ export interface FailedDay {
 export interface RunSummary {
   ok: boolean;
   dryRun: boolean;
-  totals: Totals;
+  /** A telemetry-daily run's sums, or a telemetry-purge run's. */
+  totals: Totals | PurgeTotals;
   durationMs: number;
   failedDaysTotal: number;
   failedDays: FailedDay[];
@@ -152,7 +156,49 @@ export interface RunRecord {
   sourceWatermark: number | null;
   summary: RunSummary | null;
   /** The whole report: only when one run is asked for. */
-  report?: RunReport;
+  report?: RunReport | PurgeReport;
+}
+
+/** The jobs `/api/jobs/{job}` runs. */
+export type JobName = 'telemetry-daily' | 'telemetry-purge';
+
+/** What happened to one old day's events in a purge. */
+export type PurgeStatus = 'purged' | 'would_purge' | 'kept' | 'failed';
+
+/** Why an old day's events were kept. */
+export type KeptReason = 'not_rolled_up' | 'partial' | 'rollup_out_of_date';
+
+/** One old day of a purge. */
+export interface PurgeDay {
+  date: string;
+  status: PurgeStatus;
+  reason: KeptReason | null;
+  /** Events deleted (or, in a dry run, that would be). */
+  eventsDeleted: number;
+  durationMs: number;
+  error: string | null;
+}
+
+/** The sums over a purge's days. */
+export interface PurgeTotals {
+  purged: number;
+  kept: number;
+  failed: number;
+  eventsDeleted: number;
+}
+
+/** The report of a telemetry-purge run. */
+export interface PurgeReport {
+  job: 'telemetry-purge';
+  dryRun: boolean;
+  ok: boolean;
+  keepDays: number;
+  /** The first day kept whatever its rollup. */
+  before: string;
+  timezone: string;
+  days: PurgeDay[];
+  totals: PurgeTotals;
+  durationMs: number;
 }
 
 /** What `GET /api/jobs/runs` answers. */

@@ -14,6 +14,7 @@ import {
   getRun,
   getTelemetryReport,
   listRuns,
+  runTelemetryPurge,
   runTelemetryDailyAggregation,
 } from '../dist/index.js';
 
@@ -203,15 +204,29 @@ describe('the readers', () => {
   });
 });
 
+describe('the purge', () => {
+  it('previews a purge and needs keepDays', async () => {
+    const report = await runTelemetryPurge({ keepDays: 1, dryRun: true });
+    assert.equal(report.job, 'telemetry-purge');
+    assert.equal(report.dryRun, true);
+    assert.equal(report.before, yesterday());
+    assert.ok(report.days.length >= 1, 'the demo wrote days before yesterday');
+    for (const day of report.days) assert.equal(day.status, 'would_purge');
+    answers.purge = report;
+    await assert.rejects(runTelemetryPurge({}), { status: 400, code: 'keep_days_required' });
+    await assert.rejects(runTelemetryPurge({ keepDays: 1 }, { secret: READ }), { status: 401 });
+  });
+});
+
 describe('the types', () => {
   it('describe what the server answers', () => {
     // Each real answer as an object literal of its declared type: tsc refuses a missing
     // field, a field of another type, and (object literals) a field the type lacks.
     const typed = {
       yesterday: 'RunReport', range: 'RunReport', dryRun: 'RunReport', failed: 'RunReport',
-      report: 'TelemetryReport', runs: 'RunRecord[]', run: 'RunRecord',
+      report: 'TelemetryReport', runs: 'RunRecord[]', run: 'RunRecord', purge: 'PurgeReport',
     };
-    const lines = ["import type { RunRecord, RunReport, TelemetryReport } from '../src/index.js';"];
+    const lines = ["import type { PurgeReport, RunRecord, RunReport, TelemetryReport } from '../src/index.js';"];
     for (const [name, type] of Object.entries(typed)) {
       assert.ok(answers[name], `the ${name} answer was recorded`);
       lines.push(`export const ${name}: ${type} = ${JSON.stringify(answers[name], null, 2)};`);

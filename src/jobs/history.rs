@@ -2,10 +2,11 @@
 //! cannot be written, the run goes on and says so in the log, unless the database
 //! was too busy to take it: then no day could be written either.
 
-use crate::model::{NewRun, RunReport};
+use crate::model::{JobReport, NewRun};
 use crate::store::Store;
 
-pub(super) enum History {
+/// A run's row in `job_runs`, or none when it could not be written.
+pub(crate) enum History {
     Recorded(i64),
     Off,
 }
@@ -14,7 +15,7 @@ impl History {
     /// Records the run; with the history, why the run should stop before its
     /// first day: the database stayed busy (another writer) past its timeout, which
     /// every day's write would wait out again.
-    pub(super) async fn start(store: &Store, run: &NewRun) -> (Self, Option<String>) {
+    pub(crate) async fn start(store: &Store, run: &NewRun) -> (Self, Option<String>) {
         match store.start_run(run).await {
             Ok(id) => (History::Recorded(id), None),
             Err(error) => {
@@ -27,7 +28,7 @@ impl History {
         }
     }
 
-    pub(super) async fn progress(&self, store: &Store, days_done: u32) {
+    pub(crate) async fn progress(&self, store: &Store, days_done: u32) {
         if let History::Recorded(id) = *self
             && let Err(error) = store.run_progress(id, days_done).await
         {
@@ -37,10 +38,10 @@ impl History {
 
     /// Records the end of the run, then lets the history go beyond its newest
     /// `keep_runs` rows.
-    pub(super) async fn finish(
+    pub(crate) async fn finish(
         &self,
         store: &Store,
-        report: &RunReport,
+        report: &impl JobReport,
         days_done: u32,
         keep_runs: u32,
     ) {
