@@ -309,16 +309,14 @@ impl PgStore {
             .await?;
         let meta = if meta_is_jsonb { "meta" } else { "meta::text" };
         // COPY takes no parameters; the bounds are timestamps formatted here, not input.
-        // The event's local hour: whole hours since the day's first instant.
+        // created_at comes along for the reader to tell each event's local hour.
         let sql = format!(
-            "COPY (SELECT event::text, user_id::text, {meta}, \
-             floor(extract(epoch FROM created_at - '{day_start}'::timestamptz) / 3600)::int2 \
+            "COPY (SELECT event::text, user_id::text, {meta}, created_at::timestamptz \
              FROM {} WHERE created_at >= '{}'::timestamptz AND created_at < '{}'::timestamptz) \
              TO STDOUT (FORMAT binary)",
             self.source.quoted(),
             window.start,
             window.end,
-            day_start = window.day_start,
         );
         let mut conn = self.acquire_guarded().await.map_err(query_error(&action))?;
         let mut chunks = conn
@@ -328,7 +326,7 @@ impl PgStore {
         // Parsing the stream keeps this task busy; the rows are dealt out to
         // aggregators on the other cores, whose work would otherwise wait for it.
         let (mut dealer, parts) = Dealer::start(&*sink, Spread::OnceSpilled);
-        let mut reader = CopyReader::new(meta_is_jsonb);
+        let mut reader = CopyReader::new(meta_is_jsonb, window.day_start);
         while let Some(chunk) = chunks.try_next().await.map_err(query_error(&action))? {
             reader
                 .feed(&chunk, &mut dealer)
