@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::dense_hours::{DenseHours, MAX_HOURS};
 use super::memory::{heap_bytes, table_bytes};
 use super::meta::{ParsedMeta, parse_meta};
 use super::pass_on::PassOn;
@@ -41,15 +42,23 @@ struct EventGroup {
     /// For a group of the day's rows: the groups of its local hours, by the hour's
     /// index in the day ([`NO_GROUP`] where the hour had none of its events yet).
     hours: Vec<u32>,
-    /// For a group of one local hour's events: that hour's index in the day.
+    /// For a group of one local hour's events: that hour's index in the day, and
+    /// the day's group of the same events.
     hour: Option<u8>,
+    day: u32,
+}
+
+/// What [`DayAggregate::add_user_in_hour`] found.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    /// The user is new in the day's group (since the last spill).
+    in_day: bool,
+    /// The user went straight to the spill files, uncounted.
+    passed: bool,
 }
 
 /// Marks an hour without a group in [`EventGroup::hours`].
 const NO_GROUP: u32 = u32::MAX;
-
-/// Most hours a day has (a 25-hour day).
-const MAX_HOURS: usize = 25;
 
 /// Groups whose users are tracked by a bit on each user rather than a set per group.
 /// Most days have fewer event names than this, and then the distinct-user check costs
@@ -63,24 +72,58 @@ const BIT_GROUPS: usize = 64;
 #[derive(Debug, Default)]
 struct UserIds {
     ids: FastMap<CompactString, UserEntry>,
+    /// The local hours of the users with many events, by day-group bit.
+    dense: DenseHours,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct UserEntry {
     id: u32,
+    /// Events with an hour seen of the user, until it reaches
+    /// [`DENSE_AFTER`]; from then on [`DENSE`] and the user's index in
+    /// [`UserIds::dense`].
+    hours: u32,
     groups: u64,
 }
 
+/// Events with an hour after which a user's (group, hour) pairs are kept as bits
+/// ([`DenseHours`]) rather than in the hours' sets: a few users do most of a day's
+/// events, and their bits stay in cache.
+#[cfg(not(test))]
+const DENSE_AFTER: u32 = 32;
+/// Low in unit tests, so that small days have dense users too.
+#[cfg(test)]
+const DENSE_AFTER: u32 = 4;
+
+/// Marks [`UserEntry::hours`] as an index into [`UserIds::dense`].
+const DENSE: u32 = 1 << 31;
+
 impl UserIds {
     /// Notes that `user` did an event of the group whose bit is `bit` (if it has
-    /// one). Returns the user's number, for a group with a bit whether this is the
-    /// user's first event in it, and the bytes the table grew by.
-    fn see(&mut self, user: &str, bit: Option<u8>) -> (u32, bool, usize) {
+    /// one), with an hour when `with_hour`. Returns the user's number, for a group with
+    /// a bit whether this is the user's first event in it, the bytes the table grew
+    /// by, and the user's index in [`UserIds::dense`] once it has one.
+    fn see(
+        &mut self,
+        user: &str,
+        bit: Option<u8>,
+        with_hour: bool,
+    ) -> (u32, bool, usize, Option<usize>) {
         let bit = bit.map_or(0, |bit| 1u64 << bit);
         if let Some(entry) = self.ids.get_mut(user) {
             let first = entry.groups & bit == 0 && bit != 0;
             entry.groups |= bit;
-            return (entry.id, first, 0);
+            let mut grew = 0;
+            if with_hour && entry.hours < DENSE {
+                entry.hours += 1;
+                if entry.hours >= DENSE_AFTER {
+                    let (index, bytes) = self.dense.add(entry.id);
+                    entry.hours = DENSE | index as u32;
+                    grew = bytes;
+                }
+            }
+            let dense = (entry.hours & DENSE != 0).then_some((entry.hours & !DENSE) as usize);
+            return (entry.id, first, grew, dense);
         }
         // A day would need over 4 billion distinct users, and far more memory than
         // any machine has, before this could wrap.
@@ -88,15 +131,30 @@ impl UserIds {
         let before = self.ids.capacity();
         let user = CompactString::from(user);
         let heap = heap_bytes(&user);
-        self.ids.insert(user, UserEntry { id, groups: bit });
+        let entry = UserEntry {
+            id,
+            hours: u32::from(with_hour),
+            groups: bit,
+        };
+        self.ids.insert(user, entry);
         let grew = table_bytes::<CompactString, UserEntry>(self.ids.capacity())
             - table_bytes::<CompactString, UserEntry>(before);
-        (id, bit != 0, heap + grew)
+        (id, bit != 0, heap + grew, None)
     }
 
     fn bytes(&self) -> usize {
         table_bytes::<CompactString, UserEntry>(self.ids.capacity())
             + self.ids.keys().map(heap_bytes).sum::<usize>()
+            + self.dense.bytes()
+    }
+
+    /// Every user id by its number.
+    fn names(&self) -> Vec<&str> {
+        let mut names = vec![""; self.ids.len()];
+        for (user, entry) in &self.ids {
+            names[entry.id as usize] = user;
+        }
+        names
     }
 }
 
@@ -231,6 +289,7 @@ impl DayAggregate {
             name,
             EventGroup {
                 hour: Some(hour),
+                day: group,
                 ..EventGroup::default()
             },
         ));
@@ -240,28 +299,54 @@ impl DayAggregate {
     /// Counts `user` among the distinct users of `group`; returns whether it is new
     /// there (since the last spill).
     fn add_user(&mut self, group: u32, user: &str) -> bool {
-        self.add_user_in_hour(group, None, user).0
+        self.add_user_in_hour(group, None, user).in_day
     }
 
-    /// Counts `user` among the distinct users of `group` and, when given, of its
-    /// hour's group `hour`, with one lookup of the user; returns whether it is new in
-    /// each (since the last spill).
-    fn add_user_in_hour(&mut self, group: u32, hour: Option<u32>, user: &str) -> (bool, bool) {
+    /// Counts `user` among the distinct users of `group` and, when given, of the
+    /// group of its local hour `(hour's group, hour)`, with one lookup of the user.
+    fn add_user_in_hour(&mut self, group: u32, hour: Option<(u32, u8)>, user: &str) -> Counted {
         if self.users_pass.take() {
             self.pass_user(group, user);
-            if let Some(hour) = hour {
-                self.pass_user(hour, user);
+            if let Some((hour_group, _)) = hour {
+                self.pass_user(hour_group, user);
             }
             // Whether it is new is for the partitions to say; the sketch may see
             // a user twice.
-            return (true, hour.is_some());
+            return Counted {
+                in_day: true,
+                passed: true,
+            };
         }
         self.user_pushes += 1;
-        let (id, first, grew) = self.users.see(user, self.groups[group as usize].1.bit);
+        let bit = self.groups[group as usize].1.bit;
+        let (id, first, grew, dense) = self.users.see(user, bit, hour.is_some());
         self.bytes += grew;
         let in_day = self.count_user(group, id, first);
-        let in_hour = hour.is_some_and(|hour| self.count_user(hour, id, false));
-        (in_day, in_hour)
+        if let Some((hour_group, hour)) = hour {
+            match (dense, bit) {
+                (Some(dense), Some(bit)) => self.count_dense(hour_group, hour, bit, id, dense),
+                _ => {
+                    self.count_user(hour_group, id, false);
+                }
+            }
+        }
+        Counted {
+            in_day,
+            passed: false,
+        }
+    }
+
+    /// Counts the user numbered `id` in its hour's group `hour_group` by the bit of
+    /// its day's group in its hour bitmap; a user made dense late may have been
+    /// counted in the hour's set before.
+    fn count_dense(&mut self, hour_group: u32, hour: u8, bit: u8, id: u32, dense: usize) {
+        if !self.users.dense.set(dense, hour, bit) {
+            return;
+        }
+        let target = &mut self.groups[hour_group as usize].1;
+        if !target.users.contains(&id) {
+            target.unique += 1;
+        }
     }
 
     /// Counts the user numbered `id` in `group`: by the bit [`UserIds::see`] tested
@@ -277,6 +362,32 @@ impl DayAggregate {
         self.bytes +=
             table_bytes::<u32, ()>(target.users.capacity()) - table_bytes::<u32, ()>(before);
         new
+    }
+
+    /// Adds the users counted in each hour's group since the last spill to its
+    /// sketch: an hour's sketch is filled from its users' numbers one hour at a time,
+    /// so that its registers stay in cache, rather than event by event.
+    fn fold_hour_sketches(
+        groups: &mut [(CompactString, EventGroup)],
+        bit_groups: &[u32],
+        users: &UserIds,
+    ) {
+        let hashes: Vec<i64> = users.names().iter().map(|name| hash_user(name)).collect();
+        for (_, group) in groups.iter_mut() {
+            if group.hour.is_some() {
+                for id in &group.users {
+                    group.sketch.add_hash(hashes[*id as usize]);
+                }
+            }
+        }
+        users.dense.for_each(|id, hour, bit| {
+            let day = bit_groups[usize::from(bit)] as usize;
+            let hour_group = groups[day].1.hours[usize::from(hour)];
+            groups[hour_group as usize]
+                .1
+                .sketch
+                .add_hash(hashes[id as usize]);
+        });
     }
 
     /// Writes `user` of `group` straight to the spill files.
@@ -319,14 +430,23 @@ impl DayAggregate {
         };
         let spilled = self.spilled.get_or_insert_with(|| Box::new(Spilled::new()));
         let space = &*limit.space;
+        Self::fold_hour_sketches(&mut self.groups, &self.bit_groups, &self.users);
         let mut write = || -> std::io::Result<()> {
-            // Users by number, for the sets of the groups past the bit-tracked ones.
+            // Users by number, for the sets of the groups past the bit-tracked ones
+            // and the hours' bits.
             let mut names: Vec<&str> = Vec::new();
             if self.groups.len() > self.bit_groups.len() {
-                names = vec![""; self.users.ids.len()];
-                for (user, entry) in &self.users.ids {
-                    names[entry.id as usize] = user;
-                }
+                names = self.users.names();
+            }
+            let mut dense = Vec::new();
+            self.users
+                .dense
+                .for_each(|id, hour, bit| dense.push((id, hour, bit)));
+            for (id, hour, bit) in dense {
+                let day = self.bit_groups[usize::from(bit)] as usize;
+                let group = self.groups[day].1.hours[usize::from(hour)];
+                let user = CompactString::from(names[id as usize]);
+                spilled.users.write(space, &UserRecord { group, user })?;
             }
             for (user, entry) in &self.users.ids {
                 let mut bits = entry.groups;
@@ -430,6 +550,7 @@ impl DayAggregate {
             uniques = Some(u);
             metas = Some(m);
         }
+        Self::fold_hour_sketches(&mut self.groups, &self.bit_groups, &self.users);
         let mut rows = Vec::new();
         let mut hour_rows = Vec::new();
         for (at, (event, group)) in self.groups.into_iter().enumerate() {
@@ -544,9 +665,8 @@ impl MergeableSink for DayAggregate {
             }
             return;
         }
-        let mut names = vec![""; other.users.ids.len()];
+        let names = other.users.names();
         for (user, entry) in &other.users.ids {
-            names[entry.id as usize] = user;
             let mut bits = entry.groups;
             while bits != 0 {
                 let theirs = other.bit_groups[bits.trailing_zeros() as usize];
@@ -554,10 +674,30 @@ impl MergeableSink for DayAggregate {
                 self.add_user(groups[theirs as usize], user);
             }
         }
+        // An hour's users go through the hour's day group, which holds their bits.
+        let mut hour_users = Vec::new();
+        other.users.dense.for_each(|id, hour, bit| {
+            let day = other.bit_groups[usize::from(bit)] as usize;
+            let theirs = other.groups[day].1.hours[usize::from(hour)];
+            hour_users.push((theirs, id));
+        });
+        for (theirs, (_, group)) in other.groups.iter().enumerate() {
+            if group.hour.is_some() {
+                hour_users.extend(group.users.iter().map(|id| (theirs as u32, *id)));
+            }
+        }
+        for (theirs, id) in hour_users {
+            let group = &other.groups[theirs as usize].1;
+            let (mine_day, mine) = (groups[group.day as usize], groups[theirs as usize]);
+            let hour = group.hour.unwrap_or_default();
+            self.add_user_in_hour(mine_day, Some((mine, hour)), names[id as usize]);
+        }
         for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
             let mine = groups[theirs];
-            for id in &group.users {
-                self.add_user(mine, names[*id as usize]);
+            if group.hour.is_none() {
+                for id in &group.users {
+                    self.add_user(mine, names[*id as usize]);
+                }
             }
             let target = &mut self.groups[mine as usize].1;
             target.count += group.count;
@@ -652,19 +792,23 @@ impl EventSink for DayAggregate {
         }
         let group = self.group(name);
         self.groups[group as usize].1.count += 1;
-        let hour = event.hour.and_then(|hour| self.hour_group(group, hour));
-        if let Some(hour) = hour {
-            self.groups[hour as usize].1.count += 1;
+        let hour = event
+            .hour
+            .and_then(|hour| Some((self.hour_group(group, hour)?, hour)));
+        if let Some((hour_group, _)) = hour {
+            self.groups[hour_group as usize].1.count += 1;
         }
         if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
-            let (in_day, in_hour) = self.add_user_in_hour(group, hour, user);
-            if in_day || in_hour {
+            let counted = self.add_user_in_hour(group, hour, user);
+            if counted.in_day || counted.passed {
                 let hash = hash_user(user);
-                if in_day {
+                if counted.in_day {
                     self.groups[group as usize].1.sketch.add_hash(hash);
                 }
-                if let Some(hour) = hour.filter(|_| in_hour) {
-                    self.groups[hour as usize].1.sketch.add_hash(hash);
+                // Counted users get into their hour's sketch when it is folded; passed
+                // ones are not kept to be folded.
+                if let Some((hour_group, _)) = hour.filter(|_| counted.passed) {
+                    self.groups[hour_group as usize].1.sketch.add_hash(hash);
                 }
             }
         }

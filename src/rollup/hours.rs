@@ -145,6 +145,83 @@ mod tests {
     }
 
     #[test]
+    fn users_with_many_events_are_counted_once_per_hour_and_event_in_any_order() {
+        // Users 0..9 do hundreds of events each (their hours go to bits), the others
+        // a few; events come in no particular order, split over two parts.
+        let start: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let events: Vec<(String, String, u8)> = (0..20_000)
+            .map(|_| {
+                let user = if next(4) == 0 { next(2_000) } else { next(10) };
+                let name = format!("e{}", next(5));
+                (name, format!("u{user}"), next(24) as u8)
+            })
+            .collect();
+        let mut expected: std::collections::BTreeMap<
+            (u8, String),
+            std::collections::BTreeSet<&str>,
+        > = Default::default();
+        let mut counts: std::collections::BTreeMap<(u8, String), i64> = Default::default();
+        for (name, user, hour) in &events {
+            expected
+                .entry((*hour, name.clone()))
+                .or_default()
+                .insert(user);
+            *counts.entry((*hour, name.clone())).or_default() += 1;
+        }
+        let (whole, mut left, mut right) = (
+            DayAggregate::new(),
+            DayAggregate::new(),
+            DayAggregate::new(),
+        );
+        let mut whole = whole;
+        for (i, (name, user, hour)) in events.iter().enumerate() {
+            whole.push(event(name, user, *hour));
+            let side = if i % 3 == 0 { &mut left } else { &mut right };
+            side.push(event(name, user, *hour));
+        }
+        left.merge(right);
+        let (whole, merged) = (
+            whole.finish_with_hours(20, start).unwrap(),
+            left.finish_with_hours(20, start).unwrap(),
+        );
+        let got: Vec<(i64, i64)> = whole
+            .hours
+            .iter()
+            .map(|h| (h.count, h.unique_users))
+            .collect();
+        let want: Vec<(i64, i64)> = expected
+            .iter()
+            .map(|(key, users)| (counts[key], users.len() as i64))
+            .collect();
+        assert_eq!(got, want);
+        for hour in &whole.hours {
+            let users = &expected[&(
+                ((hour.hour.as_second() - start.as_second()) / 3600) as u8,
+                hour.event.clone(),
+            )];
+            let mut sketch = crate::model::hll::Sketch::new();
+            for user in users {
+                sketch.add_user(user);
+            }
+            assert_eq!(
+                hour.users_hll,
+                sketch.to_bytes(),
+                "{} {}",
+                hour.hour,
+                hour.event
+            );
+        }
+        assert_eq!(merged, whole);
+    }
+
+    #[test]
     fn parts_merged_equal_one_pass() {
         let start: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
         let events: Vec<(String, String, u8)> = (0..500)

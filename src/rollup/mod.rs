@@ -13,6 +13,7 @@
 //! It imports only [`model`](crate::model).
 
 mod aggregate;
+mod dense_hours;
 mod flat_json;
 mod hours;
 mod memory;
