@@ -199,10 +199,8 @@ impl Store {
         dispatch!(self, db => db.day_events(window, through.unwrap_or(i64::MAX)).await)
     }
 
-    /// Deletes at most `batch` of `window`'s events with `id <= through` and
-    /// `created_at` at or after `*from`, in one transaction, which also adds them to
-    /// the day's count in `purged_days`; moves `*from` to the latest `created_at`
-    /// deleted, where the next batch starts (no earlier event of the day is left).
+    /// Deletes at most `batch` of `window`'s events with `id <= through` in one
+    /// transaction, which also adds them to the day's count in `purged_days`.
     /// Returns how many went: 0 when none are left.
     ///
     /// # Errors
@@ -214,9 +212,8 @@ impl Store {
         timezone: &str,
         through: i64,
         batch: u32,
-        from: &mut Timestamp,
     ) -> Result<u64, StoreError> {
-        dispatch!(self, db => db.delete_batch(window, timezone, through, batch, from).await)
+        dispatch!(self, db => db.delete_batch(window, timezone, through, batch).await)
     }
 }
 
@@ -276,26 +273,21 @@ impl PgStore {
         timezone: &str,
         through: i64,
         batch: u32,
-        from: &mut Timestamp,
     ) -> Result<u64, StoreError> {
-        // Rows are found through the created_at index from where the last batch
-        // ended (its rows are dead, and a scan from the day's start would step over
-        // all of them again), and deleted by their place (ctid).
+        // Rows are found through the created_at index and deleted by their place
+        // (ctid): the same plan whatever the table's other indexes.
         let sql = format!(
             "WITH gone AS (DELETE FROM {src} WHERE ctid = ANY(ARRAY(\
                 SELECT ctid FROM {src} WHERE created_at >= $1::timestamptz \
-                AND created_at < $2::timestamptz AND id <= $3 \
-                ORDER BY created_at LIMIT $4)) RETURNING created_at), \
+                AND created_at < $2::timestamptz AND id <= $3 LIMIT $4)) RETURNING 1), \
              counted AS (UPDATE purged_days SET events_deleted = events_deleted + \
                 (SELECT count(*) FROM gone) WHERE date = $5::date AND timezone = $6) \
-             SELECT count(*), to_char(max(created_at) AT TIME ZONE 'UTC', \
-                'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM gone",
+             SELECT count(*) FROM gone",
             src = self.source.quoted()
         );
         let action = source_action(&self.source, "deleting a batch of the events");
-        let start = (*from).max(window.start);
-        let (deleted, last): (i64, Option<String>) = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(start.to_string())
+        let deleted: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(window.start.to_string())
             .bind(window.end.to_string())
             .bind(through)
             .bind(i64::from(batch))
@@ -304,9 +296,6 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(query_error(&action))?;
-        if let Some(last) = last.and_then(|at| at.parse().ok()) {
-            *from = last;
-        }
         Ok(u64::try_from(deleted).unwrap_or(0))
     }
 }
@@ -413,15 +402,12 @@ impl SqliteStore {
             .collect())
     }
 
-    /// SQLite's deleted rows leave its index at once: each batch starts from the
-    /// window's start (`_from` is not needed).
     async fn delete_batch(
         &self,
         window: &DayWindow,
         timezone: &str,
         through: i64,
         batch: u32,
-        _from: &mut Timestamp,
     ) -> Result<u64, StoreError> {
         let action = source_action(&self.source, "deleting a batch of the events");
         let src = self.source.quoted();

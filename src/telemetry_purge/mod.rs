@@ -321,10 +321,9 @@ async fn delete(
     }
     store.start_purge(date, timezone, through).await?;
     let mut deleted = 0;
-    let mut from = window.start;
     loop {
         let batch = store
-            .delete_batch(window, timezone, through, options.batch_size, &mut from)
+            .delete_batch(window, timezone, through, options.batch_size)
             .await?;
         if batch == 0 {
             break;
