@@ -132,10 +132,14 @@ impl PurgeReport {
         } else {
             ""
         };
+        let kept = match self.keep_days {
+            1 => "yesterday kept".to_owned(),
+            n => format!("the last {n} days kept"),
+        };
         let _ = writeln!(
             out,
-            "{}  days before {} ({} days kept, {}){mode}",
-            self.job, self.before, self.keep_days, self.timezone
+            "{}  days before {} ({kept}, {}){mode}",
+            self.job, self.before, self.timezone
         );
         let _ = writeln!(
             out,
@@ -167,7 +171,7 @@ impl PurgeReport {
         };
         let _ = writeln!(
             out,
-            "{verb} {} days ({} events), kept {}, failed {}, in {} ms",
+            "{verb} {} day(s) ({} events), kept {}, failed {}, in {} ms",
             self.totals.purged,
             self.totals.events_deleted,
             self.totals.kept,
@@ -221,6 +225,8 @@ mod tests {
         assert_eq!(json["days"][0]["reason"], serde_json::Value::Null);
         assert_eq!(json["days"][1]["reason"], "partial");
         assert_eq!(json["keepDays"], 90);
-        assert!(report.to_table().contains("purged 1 days (81244 events)"));
+        let table = report.to_table();
+        assert!(table.contains("purged 1 day(s) (81244 events)"), "{table}");
+        assert!(table.contains("(the last 90 days kept, UTC)"), "{table}");
     }
 }
