@@ -16,19 +16,21 @@ pub struct RunRequest {
     pub dry_run: bool,
 }
 
-const FIELDS: [&str; 3] = ["startDate", "endDate", "dryRun"];
+const FIELDS: [&str; 4] = ["date", "startDate", "endDate", "dryRun"];
 
 impl RunRequest {
-    /// Reads `startDate`, `endDate` and `dryRun` from a query string.
+    /// Reads `date` (one day, as `--date`), `startDate`, `endDate` and `dryRun` from a
+    /// query string.
     ///
     /// # Errors
     ///
     /// [`ApiError::BadRequest`] for an unknown or repeated parameter, a malformed
     /// date or `dryRun`, or a bad range.
     pub fn from_query(query: &str, max_days: u32) -> Result<Self, ApiError> {
-        let (mut start, mut end, mut dry_run) = (None, None, None);
+        let (mut day, mut start, mut end, mut dry_run) = (None, None, None, None);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let slot = match key.as_ref() {
+                "date" => &mut day,
                 "startDate" => &mut start,
                 "endDate" => &mut end,
                 "dryRun" => &mut dry_run,
@@ -54,10 +56,12 @@ impl RunRequest {
                 ));
             }
         };
-        Self::new(start.as_deref(), end.as_deref(), dry_run, max_days)
+        let (start, end) = one_day_or_range(day.as_deref(), start.as_deref(), end.as_deref())?;
+        Self::new(start, end, dry_run, max_days)
     }
 
-    /// Reads the JSON body `{"startDate", "endDate", "dryRun"}`, every field optional;
+    /// Reads the JSON body `{"date", "startDate", "endDate", "dryRun"}`, every field
+    /// optional (`date` is one day, and excludes the other two dates);
     /// an empty (or all-whitespace) body means the default range.
     ///
     /// # Errors
@@ -95,7 +99,8 @@ impl RunRequest {
                 ));
             }
         };
-        Self::new(date("startDate")?, date("endDate")?, dry_run, max_days)
+        let (start, end) = one_day_or_range(date("date")?, date("startDate")?, date("endDate")?)?;
+        Self::new(start, end, dry_run, max_days)
     }
 
     fn new(
@@ -158,10 +163,31 @@ fn unknown_field(name: &str) -> ApiError {
     ApiError::bad_request(
         "unknown_field",
         format!(
-            "unknown field '{}'; expected startDate, endDate or dryRun",
+            "unknown field '{}'; expected date, startDate, endDate or dryRun",
             name.escape_debug()
         ),
     )
+}
+
+/// `date` as the range of that one day, or `startDate` and `endDate` as they are;
+/// `date` with either of the others is refused, as `--date` is on the command line.
+fn one_day_or_range<'a>(
+    day: Option<&'a str>,
+    start: Option<&'a str>,
+    end: Option<&'a str>,
+) -> Result<(Option<&'a str>, Option<&'a str>), ApiError> {
+    if let Some(day) = day {
+        // Checked here so that an error names the field the caller gave.
+        parse_date("date", day).map_err(date_error)?;
+    }
+    match (day, start, end) {
+        (Some(_), None, None) => Ok((day, day)),
+        (Some(_), _, _) => Err(ApiError::bad_request(
+            "invalid_range",
+            "date is one day; give either date or startDate (and endDate), not both",
+        )),
+        (None, start, end) => Ok((start, end)),
+    }
 }
 
 /// The range `startDate` and `endDate` name; `None` when neither is given.
@@ -198,6 +224,44 @@ mod tests {
 
     fn code(result: Result<RunRequest, ApiError>) -> &'static str {
         result.unwrap_err().code()
+    }
+
+    #[test]
+    fn date_is_one_day_and_excludes_the_range_fields() {
+        let day = Some(DayRange::new(date(2024, 1, 5), date(2024, 1, 5)).unwrap());
+        assert_eq!(
+            RunRequest::from_query("date=2024-01-05", 366)
+                .unwrap()
+                .range,
+            day
+        );
+        assert_eq!(
+            RunRequest::from_json(br#"{"date": "2024-01-05", "dryRun": true}"#, 366)
+                .unwrap()
+                .range,
+            day
+        );
+        for query in [
+            "date=2024-01-05&startDate=2024-01-01",
+            "date=2024-01-05&endDate=2024-01-09",
+        ] {
+            assert_eq!(
+                code(RunRequest::from_query(query, 366)),
+                "invalid_range",
+                "{query}"
+            );
+        }
+        assert_eq!(
+            code(RunRequest::from_json(
+                br#"{"date": "2024-01-05", "startDate": "2024-01-01"}"#,
+                366
+            )),
+            "invalid_range"
+        );
+        assert_eq!(
+            code(RunRequest::from_query("date=2024-02-30", 366)),
+            "invalid_date"
+        );
     }
 
     #[test]
@@ -238,7 +302,7 @@ mod tests {
             "range_too_long"
         );
         assert_eq!(
-            code(RunRequest::from_query("date=2024-01-01", 366)),
+            code(RunRequest::from_query("startdate=2024-01-01", 366)),
             "unknown_field"
         );
     }

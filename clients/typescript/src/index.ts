@@ -41,6 +41,8 @@ export interface ClientOptions {
 
 /** What to run; every field optional: no range means yesterday in the service's zone. */
 export interface RunOptions {
+  /** One day, `YYYY-MM-DD` (as `--date`); not together with `startDate` or `endDate`. */
+  date?: string;
   /** The first day, `YYYY-MM-DD`. */
   startDate?: string;
   /** The last day (inclusive), `YYYY-MM-DD`; needs `startDate`. */
@@ -73,7 +75,8 @@ export class VerisJobsError extends Error {
   /** The HTTP status; 0 when there was no answer (network, timeout, abort). */
   readonly status: number;
   /** The service's error code (`day_busy`, `unauthorized`, ...), or `timeout`,
-   * `aborted`, `network`, `run_failed` (a 500 with a report), `invalid_answer`. */
+   * `aborted`, `network`, `configuration`, `invalid_option` (an option the call does
+   * not take), `run_failed` (a 500 with a report), `invalid_answer`, `http_error`. */
   readonly code: string;
   /** For a 500: the run report, with the failed days and their errors. */
   readonly report: RunReport | PurgeReport | undefined;
@@ -99,7 +102,10 @@ export async function runTelemetryDailyAggregation(
   options: RunOptions = {},
   client: ClientOptions = {},
 ): Promise<RunReport> {
+  onlyKnown('runTelemetryDailyAggregation', options, ['date', 'startDate', 'endDate', 'dryRun']);
+  onlyKnown('runTelemetryDailyAggregation', client, CLIENT_KEYS);
   const body: Record<string, string | boolean> = {};
+  if (options.date !== undefined) body.date = options.date;
   if (options.startDate !== undefined) body.startDate = options.startDate;
   if (options.endDate !== undefined) body.endDate = options.endDate;
   if (options.dryRun !== undefined) body.dryRun = options.dryRun;
@@ -120,6 +126,8 @@ export async function runTelemetryPurge(
   options: PurgeOptions = {},
   client: ClientOptions = {},
 ): Promise<PurgeReport> {
+  onlyKnown('runTelemetryPurge', options, ['keepDays', 'dryRun', 'batchSize']);
+  onlyKnown('runTelemetryPurge', client, CLIENT_KEYS);
   const body: Record<string, number | boolean> = {};
   if (options.keepDays !== undefined) body.keepDays = options.keepDays;
   if (options.dryRun !== undefined) body.dryRun = options.dryRun;
@@ -136,6 +144,8 @@ export async function getTelemetryReport(
   options: ReportOptions = {},
   client: ClientOptions = {},
 ): Promise<TelemetryReport> {
+  onlyKnown('getTelemetryReport', options, ['startDate', 'endDate', 'by', 'events']);
+  onlyKnown('getTelemetryReport', client, CLIENT_KEYS);
   const query = new URLSearchParams();
   if (options.startDate !== undefined) query.set('startDate', options.startDate);
   if (options.endDate !== undefined) query.set('endDate', options.endDate);
@@ -152,6 +162,8 @@ export async function listRuns(
   options: { limit?: number; job?: JobName } = {},
   client: ClientOptions = {},
 ): Promise<RunRecord[]> {
+  onlyKnown('listRuns', options, ['limit', 'job']);
+  onlyKnown('listRuns', client, CLIENT_KEYS);
   const query = new URLSearchParams();
   if (options.limit !== undefined) query.set('limit', String(options.limit));
   if (options.job !== undefined) query.set('job', options.job);
@@ -163,7 +175,27 @@ export async function listRuns(
 
 /** One run with its whole report. */
 export async function getRun(id: number, client: ClientOptions = {}): Promise<RunRecord> {
+  onlyKnown('getRun', client, CLIENT_KEYS);
   return call<RunRecord>(`/api/jobs/runs/${encodeURIComponent(String(id))}`, client, 'READ_SECRET', READ_TIMEOUT_MS);
+}
+
+const CLIENT_KEYS = ['baseUrl', 'secret', 'signal', 'timeoutMs', 'allowInsecureHttp', 'fetch'];
+
+/**
+ * Refuses an option the call does not take: from JavaScript, or from an object built
+ * elsewhere, a misspelt key (`startdate`) would otherwise be dropped and the call would
+ * run with the defaults (yesterday) and report success.
+ */
+function onlyKnown(call: string, options: object, known: string[]): void {
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      throw new VerisJobsError(
+        0,
+        'invalid_option',
+        `${call}: unknown option '${key}'; expected ${known.join(', ')}`,
+      );
+    }
+  }
 }
 
 function environment(name: string): string | undefined {

@@ -204,6 +204,28 @@ describe('the readers', () => {
   });
 });
 
+describe('options', () => {
+  it('runs one day with date, as --date, and refuses an option no call takes', async () => {
+    const report = await runTelemetryDailyAggregation({ date: demo.end, dryRun: true });
+    assert.equal(report.startDate, demo.end);
+    assert.equal(report.endDate, demo.end);
+    assert.equal(report.dryRun, true);
+    await assert.rejects(runTelemetryDailyAggregation({ startdate: demo.start }), (error) => {
+      assert.ok(error instanceof VerisJobsError);
+      assert.equal(error.status, 0, 'refused before any request');
+      assert.equal(error.code, 'invalid_option');
+      assert.match(error.message, /'startdate'/);
+      return true;
+    });
+    await assert.rejects(
+      runTelemetryDailyAggregation({ date: demo.end, startDate: demo.start }),
+      { status: 400, code: 'invalid_range' },
+    );
+    await assert.rejects(listRuns({ limt: 5 }), { code: 'invalid_option' });
+    await assert.rejects(runTelemetryPurge({ keepdays: 3 }), { code: 'invalid_option' });
+  });
+});
+
 describe('the purge', () => {
   it('previews a purge and needs keepDays', async () => {
     const report = await runTelemetryPurge({ keepDays: 1, dryRun: true });
