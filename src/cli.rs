@@ -27,7 +27,10 @@ use crate::telemetry_purge::PurgeOptions;
 #[derive(Debug, Parser)]
 #[command(name = "veris-jobs", version, about)]
 pub struct Cli {
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "Global options (before or after the command)"
+    )]
     pub global: GlobalArgs,
 
     #[command(subcommand)]
@@ -112,8 +115,10 @@ pub struct TelemetryDailyArgs {
     pub job: JobArgs,
 }
 
-/// Flags of `telemetry-purge`.
+/// Flags of `telemetry-purge` (the job's, but for `--lookback-days`, which it has no
+/// use for).
 #[derive(Debug, Args)]
+#[command(mut_arg("lookback_days", |arg| arg.hide(true)))]
 pub struct TelemetryPurgeArgs {
     /// Days of raw events to keep, ending yesterday; older days are purged once
     /// their rollups hold them. Required: there is no default.
@@ -156,9 +161,14 @@ pub struct RunsArgs {
     pub json: bool,
 }
 
-/// Flags of `demo`.
+/// Flags of `demo`: the job's, but for `--lookback-days` (the demo's days are fixed).
 #[derive(Debug, Args)]
+#[command(mut_arg("lookback_days", |arg| arg.hide(true)))]
 pub struct DemoArgs {
+    /// Print the run report as JSON instead of the demo's summary.
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub job: JobArgs,
 }
@@ -179,26 +189,68 @@ impl Cli {
                     ExitCode::SUCCESS
                 }
                 _ => {
-                    // One line: the problem, and the allowed values when clap lists them.
-                    let rendered = error.render().to_string();
-                    let mut line = rendered
-                        .lines()
-                        .next()
-                        .unwrap_or("error: bad usage")
-                        .to_owned();
-                    if let Some(values) = rendered
-                        .lines()
-                        .map(str::trim)
-                        .find(|l| l.starts_with("[possible values:"))
-                    {
-                        line = format!("{line} {values}");
-                    }
-                    eprintln!("{line} (see veris-jobs --help)");
+                    eprintln!("{}", usage_line(&error));
                     ExitCode::from(2)
                 }
             }
         })
     }
+}
+
+/// Bad usage in one line: the problem (blaming the environment variable when the value
+/// came from there), clap's tip or allowed values when it has them, and where to look.
+fn usage_line(error: &clap::Error) -> String {
+    use clap::CommandFactory as _;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let rendered = error.render().to_string();
+    let mut line = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: bad usage")
+        .to_owned();
+    if matches!(
+        error.kind(),
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let commands: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|command| command.get_name().to_owned())
+            .collect();
+        return format!(
+            "error: a command is needed: {} (see veris-jobs --help)",
+            commands.join(", ")
+        );
+    }
+    // A value that came from the environment is blamed on its variable, not on a flag
+    // the command line never gave.
+    if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) && let Some(long) = arg.split_whitespace().next()
+        && !std::env::args().any(|given| given == long || given.starts_with(&format!("{long}=")))
+        && let Some(env) = env_of(&Cli::command(), long.trim_start_matches("--"))
+    {
+        line = line.replace(
+            &format!("'{value}' for '{arg}'"),
+            &format!("'{value}' for {env} (from the environment)"),
+        );
+    }
+    for extra in rendered.lines().map(str::trim) {
+        if extra.starts_with("[possible values:") || extra.starts_with("tip:") {
+            line = format!("{line}; {extra}");
+        }
+    }
+    format!("{line} (see veris-jobs --help)")
+}
+
+/// The environment variable of the flag `--long`, in `command` or its subcommands.
+fn env_of(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| command.get_subcommands().find_map(|sub| env_of(sub, long)))
 }
 
 /// Sets up `tracing` on stderr in the chosen format. `RUST_LOG` filters; without
@@ -444,7 +496,11 @@ async fn demo(global: &GlobalArgs, args: DemoArgs) -> Result<ExitCode, Error> {
     let launcher = app.launcher();
     let outcome = crate::demo::run(launcher, &global.source_table).await?;
     launcher.store().close().await;
-    write_stdout(&outcome.to_text());
+    if args.json {
+        write_stdout(&format!("{}\n", to_json(&outcome.report)));
+    } else {
+        write_stdout(&outcome.to_text());
+    }
     Ok(exit_code(&outcome.report))
 }
 

@@ -264,7 +264,12 @@ fn parse_table_name(value: &str) -> Result<TableName, String> {
 }
 
 fn parse_date_arg(value: &str) -> Result<Date, String> {
-    parse_date("date", value).map_err(|_| format!("'{value}' is not a date in the form YYYY-MM-DD"))
+    parse_date("date", value).map_err(|error| match error {
+        crate::model::DateError::NoSuchDay { reason, .. } => {
+            format!("'{value}' is not a day of the calendar ({reason})")
+        }
+        _ => format!("'{value}' is not a date in the form YYYY-MM-DD"),
+    })
 }
 
 /// Parses a duration such as `60s`, `5m`, `1h 30m` or `500ms`.

@@ -206,7 +206,9 @@ pub(super) fn parse_dates(
 
 pub(super) fn date_error(error: DateError) -> ApiError {
     let code = match error {
-        DateError::Malformed { .. } | DateError::OutOfRange { .. } => "invalid_date",
+        DateError::Malformed { .. }
+        | DateError::NoSuchDay { .. }
+        | DateError::OutOfRange { .. } => "invalid_date",
         DateError::EndBeforeStart { .. } | DateError::EndWithoutStart => "invalid_range",
         DateError::NotBegun { .. } => "future_date",
     };

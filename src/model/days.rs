@@ -16,6 +16,13 @@ pub enum DateError {
     /// The text is not a `YYYY-MM-DD` calendar date.
     #[error("{field}: '{value}' is not a date in the form YYYY-MM-DD")]
     Malformed { field: &'static str, value: String },
+    /// The text has the form of a date, but the calendar has no such day.
+    #[error("{field}: '{value}' is not a day of the calendar ({reason})")]
+    NoSuchDay {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
     /// The end of the range comes before its start.
     #[error("the end date {end} is before the start date {start}")]
     EndBeforeStart { start: Date, end: Date },
@@ -60,7 +67,23 @@ pub fn parse_date(field: &'static str, value: &str) -> Result<Date, DateError> {
     if !shape_ok {
         return Err(malformed());
     }
-    value.parse::<Date>().map_err(|_| malformed())
+    let number = |range: std::ops::Range<usize>| value[range].parse::<i16>().unwrap_or(0);
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    let no_such_day = |reason: String| DateError::NoSuchDay {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    if !(1..=12).contains(&month) {
+        return Err(no_such_day(format!("there is no month {month}")));
+    }
+    let first = Date::new(year, month as i8, 1).map_err(|_| malformed())?;
+    let days = first.days_in_month();
+    if day < 1 || day > i16::from(days) {
+        let name = first.strftime("%B %Y");
+        return Err(no_such_day(format!("{name} has {days} days")));
+    }
+    Date::new(year, month as i8, day as i8).map_err(|_| malformed())
 }
 
 /// An inclusive range of calendar dates, `start..=end`, never empty.
@@ -188,7 +211,7 @@ impl fmt::Display for DayRange {
         if self.start == self.end {
             write!(f, "{}", self.start)
         } else {
-            write!(f, "{}..={}", self.start, self.end)
+            write!(f, "{} to {}", self.start, self.end)
         }
     }
 }

@@ -566,3 +566,86 @@ async fn healthz_answers_503_until_the_tables_exist() {
     assert_eq!(health().await.0, 200);
     server.stop().await;
 }
+
+/// Runs the binary with `env` set and none of the job's variables inherited.
+fn veris_with_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+    for var in [
+        "TELEMETRY_TIMEZONE",
+        "DATABASE_URL",
+        "LOG_FORMAT",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run veris-jobs")
+}
+
+#[test]
+fn usage_errors_say_what_to_do_in_one_line() {
+    let stderr = |output: &Output| {
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        text
+    };
+    // No command: the commands.
+    let none = stderr(&veris_with_env(&[], &[]));
+    for command in [
+        "migrate",
+        "telemetry-daily",
+        "telemetry-purge",
+        "runs",
+        "serve",
+        "demo",
+        "report",
+    ] {
+        assert!(none.contains(command), "{none}");
+    }
+    // A misspelt flag: clap's tip.
+    let tip = stderr(&veris_with_env(&[], &["telemetry-daily", "--dryrun"]));
+    assert!(tip.contains("'--dry-run'"), "{tip}");
+    // A value from the environment: its variable, not the flag.
+    let env = stderr(&veris_with_env(
+        &[("TELEMETRY_TIMEZONE", "Mars/X")],
+        &["telemetry-daily"],
+    ));
+    assert!(
+        env.contains("TELEMETRY_TIMEZONE") && !env.contains("'--timezone"),
+        "{env}"
+    );
+    let flag = stderr(&veris_with_env(
+        &[],
+        &["telemetry-daily", "--timezone", "Mars/X"],
+    ));
+    assert!(flag.contains("'--timezone"), "{flag}");
+    // A date of the right form that the calendar lacks.
+    let day = stderr(&veris_with_env(
+        &[],
+        &["telemetry-daily", "--date", "2024-02-30"],
+    ));
+    assert!(day.contains("February 2024 has 29 days"), "{day}");
+    // The demo's help does not offer what it ignores, and it prints JSON when asked.
+    let help = veris_with_env(&[], &["demo", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help.contains("--lookback-days") && help.contains("--json"),
+        "{help}"
+    );
+    assert!(help.contains("Global options"), "{help}");
+}
+
+#[test]
+fn the_demo_prints_its_run_report_as_json_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let output = veris(&url, &["demo", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["job"], "telemetry-daily");
+    assert_eq!(report["days"].as_array().unwrap().len(), 3);
+}
