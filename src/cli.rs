@@ -304,6 +304,7 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
             range.len_days()
         )));
     }
+    let named = args.events.clone();
     let request = ReportRequest {
         range,
         by: args.by,
@@ -319,6 +320,25 @@ async fn report(global: &GlobalArgs, args: ReportArgs) -> Result<ExitCode, Error
         write_stdout(&report.to_csv());
     } else {
         write_stdout(&report.to_table());
+        // An event named that has no rows reads as zeros: say so.
+        let seen: std::collections::BTreeSet<&str> = report
+            .periods
+            .iter()
+            .flat_map(|period| period.events.iter().map(|event| event.event.as_str()))
+            .collect();
+        let missing: Vec<&str> = named
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !seen.contains(name))
+            .collect();
+        if !missing.is_empty() {
+            write_stdout(&format!(
+                "no rollup rows for {} from {} to {}: check the name, or roll those days up\n",
+                missing.join(", "),
+                report.start_date,
+                report.end_date
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

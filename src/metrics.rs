@@ -146,7 +146,7 @@ impl Metrics {
         }
         let purge_days = family(
             &mut out,
-            "veris_purge_days_total",
+            "veris_purge_day_outcomes_total",
             "counter",
             "Old days telemetry-purge judged, by status (purged, would_purge, kept, failed).",
         );
@@ -162,7 +162,7 @@ impl Metrics {
         let _ = writeln!(out, "{deleted} {}", c.events_deleted);
         let days = family(
             &mut out,
-            "veris_days_total",
+            "veris_day_outcomes_total",
             "counter",
             "Days telemetry-daily processed, by status.",
         );

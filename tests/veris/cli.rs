@@ -648,4 +648,13 @@ fn the_demo_prints_its_run_report_as_json_when_asked() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["job"], "telemetry-daily");
     assert_eq!(report["days"].as_array().unwrap().len(), 3);
+    // A report of an event with no rows says so rather than printing zeros alone.
+    let nosuch = veris(
+        &url,
+        &["report", "--event", "nosuch", "--event", "page_view"],
+    );
+    let text = stdout(&nosuch);
+    assert!(nosuch.status.success(), "{nosuch:?}");
+    assert!(text.contains("no rollup rows for nosuch from "), "{text}");
+    assert!(!text.contains("page_view from"), "{text}");
 }

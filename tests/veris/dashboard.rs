@@ -263,6 +263,14 @@ async fn the_demo_in_the_browser(width: u32) {
             .await
             .unwrap();
         assert!(runs[0].as_str().unwrap().contains("cli") && runs[0].as_str().unwrap().contains("ok"), "{runs}");
+        assert!(runs[0].as_str().unwrap().contains("telemetry-daily"), "the run's job: {runs}");
+        // A region that scrolls (the tables, at 375 pixels) can be reached from the
+        // keyboard and says what it holds (axe-core's scrollable-region-focusable).
+        let unreachable = c
+            .execute("return [...document.querySelectorAll('.scroll')].filter(e => e.tabIndex !== 0 || !e.getAttribute('aria-labelledby')).length", vec![])
+            .await
+            .unwrap();
+        assert_eq!(unreachable, 0, "scrolling regions out of the keyboard's reach");
         let bars = c.execute("return document.querySelectorAll('#metadata .bar').length", vec![]).await.unwrap();
         assert!(bars.as_u64().unwrap() > 3, "metadata bars: {bars}");
         assert_eq!(c.execute("return location.href.includes('secret') || document.cookie.length > 0", vec![]).await.unwrap(), false);

@@ -793,8 +793,8 @@ async fn metrics_count_the_runs_of_the_process_in_prometheus_format(db: TestDb) 
     let text = response.text().await.unwrap();
     for line in [
         "veris_runs_total{job=\"telemetry-daily\",trigger=\"http\",outcome=\"ok\"} 2",
-        "veris_days_total{status=\"written\"} 2",
-        "veris_days_total{status=\"dry_run\"} 1",
+        "veris_day_outcomes_total{status=\"written\"} 2",
+        "veris_day_outcomes_total{status=\"dry_run\"} 1",
         "veris_events_read_total 2",
         "veris_events_skipped_total{reason=\"non_object_meta\"} 1",
         "veris_rows_written_total{kind=\"inserted\"} 2",
