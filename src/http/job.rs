@@ -7,12 +7,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use tokio::task::JoinHandle;
 
-use super::log::Requested;
+use super::log::RequestedSlot;
 use super::request::RunRequest;
 use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::model::{RunReport, Trigger};
@@ -22,6 +22,7 @@ use crate::telemetry_daily::{RunError, RunOptions};
 /// `GET`: the fields in the query string, and no body.
 pub(super) async fn run_from_query(
     State(state): State<AppState>,
+    slot: Option<Extension<RequestedSlot>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -33,7 +34,7 @@ pub(super) async fn run_from_query(
         .into_response();
     }
     match RunRequest::from_query(query.as_deref().unwrap_or(""), state.max_range_days) {
-        Ok(request) => run_and_answer(&state, request).await,
+        Ok(request) => run_and_answer(&state, slot, request).await,
         Err(error) => error.into_response(),
     }
 }
@@ -49,6 +50,7 @@ pub(super) fn has_body(headers: &HeaderMap) -> bool {
 /// `POST`: the fields in a JSON body, and no query string.
 pub(super) async fn run_from_body(
     State(state): State<AppState>,
+    slot: Option<Extension<RequestedSlot>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -58,7 +60,7 @@ pub(super) async fn run_from_body(
         Err(refused) => return refused,
     };
     match RunRequest::from_json(&body, state.max_range_days) {
-        Ok(request) => run_and_answer(&state, request).await,
+        Ok(request) => run_and_answer(&state, slot, request).await,
         Err(error) => error.into_response(),
     }
 }
@@ -108,8 +110,15 @@ pub(super) async fn json_body(
     Ok(body)
 }
 
-async fn run_and_answer(state: &AppState, request: RunRequest) -> Response {
-    let mut response = match run(state, request).await {
+async fn run_and_answer(
+    state: &AppState,
+    slot: Option<Extension<RequestedSlot>>,
+    request: RunRequest,
+) -> Response {
+    if let Some(Extension(slot)) = slot {
+        slot.set(request);
+    }
+    match run(state, request).await {
         Ok(report) => {
             let status = if report.ok {
                 StatusCode::OK
@@ -119,9 +128,7 @@ async fn run_and_answer(state: &AppState, request: RunRequest) -> Response {
             (status, Json(report)).into_response()
         }
         Err(error) => error.into_response(),
-    };
-    response.extensions_mut().insert(Requested(request));
-    response
+    }
 }
 
 /// Runs a request's job and waits for it. If the caller goes away, a run that

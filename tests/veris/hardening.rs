@@ -575,6 +575,11 @@ async fn a_caller_that_hangs_up_is_logged_and_its_dry_run_stopped() {
         line.contains(r#""status":499"#) && line.contains(r#""caller_gone":true"#),
         "{line}"
     );
+    // The line of a caller that hung up still says what it asked for.
+    assert!(
+        line.contains(r#""range":"2024-01-01""#) && line.contains(r#""dry_run":true"#),
+        "{line}"
+    );
     assert!(!log.contains(SECRET));
 }
 

@@ -247,49 +247,82 @@ async function call<T>(
 ): Promise<T> {
   const base = baseUrl(client);
   const url = new URL(path.replace(/^\//, ''), base.href.endsWith('/') ? base : `${base.href}/`);
-  const timeout = AbortSignal.timeout(client.timeoutMs ?? defaultTimeout);
-  const signal = client.signal ? either(client.signal, timeout) : timeout;
+  const waitMs = client.timeoutMs ?? defaultTimeout;
+  if (typeof waitMs !== 'number' || !Number.isFinite(waitMs) || waitMs <= 0) {
+    throw new VerisJobsError(0, 'invalid_option', `timeoutMs must be a positive number of milliseconds, not ${String(waitMs)}`);
+  }
+  const timeout = AbortSignal.timeout(waitMs);
+  const combined = client.signal ? either(client.signal, timeout) : { signal: timeout, release: () => {} };
+  const { signal } = combined;
   const fetcher = client.fetch ?? globalThis.fetch;
-  let response: Response;
+  // What a failure while waiting means: the timeout, the caller's abort, or the network.
+  const failure = (error: unknown, doing: string): VerisJobsError => {
+    if (error instanceof VerisJobsError) return error;
+    if (timeout.aborted) return new VerisJobsError(0, 'timeout', `no answer from ${url.origin} within ${waitMs} ms`);
+    if (client.signal?.aborted) return new VerisJobsError(0, 'aborted', 'the call was aborted');
+    // The message says what failed (a refused connection, say, which Node.js keeps in
+    // the error's cause); never the secret.
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause?.code ?? cause?.message;
+    const message = `${(error as Error).message}${why ? ` (${why})` : ''}`;
+    return new VerisJobsError(0, 'network', `${url.origin} ${doing}: ${message}`);
+  };
   try {
-    response = await fetcher(url, {
-      ...init,
-      headers: { ...(init.headers as Record<string, string> | undefined), Authorization: `Bearer ${secret(client, secretName)}` },
-      signal,
-      redirect: 'error',
-      cache: 'no-store',
-    });
-  } catch (error) {
-    if (error instanceof VerisJobsError) throw error;
-    if (timeout.aborted) throw new VerisJobsError(0, 'timeout', `no answer from ${url.origin} within ${client.timeoutMs ?? defaultTimeout} ms`);
-    if (client.signal?.aborted) throw new VerisJobsError(0, 'aborted', 'the call was aborted');
-    // The message says what failed (a refused connection, say); never the secret.
-    throw new VerisJobsError(0, 'network', `${url.origin} could not be reached: ${(error as Error).message}`);
+    let response: Response;
+    try {
+      response = await fetcher(url, {
+        ...init,
+        headers: { ...(init.headers as Record<string, string> | undefined), Authorization: `Bearer ${secret(client, secretName)}` },
+        signal,
+        redirect: 'error',
+        cache: 'no-store',
+      });
+    } catch (error) {
+      throw failure(error, 'could not be reached');
+    }
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (error) {
+      throw failure(error, 'stopped answering');
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      throw new VerisJobsError(response.status, 'invalid_answer', `the service answered ${response.status} with a body that is not JSON`);
+    }
+    if (response.status === 200) return body as T;
+    if (response.status === 500 && isReport(body)) {
+      const failed = body.days.filter((day) => day.status === 'failed').map((day) => `${day.date}: ${day.error ?? ''}`);
+      throw new VerisJobsError(500, 'run_failed', `the run finished and some days failed (${failed.join('; ')})`, body);
+    }
+    const error = (body as Partial<ErrorBody>).error;
+    throw new VerisJobsError(response.status, error?.code ?? 'http_error', error?.message ?? `the service answered ${response.status}`);
+  } finally {
+    // A signal the caller reuses for many calls keeps no listener of this one.
+    combined.release();
   }
-  const text = await response.text();
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new VerisJobsError(response.status, 'invalid_answer', `the service answered ${response.status} with a body that is not JSON`);
-  }
-  if (response.status === 200) return body as T;
-  if (response.status === 500 && isReport(body)) {
-    const failed = body.days.filter((day) => day.status === 'failed').map((day) => `${day.date}: ${day.error ?? ''}`);
-    throw new VerisJobsError(500, 'run_failed', `the run finished and some days failed (${failed.join('; ')})`, body);
-  }
-  const error = (body as Partial<ErrorBody>).error;
-  throw new VerisJobsError(response.status, error?.code ?? 'http_error', error?.message ?? `the service answered ${response.status}`);
 }
 
-/** A signal that aborts when either does (`AbortSignal.any` needs Node 20). */
-function either(a: AbortSignal, b: AbortSignal): AbortSignal {
+/** A signal that aborts when either does (`AbortSignal.any` needs Node 20), and how to
+ * take its listeners off them once the call is over. */
+function either(a: AbortSignal, b: AbortSignal): { signal: AbortSignal; release: () => void } {
   const controller = new AbortController();
+  const listeners: Array<[AbortSignal, () => void]> = [];
   for (const signal of [a, b]) {
-    if (signal.aborted) controller.abort(signal.reason);
-    else signal.addEventListener('abort', () => controller.abort(signal.reason), { once: true });
+    if (signal.aborted) {
+      controller.abort(signal.reason);
+    } else {
+      const listener = () => controller.abort(signal.reason);
+      signal.addEventListener('abort', listener, { once: true });
+      listeners.push([signal, listener]);
+    }
   }
-  return controller.signal;
+  const release = () => {
+    for (const [signal, listener] of listeners) signal.removeEventListener('abort', listener);
+  };
+  return { signal: controller.signal, release };
 }
 
 function isReport(body: unknown): body is RunReport | PurgeReport {

@@ -2,6 +2,7 @@
 // filled by `veris-jobs demo`. VERIS_JOBS_BIN names the binary (cargo's test sets it).
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
+import { getEventListeners } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -162,6 +163,26 @@ describe('answers other than 200', () => {
     const controller = new AbortController();
     controller.abort();
     await assert.rejects(runTelemetryDailyAggregation({ dryRun: true }, { signal: controller.signal }), { code: 'aborted' });
+  });
+
+  it('refuses a timeout that is no duration, says why a connection failed, and leaves no listener on a reused signal', async () => {
+    await assert.rejects(listRuns({}, { timeoutMs: -5 }), { status: 0, code: 'invalid_option' });
+    await assert.rejects(listRuns({}, { timeoutMs: Number.NaN }), { code: 'invalid_option' });
+    const closed = await new Promise((resolve) => {
+      const probe = createServer();
+      probe.listen(0, '127.0.0.1', () => {
+        const { port } = probe.address();
+        probe.close(() => resolve(`http://127.0.0.1:${port}`));
+      });
+    });
+    await assert.rejects(listRuns({}, { baseUrl: closed }), (error) => {
+      assert.equal(error.code, 'network');
+      assert.match(error.message, /ECONNREFUSED/, 'the cause is in the message');
+      return true;
+    });
+    const shared = new AbortController();
+    for (let i = 0; i < 5; i += 1) await listRuns({ limit: 1 }, { signal: shared.signal, secret: READ });
+    assert.equal(getEventListeners(shared.signal, 'abort').length, 0);
   });
 
   it('refuses plain http to another host unless told, and says what is missing', async () => {
