@@ -31,6 +31,9 @@ impl TelemetryReport {
                     event.count,
                     users(event.unique_users, event.unique_users_exact)
                 );
+                if let Some(meta) = meta_line(&event.meta) {
+                    let _ = writeln!(out, "{:<width$}    {}", "", terminal_text(&meta));
+                }
             }
             let _ = writeln!(
                 out,
@@ -89,6 +92,52 @@ impl TelemetryReport {
         }
         out
     }
+}
+
+/// Metadata keys shown under an event in the table (the JSON and CSV have them all).
+const TABLE_KEYS: usize = 3;
+
+/// Values shown per key in the table.
+const TABLE_VALUES: usize = 3;
+
+/// An event's metadata in one line: its first keys (the summary keeps them most
+/// frequent first), each with its top values or its numbers' sum, min and max.
+fn meta_line(meta: &super::MergedMeta) -> Option<String> {
+    let serde_json::Value::Object(keys) = meta.to_value().ok()? else {
+        return None;
+    };
+    let mut keys: Vec<(&String, &serde_json::Value)> = keys
+        .iter()
+        .filter(|(key, _)| key.as_str() != crate::model::DROPPED_KEYS)
+        .collect();
+    keys.sort_by_key(|(_, stats)| std::cmp::Reverse(stats["n"].as_u64().unwrap_or(0)));
+    let parts: Vec<String> = keys
+        .into_iter()
+        .take(TABLE_KEYS)
+        .map(|(key, stats)| {
+            let mut shown = Vec::new();
+            if let Some(serde_json::Value::Object(values)) = stats.get("values") {
+                let mut values: Vec<(&String, u64)> = values
+                    .iter()
+                    .map(|(value, count)| (value, count.as_u64().unwrap_or(0)))
+                    .collect();
+                values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                shown.extend(
+                    values
+                        .into_iter()
+                        .take(TABLE_VALUES)
+                        .map(|(value, count)| format!("{value} {count}")),
+                );
+            }
+            if let (Some(sum), Some(min), Some(max)) =
+                (stats.get("sum"), stats.get("min"), stats.get("max"))
+            {
+                shown.push(format!("sum {sum}, min {min}, max {max}"));
+            }
+            format!("{key}: {}", shown.join(", "))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn users(count: Option<u64>, exact: bool) -> String {

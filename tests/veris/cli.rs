@@ -657,4 +657,11 @@ fn the_demo_prints_its_run_report_as_json_when_asked() {
     assert!(nosuch.status.success(), "{nosuch:?}");
     assert!(text.contains("no rollup rows for nosuch from "), "{text}");
     assert!(!text.contains("page_view from"), "{text}");
+    // The table shows each event's metadata: its top values, its numbers' sums.
+    let table = stdout(&veris(
+        &url,
+        &["report", "--by", "range", "--event", "purchase"],
+    ));
+    assert!(table.contains("amount: sum "), "{table}");
+    assert!(table.contains("coupon: false "), "{table}");
 }
