@@ -5,6 +5,7 @@
 mod cli;
 mod clickhouse;
 mod common;
+mod configuration;
 mod dashboard;
 mod exposure;
 mod hardening;

@@ -1,0 +1,217 @@
+//! Settings read from the environment of the real binary, their defaults, and flags
+//! winning over them. Each run starts from an environment without any of the job's
+//! variables, so that the shell's cannot leak in.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan as _};
+use serde_json::Value;
+
+const VARIABLES: [&str; 12] = [
+    "DATABASE_URL",
+    "TELEMETRY_TIMEZONE",
+    "TELEMETRY_META_TOP_K",
+    "TELEMETRY_LOOKBACK_DAYS",
+    "TELEMETRY_MAX_RANGE_DAYS",
+    "TELEMETRY_MEMORY_LIMIT",
+    "TELEMETRY_SOURCE_TABLE",
+    "TELEMETRY_KEEP_DAYS",
+    "BIND",
+    "TMPDIR",
+    "LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// `veris-jobs ARGS` in `dir`, with `env` and none of the job's other variables.
+fn veris(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+    for var in VARIABLES {
+        command.env_remove(var);
+    }
+    command
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run veris-jobs")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn days_ago(n: i64) -> String {
+    let today = Timestamp::now().to_zoned_datetime(TimeZone::UTC).date();
+    today.checked_sub(n.days()).unwrap().to_string()
+}
+
+#[test]
+fn the_environment_configures_the_binary_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // The default database is ./veris.db.
+    assert!(veris(dir, &[], &["demo"]).status.success());
+    assert!(dir.join("veris.db").exists(), "demo made ./veris.db");
+
+    // TELEMETRY_LOOKBACK_DAYS sets the default range; --lookback-days wins.
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec!["telemetry-daily", "--dry-run", "--json"];
+        args.extend_from_slice(extra);
+        json(&veris(dir, env, &args))
+    };
+    let three = run(&[("TELEMETRY_LOOKBACK_DAYS", "3")], &[]);
+    assert_eq!(three["startDate"], days_ago(3).as_str());
+    assert_eq!(three["days"].as_array().unwrap().len(), 3);
+    let one = run(
+        &[("TELEMETRY_LOOKBACK_DAYS", "3")],
+        &["--lookback-days", "1"],
+    );
+    assert_eq!(one["startDate"], days_ago(1).as_str());
+
+    // TELEMETRY_TIMEZONE cuts the days; --timezone wins.
+    let tokyo = run(&[("TELEMETRY_TIMEZONE", "Asia/Tokyo")], &[]);
+    assert_eq!(tokyo["timezone"], "Asia/Tokyo");
+    let utc = run(
+        &[("TELEMETRY_TIMEZONE", "Asia/Tokyo")],
+        &["--timezone", "UTC"],
+    );
+    assert_eq!(utc["timezone"], "UTC");
+
+    // TELEMETRY_META_TOP_K keeps that many values per key in the report.
+    let range = [
+        "report",
+        "--by",
+        "range",
+        "--json",
+        "--start-date",
+        &days_ago(3),
+    ];
+    let report = json(&veris(dir, &[("TELEMETRY_META_TOP_K", "1")], &range));
+    let browsers = &report["periods"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "page_view")
+        .unwrap()["meta"]["browser"]["values"];
+    assert_eq!(browsers.as_object().unwrap().len(), 1, "{browsers}");
+    let report = json(&veris(
+        dir,
+        &[("TELEMETRY_META_TOP_K", "1")],
+        &[&range[..], &["--meta-top-k", "2"]].concat(),
+    ));
+    let browsers = &report["periods"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "page_view")
+        .unwrap()["meta"]["browser"]["values"];
+    assert_eq!(browsers.as_object().unwrap().len(), 2, "{browsers}");
+
+    // TELEMETRY_MEMORY_LIMIT is read: a bad value is blamed on it.
+    let bad = veris(
+        dir,
+        &[("TELEMETRY_MEMORY_LIMIT", "lots")],
+        &["telemetry-daily"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("TELEMETRY_MEMORY_LIMIT (from the environment)"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn serve_reads_bind_and_the_range_cap_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_owned();
+    assert!(veris(&dir, &[], &["migrate"]).status.success());
+    let port = crate::common::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+    for var in VARIABLES {
+        command.env_remove(var);
+    }
+    let mut server = command
+        .current_dir(&dir)
+        .env("BIND", &bind)
+        .env("TELEMETRY_MAX_RANGE_DAYS", "2")
+        .env("CRON_SECRET", crate::http::SECRET)
+        .arg("serve")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{bind}");
+    let mut up = false;
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "serve listens where BIND says");
+    let answer = client
+        .get(format!(
+            "{base}/api/jobs/telemetry-daily?startDate=2024-01-01&endDate=2024-01-03&dryRun=true"
+        ))
+        .bearer_auth(crate::http::SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "range_too_long");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2"),
+        "{body}"
+    );
+    server.kill().await.unwrap();
+
+    // Without the variable, the cap is the default 366 days.
+    let port = crate::common::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+    for var in VARIABLES {
+        command.env_remove(var);
+    }
+    let mut server = command
+        .current_dir(&dir)
+        .env("CRON_SECRET", crate::http::SECRET)
+        .args(["serve", "--bind", &bind])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://{bind}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = client
+        .get(format!(
+            "{base}/api/jobs/telemetry-daily?startDate=2023-01-01&endDate=2024-01-02&dryRun=true"
+        ))
+        .bearer_auth(crate::http::SECRET)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 366"),
+        "{body}"
+    );
+    server.kill().await.unwrap();
+}
