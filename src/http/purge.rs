@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::Value;
 
 use super::job::{StopIfDropped, has_body, json_body};
+use super::request::Fields;
 use super::{ApiError, AppState};
 use crate::model::Trigger;
 use crate::store::StoreError;
@@ -76,18 +77,13 @@ impl PurgeRequest {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let Value::Object(fields) = serde_json::from_slice(body).map_err(|e| {
+        // The run's own reader of a body: a JSON object, no key given twice.
+        let Fields(fields) = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
                 format!("the body is not a JSON object: {e}"),
             )
-        })?
-        else {
-            return Err(ApiError::bad_request(
-                "invalid_json",
-                "the body is not a JSON object",
-            ));
-        };
+        })?;
         let mut request = Self::default();
         for (key, value) in &fields {
             match (key.as_str(), value) {

@@ -127,7 +127,7 @@ impl RunRequest {
 
 /// A JSON object's fields, refusing a key given twice (which `serde_json::Value`
 /// would silently resolve to the last).
-struct Fields(serde_json::Map<String, Value>);
+pub(super) struct Fields(pub(super) serde_json::Map<String, Value>);
 
 impl<'de> serde::Deserialize<'de> for Fields {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -370,9 +370,16 @@ impl DayAggregate {
     fn fold_hour_sketches(
         groups: &mut [(CompactString, EventGroup)],
         bit_groups: &[u32],
-        users: &UserIds,
+        dense: &DenseHours,
+        names: &[&str],
     ) {
-        let hashes: Vec<i64> = users.names().iter().map(|name| hash_user(name)).collect();
+        let counted = groups
+            .iter()
+            .any(|(_, group)| group.hour.is_some() && !group.users.is_empty());
+        if !counted && dense.is_empty() {
+            return;
+        }
+        let hashes: Vec<i64> = names.iter().map(|name| hash_user(name)).collect();
         for (_, group) in groups.iter_mut() {
             if group.hour.is_some() {
                 for id in &group.users {
@@ -380,7 +387,7 @@ impl DayAggregate {
                 }
             }
         }
-        users.dense.for_each(|id, hour, bit| {
+        dense.for_each(|id, hour, bit| {
             let day = bit_groups[usize::from(bit)] as usize;
             let hour_group = groups[day].1.hours[usize::from(hour)];
             groups[hour_group as usize]
@@ -430,14 +437,16 @@ impl DayAggregate {
         };
         let spilled = self.spilled.get_or_insert_with(|| Box::new(Spilled::new()));
         let space = &*limit.space;
-        Self::fold_hour_sketches(&mut self.groups, &self.bit_groups, &self.users);
+        // Users by number, for the hours' sketches, the sets of the groups past the
+        // bit-tracked ones and the hours' bits.
+        let names = self.users.names();
+        Self::fold_hour_sketches(
+            &mut self.groups,
+            &self.bit_groups,
+            &self.users.dense,
+            &names,
+        );
         let mut write = || -> std::io::Result<()> {
-            // Users by number, for the sets of the groups past the bit-tracked ones
-            // and the hours' bits.
-            let mut names: Vec<&str> = Vec::new();
-            if self.groups.len() > self.bit_groups.len() {
-                names = self.users.names();
-            }
             let mut dense = Vec::new();
             self.users
                 .dense
@@ -550,7 +559,14 @@ impl DayAggregate {
             uniques = Some(u);
             metas = Some(m);
         }
-        Self::fold_hour_sketches(&mut self.groups, &self.bit_groups, &self.users);
+        let names = self.users.names();
+        Self::fold_hour_sketches(
+            &mut self.groups,
+            &self.bit_groups,
+            &self.users.dense,
+            &names,
+        );
+        drop(names);
         let mut rows = Vec::new();
         let mut hour_rows = Vec::new();
         for (at, (event, group)) in self.groups.into_iter().enumerate() {

@@ -91,24 +91,14 @@ fn the_environment_configures_the_binary_and_flags_win() {
         &days_ago(3),
     ];
     let report = json(&veris(dir, &[("TELEMETRY_META_TOP_K", "1")], &range));
-    let browsers = &report["periods"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "page_view")
-        .unwrap()["meta"]["browser"]["values"];
+    let browsers = browsers_of_page_views(&report);
     assert_eq!(browsers.as_object().unwrap().len(), 1, "{browsers}");
     let report = json(&veris(
         dir,
         &[("TELEMETRY_META_TOP_K", "1")],
         &[&range[..], &["--meta-top-k", "2"]].concat(),
     ));
-    let browsers = &report["periods"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "page_view")
-        .unwrap()["meta"]["browser"]["values"];
+    let browsers = browsers_of_page_views(&report);
     assert_eq!(browsers.as_object().unwrap().len(), 2, "{browsers}");
 
     // TELEMETRY_MEMORY_LIMIT is read: a bad value is blamed on it.
@@ -125,37 +115,27 @@ fn the_environment_configures_the_binary_and_flags_win() {
     );
 }
 
+/// The `browser` values the report keeps for `page_view` in its first period.
+fn browsers_of_page_views(report: &Value) -> Value {
+    let events = report["periods"][0]["events"].as_array().unwrap();
+    let page_views = events.iter().find(|e| e["event"] == "page_view").unwrap();
+    page_views["meta"]["browser"]["values"].clone()
+}
+
 #[tokio::test]
 async fn serve_reads_bind_and_the_range_cap_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().to_owned();
     assert!(veris(&dir, &[], &["migrate"]).status.success());
-    let port = crate::common::free_port();
-    let bind = format!("127.0.0.1:{port}");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
-    for var in VARIABLES {
-        command.env_remove(var);
-    }
-    let mut server = command
-        .current_dir(&dir)
-        .env("BIND", &bind)
-        .env("TELEMETRY_MAX_RANGE_DAYS", "2")
-        .env("CRON_SECRET", crate::http::SECRET)
-        .arg("serve")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let bind = format!("127.0.0.1:{}", crate::common::free_port());
+    let (mut server, base) = serve(
+        &dir,
+        &[("BIND", bind.as_str()), ("TELEMETRY_MAX_RANGE_DAYS", "2")],
+        &[],
+        &bind,
+    )
+    .await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let base = format!("http://{bind}");
-    let mut up = false;
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "serve listens where BIND says");
     let answer = client
         .get(format!(
             "{base}/api/jobs/telemetry-daily?startDate=2024-01-01&endDate=2024-01-03&dryRun=true"
@@ -177,26 +157,8 @@ async fn serve_reads_bind_and_the_range_cap_from_the_environment() {
     server.kill().await.unwrap();
 
     // Without the variable, the cap is the default 366 days.
-    let port = crate::common::free_port();
-    let bind = format!("127.0.0.1:{port}");
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
-    for var in VARIABLES {
-        command.env_remove(var);
-    }
-    let mut server = command
-        .current_dir(&dir)
-        .env("CRON_SECRET", crate::http::SECRET)
-        .args(["serve", "--bind", &bind])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://{bind}");
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bind = format!("127.0.0.1:{}", crate::common::free_port());
+    let (mut server, base) = serve(&dir, &[], &["--bind", &bind], &bind).await;
     let answer = client
         .get(format!(
             "{base}/api/jobs/telemetry-daily?startDate=2023-01-01&endDate=2024-01-02&dryRun=true"
@@ -214,4 +176,36 @@ async fn serve_reads_bind_and_the_range_cap_from_the_environment() {
         "{body}"
     );
     server.kill().await.unwrap();
+}
+
+/// `veris-jobs serve ARGS` in `dir` with `env`, CRON_SECRET and none of the job's
+/// other variables; waits until it answers at `bind` (it must, or the test fails).
+async fn serve(
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    bind: &str,
+) -> (tokio::process::Child, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_veris-jobs"));
+    for var in VARIABLES {
+        command.env_remove(var);
+    }
+    let server = command
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .env("CRON_SECRET", crate::http::SECRET)
+        .arg("serve")
+        .args(args)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://{bind}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            return (server, base);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("serve does not answer at {bind}");
 }
