@@ -293,7 +293,8 @@
       if ('sum' in stats) {
         const numbers = document.createElement('p');
         const fmt = (x) => (x == null ? 'n/a' : Number(x).toLocaleString());
-        numbers.textContent = `sum ${fmt(stats.sum)} · min ${fmt(stats.min)} · max ${fmt(stats.max)}`;
+        const percentiles = ['p50', 'p90', 'p99'].filter((p) => p in stats).map((p) => ` · ${p} ${fmt(stats[p])}`).join('');
+        numbers.textContent = `sum ${fmt(stats.sum)} · min ${fmt(stats.min)} · max ${fmt(stats.max)}${percentiles}`;
         part.appendChild(numbers);
       }
       box.appendChild(part);

@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS {rollup} (
 ALTER TABLE {rollup} ADD COLUMN IF NOT EXISTS users_hll bytea;
 -- Whether the day had not ended when its events were read (today so far).
 ALTER TABLE {rollup} ADD COLUMN IF NOT EXISTS partial boolean NOT NULL DEFAULT false;
+-- Each numeric metadata key's DDSketch (base64 of its protobuf message), for
+-- percentiles over weeks and months; NULL in rows written before, until re-run.
+ALTER TABLE {rollup} ADD COLUMN IF NOT EXISTS meta_sketches jsonb;
 
 -- Which source events `veris-jobs demo` wrote, so that it can start afresh.
 CREATE TABLE IF NOT EXISTS veris_demo_sample (

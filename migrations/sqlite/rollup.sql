@@ -10,6 +10,9 @@ CREATE TABLE IF NOT EXISTS {rollup} (
     users_hll    blob,
     -- Whether the day had not ended when its events were read (today so far).
     partial      integer NOT NULL DEFAULT 0,
+    -- Each numeric metadata key's DDSketch (base64 of its protobuf message), as
+    -- JSON text; NULL in rows written before, until their day is re-run.
+    meta_sketches text,
     PRIMARY KEY (date, event)
 );
 

@@ -92,7 +92,10 @@ pub fn diff(fresh: &[RollupRow], stored: &[RollupRow]) -> DayChanges {
                     && old.unique_users == row.unique_users
                     && old.users_hll == row.users_hll
                     && old.partial == row.partial
-                    && (old.meta == row.meta || canonical_json(&old.meta) == row.meta) =>
+                    && (old.meta == row.meta || canonical_json(&old.meta) == row.meta)
+                    && (old.meta_sketches == row.meta_sketches
+                        || old.meta_sketches.as_deref().map(canonical_json)
+                            == row.meta_sketches) =>
             {
                 changes.unchanged += 1;
             }
@@ -115,6 +118,7 @@ mod tests {
             count,
             unique_users: 1,
             meta: meta.into(),
+            meta_sketches: Some("{}".into()),
             users_hll: Some(vec![0x11, 0x8e, 0x7f]),
             partial: false,
         }

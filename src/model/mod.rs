@@ -4,7 +4,7 @@
 //! ([`RollupRow`], [`RollupRef`]), the difference between fresh and stored rows
 //! ([`diff`]), the canonical form of the JSON they hold ([`canonical_json`]), the
 //! metadata summary's format and its exact sums ([`MAX_KEYS`], [`ExactSum`]), the
-//! users' sketch ([`hll`]), the run report ([`RunReport`]) and the run history's
+//! users' sketch ([`hll`]), the numbers' percentiles sketch ([`ddsketch`]), the run report ([`RunReport`]) and the run history's
 //! records ([`RunRecord`]).
 //!
 //! This module is the bottom layer: it imports nothing else of the crate and does no
@@ -12,6 +12,7 @@
 //! the jobs and the report drive them, the faces present them.
 
 mod days;
+pub mod ddsketch;
 mod diff;
 mod events;
 mod exact_sum;

@@ -15,6 +15,9 @@ pub struct RollupRow {
     pub unique_users: i64,
     /// The metadata summary as canonical JSON text.
     pub meta: String,
+    /// Each numeric key's DDSketch, as a JSON object of base64 texts; `None` in a
+    /// stored row written before they were kept.
+    pub meta_sketches: Option<String>,
     /// The distinct users as a sketch in the `hll` extension's format; `None` in a
     /// stored row written before sketches were kept.
     pub users_hll: Option<Vec<u8>>,
@@ -31,6 +34,8 @@ pub struct RollupRef<'a> {
     pub unique_users: i64,
     /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
     pub meta: &'a str,
+    /// The numeric keys' sketches as stored; `None` before they were kept.
+    pub meta_sketches: Option<&'a str>,
     pub users_hll: Option<&'a [u8]>,
     /// Whether the day had not ended when it was read.
     pub partial: bool,
@@ -52,6 +57,7 @@ pub struct StoredRollup {
     pub unique_users: i64,
     /// The metadata summary as stored (`jsonb`'s text on PostgreSQL).
     pub meta: String,
+    pub meta_sketches: Option<String>,
     pub users_hll: Option<Vec<u8>>,
 }
 

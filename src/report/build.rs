@@ -36,6 +36,8 @@ pub(super) struct PeriodParts {
     first_row_users: i64,
     /// Dates of rows without a sketch this version can read.
     missing: Vec<String>,
+    /// Dates of rows with numbers but no sketches of them.
+    missing_meta: Vec<String>,
     /// Whether a row was of a day read before its end.
     partial: bool,
     /// The newest `updated_at` of the rows.
@@ -144,7 +146,12 @@ impl PeriodParts {
                 event.sketch = None;
             }
         }
-        event.meta.add(row.meta);
+        if event.meta.add(row.meta, row.meta_sketches) {
+            let date = row.date.to_string();
+            if !self.missing_meta.contains(&date) {
+                self.missing_meta.push(date);
+            }
+        }
     }
 
     /// The period's report, labelled `start` and `end`, with `asOf` set to the newest
@@ -179,6 +186,8 @@ impl PeriodParts {
         };
         let mut missing = self.missing;
         missing.sort_unstable();
+        let mut missing_meta = self.missing_meta;
+        missing_meta.sort_unstable();
         PeriodReport {
             start,
             end,
@@ -191,6 +200,7 @@ impl PeriodParts {
             },
             events: reports,
             missing_sketches: missing,
+            missing_meta_sketches: missing_meta,
         }
     }
 }
@@ -216,6 +226,7 @@ impl TelemetryReport {
                 count: row.count,
                 unique_users: row.unique_users,
                 meta: &row.meta,
+                meta_sketches: row.meta_sketches.as_deref(),
                 users_hll: row.users_hll.as_deref(),
                 partial: false,
                 updated_at: "",
@@ -250,6 +261,7 @@ pub(super) mod tests {
             count: users.len() as i64 * 2,
             unique_users: users.len() as i64,
             meta: meta.into(),
+            meta_sketches: Some("{}".into()),
             users_hll: Some(sketch.to_bytes()),
         }
     }

@@ -112,6 +112,7 @@ impl HourFold for HourReportBuilder {
             count: row.count,
             unique_users: row.unique_users,
             meta: "{}",
+            meta_sketches: None,
             users_hll: Some(row.users_hll),
             partial: false,
             updated_at: row.updated_at,

@@ -1,6 +1,7 @@
 //! Rows' metadata summaries merged over a period: `n`, `sum`, `min`, `max` exact;
 //! `values` summed over the days and ranked again (top K, ties by byte order), with
-//! `"valuesExact": false` when some day had left values in `other`. The stored
+//! `"valuesExact": false` when some day had left values in `other`; `p50`, `p90`,
+//! `p99` from the rows' number sketches merged. The stored
 //! summaries are read with their strings borrowed, and the merged one is written as
 //! JSON text on the thread that read its period.
 
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::{RawValue, to_raw_value};
 
+use crate::model::ddsketch::{DdSketch, PERCENTILES};
 use crate::model::{
     DROPPED_KEYS, ExactSum, FastMap, MAX_KEYS, json_number, key_order, value_order,
 };
@@ -33,6 +35,11 @@ struct MergedKey {
     sum_overflowed: bool,
     min: Option<f64>,
     max: Option<f64>,
+    /// The rows' sketches of the key's numbers merged.
+    sketch: Option<DdSketch>,
+    /// A row with numbers under the key had no sketch of them (written before they
+    /// were kept): the merged percentiles would miss its numbers.
+    sketch_missing: bool,
 }
 
 /// Rows' metadata summaries merged: `n`, `sum`, `min`, `max` exact; `values` summed
@@ -46,11 +53,18 @@ pub(super) struct MetaMerge {
 }
 
 impl MetaMerge {
-    pub(super) fn add(&mut self, meta: &str) {
+    /// Adds a row's summary and its number sketches; returns whether a key with
+    /// numbers lacked its sketch (a row written before sketches were kept).
+    pub(super) fn add(&mut self, meta: &str, sketches: Option<&str>) -> bool {
         // Written by this crate; a summary that does not parse adds nothing.
         let Ok(StoredSummary(keys)) = serde_json::from_str::<StoredSummary>(meta) else {
-            return;
+            return false;
         };
+        let sketches: Vec<(Text<'_>, Text<'_>)> = sketches
+            .and_then(|text| serde_json::from_str::<FastMap<_, _>>(text).ok())
+            .map(|map: FastMap<Text<'_>, Text<'_>>| map.into_iter().collect())
+            .unwrap_or_default();
+        let mut missing = false;
         for entry in keys {
             let (key, stats) = match entry {
                 StoredEntry::Dropped(dropped) => {
@@ -59,6 +73,13 @@ impl MetaMerge {
                 }
                 StoredEntry::Key(key, stats) => (key, stats),
             };
+            // A key with numbers has its sketch in the row's sketches.
+            let sketch = stats.sum.is_some().then(|| {
+                sketches
+                    .iter()
+                    .find(|(name, _)| name.0 == key.0)
+                    .and_then(|(_, text)| DdSketch::from_base64(&text.0).ok())
+            });
             let merged = match self.keys.get_mut(&*key.0) {
                 Some(merged) => merged,
                 None => self.keys.entry(key.0.into_owned()).or_default(),
@@ -89,7 +110,16 @@ impl MetaMerge {
             if let Some(x) = stats.max {
                 merged.max = Some(merged.max.map_or(x, |m| m.max(x)));
             }
+            match sketch {
+                Some(Some(sketch)) => merged.sketch.get_or_insert_default().merge(&sketch),
+                Some(None) => {
+                    merged.sketch_missing = true;
+                    missing = true;
+                }
+                None => {}
+            }
         }
+        missing
     }
 
     /// The merged summary as JSON text: keys and values in byte order, each key's
@@ -166,8 +196,8 @@ impl<K: Serialize, V: Serialize> Serialize for JsonMap<'_, K, V> {
 }
 
 impl Serialize for MetaEntry<'_> {
-    /// A key's fields by name: `max`, `min`, `n`, `other`, `sum`, `values`,
-    /// `valuesExact`, those that apply.
+    /// A key's fields by name: `max`, `min`, `n`, `other`, `p50`, `p90`, `p99`,
+    /// `sum`, `values`, `valuesExact`, those that apply.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let (key, top_k) = match *self {
             MetaEntry::Dropped(dropped) => return serializer.serialize_u64(dropped),
@@ -190,6 +220,16 @@ impl Serialize for MetaEntry<'_> {
         if let Some(values) = &kept {
             let kept_total: u64 = values.iter().map(|(_, c)| c).sum();
             map.serialize_entry("other", &(key.value_total - kept_total))?;
+        }
+        if let (Some(sketch), Some(min), Some(max), false) =
+            (&key.sketch, key.min, key.max, key.sketch_missing)
+        {
+            for &(name, numerator, denominator) in &PERCENTILES {
+                if let Some(value) = sketch.percentile(numerator, denominator) {
+                    // A bin's value may overshoot the exact extremes by up to 1%.
+                    map.serialize_entry(name, &json_number(value.clamp(min, max)))?;
+                }
+            }
         }
         if has_sum {
             let sum = match (&key.sum, key.sum_overflowed) {
@@ -220,7 +260,7 @@ enum StoredEntry<'a> {
 }
 
 /// A string of a stored summary, borrowed unless it holds escapes.
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq, Eq, Hash)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// One key of a stored summary.

@@ -113,6 +113,11 @@ pub struct PeriodReport {
     /// users that need them are `null` until those days are run again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_sketches: Vec<String>,
+    /// Days whose rows hold numbers but no sketches of them (written before they
+    /// were kept): their keys' `p50`, `p90`, `p99` are left out until those days
+    /// are run again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_meta_sketches: Vec<String>,
     /// Whether the period holds a day read before its end (today so far); by hour,
     /// an hour not over when its day was last read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -14,7 +14,7 @@ use super::pass_on::PassOn;
 use super::spill::{
     KeyRecord, MemoryLimit, SpillError, SpillSpace, Spilled, UserRecord, ValueRecord,
 };
-use super::summary::MetaSummary;
+use super::summary::{MetaSummary, SummaryTexts};
 use crate::model::hll::{Sketch, hash_user};
 use crate::model::{
     CompactString, CountedEvents, EventSink, FastMap, FastSet, MAX_EVENT_NAME_BYTES, MergeableSink,
@@ -540,7 +540,7 @@ impl DayAggregate {
             return Err(failure);
         }
         let mut uniques: Option<Vec<u64>> = None;
-        let mut metas: Option<Vec<String>> = None;
+        let mut metas: Option<Vec<SummaryTexts>> = None;
         let mut spilled_bytes = 0;
         if self.spilled.is_some() {
             self.spill();
@@ -570,6 +570,10 @@ impl DayAggregate {
         let mut rows = Vec::new();
         let mut hour_rows = Vec::new();
         for (at, (event, group)) in self.groups.into_iter().enumerate() {
+            let summary = match &mut metas {
+                Some(metas) => std::mem::take(&mut metas[at]),
+                None => group.meta.to_json(top_k),
+            };
             let row = RollupRow {
                 event: event.into(),
                 count: saturating_i64(group.count),
@@ -580,10 +584,8 @@ impl DayAggregate {
                             None => group.unique + group.users.len() as u64,
                         },
                 ),
-                meta: match &mut metas {
-                    Some(metas) => std::mem::take(&mut metas[at]),
-                    None => group.meta.to_json(top_k),
-                },
+                meta: summary.meta,
+                meta_sketches: Some(summary.sketches),
                 users_hll: Some(group.sketch.to_bytes()),
                 partial: false,
             };

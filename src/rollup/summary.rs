@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::memory::{heap_bytes, table_bytes};
 use super::meta_value::MetaValue;
 use super::pass_on::PassOn;
+use crate::model::ddsketch::{DdSketch, PERCENTILES};
 use crate::model::{
     CompactString, DROPPED_KEYS, ExactSum, FastMap, MAX_KEYS, MAX_VALUE_BYTES, json_number,
     key_order, value_order,
@@ -31,35 +32,55 @@ pub(super) struct KeyStats {
     pub(super) pass: PassOn,
 }
 
-/// Sum, minimum and maximum of a key's numbers.
+/// Sum, minimum, maximum and percentiles' sketch of a key's numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct NumberStats {
     pub(super) sum: ExactSum,
     pub(super) min: f64,
     pub(super) max: f64,
+    pub(super) sketch: DdSketch,
 }
 
 impl NumberStats {
-    fn of(x: f64, times: u64) -> Self {
+    /// The stats of `x` seen `times` times, and the bytes its sketch holds.
+    fn of(x: f64, times: u64) -> (Self, usize) {
         let mut sum = ExactSum::default();
         sum.add_times(x, times);
-        Self {
+        let mut sketch = DdSketch::default();
+        let grew = sketch.add(x, times);
+        let stats = Self {
             sum,
             min: x,
             max: x,
-        }
+            sketch,
+        };
+        (stats, grew)
     }
 
-    fn add(&mut self, x: f64, times: u64) {
+    /// Adds `x` seen `times` times; returns the bytes the sketch grew by.
+    fn add(&mut self, x: f64, times: u64) -> usize {
         self.sum.add_times(x, times);
         self.min = self.min.min(x);
         self.max = self.max.max(x);
+        self.sketch.add(x, times)
     }
 
     pub(super) fn merge(&mut self, other: &NumberStats) {
         self.sum.merge(&other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+        self.sketch.merge(&other.sketch);
+    }
+
+    /// The percentiles `PERCENTILES` names, each kept within the numbers' exact
+    /// minimum and maximum (which a bin's value may overshoot by up to 1%).
+    pub(super) fn percentiles(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        PERCENTILES
+            .iter()
+            .filter_map(|&(name, numerator, denominator)| {
+                let value = self.sketch.percentile(numerator, denominator)?;
+                Some((name, value.clamp(self.min, self.max)))
+            })
     }
 }
 
@@ -75,11 +96,14 @@ impl KeyStats {
             MetaValue::Nested(s) => s,
             MetaValue::Number(x) => {
                 self.n += times;
-                match &mut self.numbers {
+                return match &mut self.numbers {
                     Some(stats) => stats.add(*x, times),
-                    None => self.numbers = Some(NumberStats::of(*x, times)),
-                }
-                return 0;
+                    None => {
+                        let (stats, grew) = NumberStats::of(*x, times);
+                        self.numbers = Some(stats);
+                        grew
+                    }
+                };
             }
         };
         self.n += times;
@@ -118,6 +142,7 @@ impl KeyStats {
     fn bytes(&self) -> usize {
         table_bytes::<CompactString, u64>(self.values.capacity())
             + self.values.keys().map(heap_bytes).sum::<usize>()
+            + self.numbers.as_ref().map_or(0, |n| n.sketch.bytes())
     }
 
     /// The key's part of the summary from its own values map.
@@ -126,6 +151,11 @@ impl KeyStats {
         ranked.sort_unstable_by(value_order);
         ranked.truncate(top_k);
         key_json(self, &ranked)
+    }
+
+    /// The base64 of its numbers' sketch, if it had numbers.
+    pub(super) fn sketch_text(&self) -> Option<String> {
+        self.numbers.as_ref().map(|n| n.sketch.to_base64())
     }
 }
 
@@ -147,21 +177,43 @@ pub(super) fn key_json(stats: &KeyStats, top: &[(&str, u64)]) -> Value {
         out.insert("sum".into(), json_number(numbers.sum.total()));
         out.insert("min".into(), json_number(numbers.min));
         out.insert("max".into(), json_number(numbers.max));
+        for (name, value) in numbers.percentiles() {
+            out.insert(name.into(), json_number(value));
+        }
     }
     Value::Object(out)
 }
 
-/// The summary's text from the kept keys' parts and the number of keys dropped.
+/// A row's summary as its two columns hold it: `meta`, and `meta_sketches` (each
+/// kept key with numbers to the base64 of their sketch).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct SummaryTexts {
+    pub(super) meta: String,
+    pub(super) sketches: String,
+}
+
+/// The summary's texts from the kept keys' parts (name, JSON, sketch) and the
+/// number of keys dropped.
 pub(super) fn summary_json(
-    kept: impl IntoIterator<Item = (String, Value)>,
+    kept: impl IntoIterator<Item = (String, Value, Option<String>)>,
     dropped: u64,
-) -> String {
-    // `serde_json::Map` keeps keys sorted, so the text has sorted keys.
-    let mut out: Map<String, Value> = kept.into_iter().collect();
+) -> SummaryTexts {
+    // `serde_json::Map` keeps keys sorted, so the texts have sorted keys.
+    let mut out = Map::new();
+    let mut sketches = Map::new();
+    for (key, json, sketch) in kept {
+        if let Some(sketch) = sketch {
+            sketches.insert(key.clone(), Value::String(sketch));
+        }
+        out.insert(key, json);
+    }
     if dropped > 0 {
         out.insert(DROPPED_KEYS.into(), Value::from(dropped));
     }
-    Value::Object(out).to_string()
+    SummaryTexts {
+        meta: Value::Object(out).to_string(),
+        sketches: Value::Object(sketches).to_string(),
+    }
 }
 
 /// Counts `text` in `values`; returns the bytes the table grew by.
@@ -262,8 +314,9 @@ impl MetaSummary {
         self.keys.insert(key, stats);
     }
 
-    /// The summary as canonical JSON text, keeping `top_k` values per key.
-    pub(super) fn to_json(&self, top_k: usize) -> String {
+    /// The summary as canonical JSON text, keeping `top_k` values per key, and its
+    /// sketches.
+    pub(super) fn to_json(&self, top_k: usize) -> SummaryTexts {
         let mut ranked: Vec<(&str, &KeyStats)> = self.keys.iter().map(|(k, s)| (&**k, s)).collect();
         ranked.sort_unstable_by(|a, b| key_order(&(a.0, a.1.n), &(b.0, b.1.n)));
         let dropped = ranked.len().saturating_sub(MAX_KEYS) as u64;
@@ -271,7 +324,7 @@ impl MetaSummary {
         summary_json(
             ranked
                 .into_iter()
-                .map(|(key, stats)| (key.to_owned(), stats.to_json(top_k))),
+                .map(|(key, stats)| (key.to_owned(), stats.to_json(top_k), stats.sketch_text())),
             dropped,
         )
     }
@@ -292,7 +345,7 @@ mod tests {
                 other => panic!("{meta} parsed as {other:?}"),
             }
         }
-        summary.to_json(top_k)
+        summary.to_json(top_k).meta
     }
 
     #[test]
@@ -336,9 +389,27 @@ mod tests {
             ],
             20,
         );
+        let value: Value = serde_json::from_str(&json).unwrap();
+        let amount = value["amount"].as_object().unwrap();
+        let exact = |name: &str| amount[name].as_f64().unwrap();
+        assert_eq!(
+            (exact("n"), exact("sum"), exact("min"), exact("max")),
+            (3.0, 108.0, -0.5, 99.5)
+        );
+        // Sorted -0.5, 9, 99.5: ranks floor(q * 2) are 1, 1 and 1.
+        for p in ["p50", "p90", "p99"] {
+            assert!((exact(p) - 9.0).abs() <= 0.09, "{p}: {json}");
+        }
+        assert_eq!(amount.len(), 7, "{json}");
+    }
+
+    #[test]
+    fn a_single_number_s_percentiles_are_that_number() {
+        // The bin's value is kept within the exact minimum and maximum.
+        let json = summary_of(&[r#"{"ms":123.456}"#, r#"{"ms":123.456}"#], 20);
         assert_eq!(
             json,
-            r#"{"amount":{"max":99.5,"min":-0.5,"n":3,"sum":108}}"#
+            r#"{"ms":{"max":123.456,"min":123.456,"n":2,"p50":123.456,"p90":123.456,"p99":123.456,"sum":246.912}}"#
         );
     }
 
@@ -350,7 +421,7 @@ mod tests {
         );
         assert_eq!(
             json,
-            r#"{"x":{"max":1,"min":1,"n":3,"other":0,"sum":1,"values":{"one":1,"{\"a\":[2],\"b\":1}":1}}}"#
+            r#"{"x":{"max":1,"min":1,"n":3,"other":0,"p50":1,"p90":1,"p99":1,"sum":1,"values":{"one":1,"{\"a\":[2],\"b\":1}":1}}}"#
         );
     }
 
@@ -383,7 +454,7 @@ mod tests {
         );
         assert_eq!(
             summary_of(&[r#"{"n":1.2345e29}"#], 20),
-            r#"{"n":{"max":1.2345e+29,"min":1.2345e+29,"n":1,"sum":1.2345e+29}}"#
+            r#"{"n":{"max":1.2345e+29,"min":1.2345e+29,"n":1,"p50":1.2345e+29,"p90":1.2345e+29,"p99":1.2345e+29,"sum":1.2345e+29}}"#
         );
         assert_eq!(
             summary_of(&[r#"{"x":[1e1,10.0,10,{"b":2.50}]}"#], 20),
@@ -412,9 +483,9 @@ mod tests {
         }
         assert_eq!(weighted.to_json(5), single.to_json(5));
         assert!(
-            weighted.to_json(5).contains(r#""n":1000025"#),
+            weighted.to_json(5).meta.contains(r#""n":1000025"#),
             "{}",
-            weighted.to_json(5)
+            weighted.to_json(5).meta
         );
     }
 }

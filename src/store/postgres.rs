@@ -416,7 +416,7 @@ impl PgStore {
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
-            "SELECT event, count, unique_users, meta::text, users_hll, partial FROM ",
+            "SELECT event, count, unique_users, meta::text, users_hll, partial, meta_sketches::text FROM ",
             rollup_table!(),
             " WHERE date = $1::date"
         ))
@@ -455,7 +455,8 @@ impl PgStore {
         let mut tx = conn.begin_with(begin).await.map_err(query_error(&action))?;
         let query = sqlx::query(concat!(
             "SELECT date::text AS day, event, count, unique_users, meta::text, users_hll, partial, \
-             to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM ",
+             to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+             meta_sketches::text FROM ",
             rollup_table!(),
             " WHERE date BETWEEN $1::date AND $2::date \
              AND (cardinality($3::text[]) = 0 OR event = ANY($3::text[])) ORDER BY date, event"
@@ -476,6 +477,7 @@ impl PgStore {
                     users_hll: row.try_get(5)?,
                     partial: row.try_get(6)?,
                     updated_at: row.try_get(7)?,
+                    meta_sketches: row.try_get(8)?,
                 })
             };
             fold.add(read().map_err(query_error(&action))?);
@@ -509,6 +511,7 @@ impl PgStore {
         let upserts = changes.inserts.iter().chain(&changes.updates);
         let (mut events, mut counts, mut users, mut metas, mut sketches, mut partials) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut meta_sketches = vec![];
         for row in upserts {
             events.push(row.event.as_str());
             counts.push(row.count);
@@ -516,19 +519,21 @@ impl PgStore {
             metas.push(row.meta.as_str());
             sketches.push(row.users_hll.as_deref());
             partials.push(row.partial);
+            meta_sketches.push(row.meta_sketches.as_deref());
         }
         if !events.is_empty() {
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
-                " (date, event, count, unique_users, meta, users_hll, partial, updated_at) \
-                 SELECT $1::date, e, c, u, m::jsonb, h, p, now() \
+                " (date, event, count, unique_users, meta, users_hll, partial, meta_sketches, \
+                 updated_at) \
+                 SELECT $1::date, e, c, u, m::jsonb, h, p, s::jsonb, now() \
                  FROM unnest($2::text[], $3::int8[], $4::int8[], $5::text[], $6::bytea[], \
-                 $7::bool[]) AS t(e, c, u, m, h, p) \
+                 $7::bool[], $8::text[]) AS t(e, c, u, m, h, p, s) \
                  ON CONFLICT (date, event) DO UPDATE SET count = EXCLUDED.count, \
                  unique_users = EXCLUDED.unique_users, meta = EXCLUDED.meta, \
                  users_hll = EXCLUDED.users_hll, partial = EXCLUDED.partial, \
-                 updated_at = EXCLUDED.updated_at"
+                 meta_sketches = EXCLUDED.meta_sketches, updated_at = EXCLUDED.updated_at"
             ))
             .bind(date.to_string())
             .bind(&events)
@@ -537,6 +542,7 @@ impl PgStore {
             .bind(&metas)
             .bind(&sketches)
             .bind(&partials)
+            .bind(&meta_sketches)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;

@@ -9,7 +9,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use crate::model::{HourRow, RollupRow, RunRecord};
 
 /// Reads a `telemetry_daily` row selected as (event, count, unique_users, meta,
-/// users_hll).
+/// users_hll, partial, meta_sketches).
 pub(super) fn rollup_row<'r, R>(row: &'r R) -> Result<RollupRow, sqlx::Error>
 where
     R: Row,
@@ -26,6 +26,7 @@ where
         meta: row.try_get(3)?,
         users_hll: row.try_get(4)?,
         partial: row.try_get(5)?,
+        meta_sketches: row.try_get(6)?,
     })
 }
 

@@ -22,11 +22,12 @@ use crate::model::{
 };
 
 /// Columns added since the first version, as (table, column, type).
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("job_runs", "source_watermark", "integer"),
     ("job_runs", "summary", "text"),
     (rollup_table!(), "users_hll", "blob"),
     (rollup_table!(), "partial", "integer NOT NULL DEFAULT 0"),
+    (rollup_table!(), "meta_sketches", "text"),
 ];
 
 /// How long a statement waits for another writer before giving up.
@@ -355,7 +356,7 @@ impl SqliteStore {
     pub(super) async fn load_day(&self, date: Date) -> Result<Vec<RollupRow>, StoreError> {
         let action = super::load_day_action(date);
         sqlx::query(concat!(
-            "SELECT event, count, unique_users, meta, users_hll, partial FROM ",
+            "SELECT event, count, unique_users, meta, users_hll, partial, meta_sketches FROM ",
             rollup_table!(),
             " WHERE date = ?1"
         ))
@@ -455,7 +456,8 @@ impl SqliteStore {
                 r.unique_users,
                 r.meta,
                 r.users_hll.as_deref().map(hex),
-                i64::from(r.partial)
+                i64::from(r.partial),
+                r.meta_sketches
             ])
         });
         if let Some(rows) = rows {
@@ -463,13 +465,15 @@ impl SqliteStore {
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
-                " (date, event, count, unique_users, meta, users_hll, partial, updated_at) \
+                " (date, event, count, unique_users, meta, users_hll, partial, meta_sketches, \
+                 updated_at) \
                  SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
-                 value ->> 5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?2) WHERE true \
+                 value ->> 5, value ->> 6, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                 FROM json_each(?2) WHERE true \
                  ON CONFLICT (date, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, meta = excluded.meta, \
                  users_hll = excluded.users_hll, partial = excluded.partial, \
-                 updated_at = excluded.updated_at"
+                 meta_sketches = excluded.meta_sketches, updated_at = excluded.updated_at"
             ))
             .bind(date.to_string())
             .bind(rows)
@@ -576,7 +580,8 @@ fn read_rollups<F: RollupFold>(
 ) -> rusqlite::Result<F> {
     let conn = open_for_reading(path)?;
     let mut statement = conn.prepare(concat!(
-        "SELECT date, event, count, unique_users, meta, users_hll, partial, updated_at FROM ",
+        "SELECT date, event, count, unique_users, meta, users_hll, partial, updated_at, \
+         meta_sketches FROM ",
         rollup_table!(),
         " WHERE date BETWEEN ?1 AND ?2 \
          AND (json_array_length(?3) = 0 OR event IN (SELECT value FROM json_each(?3))) \
@@ -594,6 +599,7 @@ fn read_rollups<F: RollupFold>(
             users_hll: row.get_ref(5)?.as_blob_or_null()?,
             partial: row.get::<_, i64>(6)? != 0,
             updated_at: row.get_ref(7)?.as_str()?,
+            meta_sketches: row.get_ref(8)?.as_str_or_null()?,
         });
     }
     Ok(fold)

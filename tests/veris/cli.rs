@@ -398,7 +398,8 @@ async fn migrate_creates_the_tables_and_can_be_repeated(db: TestDb) {
             "meta",
             "updated_at",
             "users_hll",
-            "partial"
+            "partial",
+            "meta_sketches"
         ]
     );
     let job_runs = db.strings(columns, Some("job_runs")).await;

@@ -285,18 +285,18 @@ fn events(seed: u64, count: usize, invalid_json: bool, features: u32) -> Vec<New
         .collect()
 }
 
-/// Every rollup row as stored, the sketch as hex.
-async fn stored(db: &TestDb) -> Vec<(String, String, i64, i64, String, String)> {
+/// Every rollup row as stored, the users' sketch as hex, and the numbers' sketches.
+async fn stored(db: &TestDb) -> Vec<(String, String, i64, i64, String, String, String)> {
     match db.store.database() {
         Database::Postgres(pg) => sqlx::query_as(
-            "SELECT date::text, event, count, unique_users, meta::text, encode(users_hll, 'hex') \
-             FROM telemetry_daily ORDER BY date, event",
+            "SELECT date::text, event, count, unique_users, meta::text, encode(users_hll, 'hex'), \
+             meta_sketches::text FROM telemetry_daily ORDER BY date, event",
         )
         .fetch_all(pg.pool())
         .await
         .expect("rollups"),
         Database::Sqlite(lite) => sqlx::query_as(
-            "SELECT date, event, count, unique_users, meta, lower(hex(users_hll)) \
+            "SELECT date, event, count, unique_users, meta, lower(hex(users_hll)), meta_sketches \
              FROM telemetry_daily ORDER BY date, event",
         )
         .fetch_all(lite.pool())

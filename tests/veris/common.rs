@@ -213,6 +213,50 @@ impl TestDb {
     }
 }
 
+/// Checks each `p50`, `p90` and `p99` in the summary `stored` within 1% of the same
+/// field of `expected`, which holds the exact percentile (the contract's rank), then
+/// takes them out of both, so that the rest of the two can be compared exactly.
+pub fn check_and_strip_percentiles(
+    stored: &mut serde_json::Value,
+    expected: &mut serde_json::Value,
+    context: &str,
+) {
+    let (Some(stored), Some(expected)) = (stored.as_object_mut(), expected.as_object_mut()) else {
+        return;
+    };
+    for (key, part) in stored.iter_mut() {
+        let Some(part) = part.as_object_mut() else {
+            continue;
+        };
+        let mut exact_part = expected.get_mut(key).and_then(|p| p.as_object_mut());
+        for name in ["p50", "p90", "p99"] {
+            let estimate = part.remove(name).and_then(|v| v.as_f64());
+            let exact = exact_part
+                .as_mut()
+                .and_then(|p| p.remove(name))
+                .and_then(|v| v.as_f64());
+            match (estimate, exact) {
+                (Some(estimate), Some(exact)) => assert!(
+                    (estimate - exact).abs() <= 0.01 * exact.abs() * (1.0 + 1e-9),
+                    "{context}: {key}.{name} is {estimate}, not within 1% of {exact}"
+                ),
+                (None, None) => {}
+                other => panic!("{context}: {key}.{name} is {other:?} (stored, exact)"),
+            }
+        }
+    }
+}
+
+/// The exact percentiles of `numbers`, as a summary holds them: the number at
+/// 0-based rank floor(q * (n - 1)) of the sorted numbers, for q = 0.5, 0.9, 0.99.
+pub fn exact_percentiles(numbers: &[f64]) -> [(&'static str, f64); 3] {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at =
+        |numerator: usize, denominator: usize| sorted[(sorted.len() - 1) * numerator / denominator];
+    [("p50", at(1, 2)), ("p90", at(9, 10)), ("p99", at(99, 100))]
+}
+
 /// One stored rollup row: (date, event, count, unique_users, meta, updated_at).
 pub type StoredRow = (String, String, i64, i64, String, String);
 

@@ -273,6 +273,19 @@ async fn the_demo_in_the_browser(width: u32) {
         assert_eq!(unreachable, 0, "scrolling regions out of the keyboard's reach");
         let bars = c.execute("return document.querySelectorAll('#metadata .bar').length", vec![]).await.unwrap();
         assert!(bars.as_u64().unwrap() > 3, "metadata bars: {bars}");
+        // The chosen event's number keys show their percentiles.
+        let numbers: Value = c
+            .execute("return [...document.querySelectorAll('#metadata p')].map(p => p.textContent).filter(t => t.startsWith('sum '))", vec![])
+            .await
+            .unwrap();
+        assert!(
+            numbers.as_array().is_some_and(|n| !n.is_empty())
+                && numbers.as_array().unwrap().iter().all(|t| {
+                    let t = t.as_str().unwrap();
+                    t.contains(" · p50 ") && t.contains(" · p90 ") && t.contains(" · p99 ")
+                }),
+            "number keys with their percentiles: {numbers}"
+        );
         assert_eq!(c.execute("return location.href.includes('secret') || document.cookie.length > 0", vec![]).await.unwrap(), false);
 
         // Another range and another grouping redraw the charts.

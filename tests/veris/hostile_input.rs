@@ -134,7 +134,7 @@ async fn a_nul_character_in_a_name_or_a_value_fails_no_day_and_reads_alike_every
         meta,
         serde_json::json!({
             "k": {"n": 1, "values": {"v\u{FFFD}w": 1}, "other": 0},
-            "\u{FFFD}key": {"n": 1, "sum": 1, "min": 1, "max": 1},
+            "\u{FFFD}key": {"n": 1, "sum": 1, "min": 1, "max": 1, "p50": 1, "p90": 1, "p99": 1},
         })
     );
     if db.kind == Kind::Sqlite {

@@ -265,7 +265,13 @@ async fn the_metadata_summary_follows_the_contract(db: TestDb) {
         ..range_options("2024-04-01", "2024-04-01")
     };
     db.run(&options).await;
-    let meta: Value = serde_json::from_str(&db.rollups().await[0].4).unwrap();
+    let mut meta: Value = serde_json::from_str(&db.rollups().await[0].4).unwrap();
+    // The numbers 9 and 99.5: ranks floor(q * 1) are all 0.
+    let mut expected = json!({
+        "amount": {"n": 3, "sum": 108.5, "min": 9, "max": 99.5, "values": {"n/a": 1}, "other": 0,
+                   "p50": 9, "p90": 9, "p99": 9},
+    });
+    crate::common::check_and_strip_percentiles(&mut meta, &mut expected, "amount");
     assert_eq!(
         meta,
         json!({
@@ -293,8 +299,18 @@ async fn numbers_are_read_correctly_rounded_and_written_alike_on_both_databases(
     db.insert(&events).await;
     db.run(&range_options("2024-04-01", "2024-04-01")).await;
     let stored = &db.rollups().await[0].4;
+    // Percentiles have tests of their own: 0.1 and 1.2345e29 are further apart than a
+    // sketch's 2,048 bins reach, so its lowest bins are folded together.
+    let mut summary: Value = serde_json::from_str(stored).unwrap();
+    for p in ["p50", "p90", "p99"] {
+        summary["n"]
+            .as_object_mut()
+            .unwrap()
+            .remove(p)
+            .expect("a percentile");
+    }
     assert_eq!(
-        veris_jobs::model::canonical_json(stored),
+        veris_jobs::model::canonical_json(&summary.to_string()),
         r#"{"n":{"max":1.2345e+29,"min":0.1,"n":3,"sum":1.2345e+29},"x":{"n":2,"other":0,"values":{"[10,2.5]":2}}}"#
     );
     let rerun = db.run(&range_options("2024-04-01", "2024-04-01")).await;
@@ -344,7 +360,10 @@ async fn bad_events_are_counted_by_reason_and_never_abort_the_run(db: TestDb) {
         "bad metadata still counts the event"
     );
     let meta: Value = serde_json::from_str(&rows[0].4).unwrap();
-    assert_eq!(meta, json!({"a": {"n": 1, "sum": 1, "min": 1, "max": 1}}));
+    assert_eq!(
+        meta,
+        json!({"a": {"n": 1, "sum": 1, "min": 1, "max": 1, "p50": 1, "p90": 1, "p99": 1}})
+    );
 }
 
 /// 2024-06-01 with two views (users a and b) and a click, rolled up: its options
@@ -750,6 +769,9 @@ async fn counts_users_and_metadata_equal_a_naive_aggregate_of_shuffled_random_ev
             })
             .collect();
         for (stored, expected) in stored.iter().zip(&expected) {
+            let (mut stored, mut expected) = (stored.clone(), expected.clone());
+            let context = format!("{} {} --read-slices {read_slices}", expected.0, expected.1);
+            crate::common::check_and_strip_percentiles(&mut stored.4, &mut expected.4, &context);
             assert_eq!(stored, expected, "--read-slices {read_slices}");
         }
         assert_eq!(stored.len(), expected.len());
@@ -834,6 +856,7 @@ struct NaiveKey {
     units: Option<(i128, f64)>,
     min: f64,
     max: f64,
+    numbers: Vec<f64>,
 }
 
 impl NaiveGroup {
@@ -860,6 +883,7 @@ impl NaiveGroup {
                     *sum += units;
                     stats.min = stats.min.min(x);
                     stats.max = stats.max.max(x);
+                    stats.numbers.push(x);
                 }
                 nested => {
                     *stats
@@ -906,6 +930,9 @@ impl NaiveGroup {
                 );
                 part.insert("min".into(), json!(stats.min));
                 part.insert("max".into(), json!(stats.max));
+                for (name, exact) in crate::common::exact_percentiles(&stats.numbers) {
+                    part.insert(name.into(), json!(exact));
+                }
             }
             out.insert(key.clone(), Value::Object(part));
         }

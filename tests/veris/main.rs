@@ -16,6 +16,7 @@ mod http;
 mod job;
 mod memory;
 mod operations;
+mod percentiles;
 mod pool;
 mod purge;
 mod reliability;

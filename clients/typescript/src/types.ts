@@ -80,6 +80,27 @@ export interface RunReport {
 /** How a telemetry report's periods are cut. */
 export type Grouping = 'hour' | 'day' | 'week' | 'month' | 'range';
 
+/** One metadata key's part of a summary merged over a period. */
+export interface KeySummary {
+  /** Events where the key had a non-null value. */
+  n: number;
+  /** The top values of strings, booleans and nested values, with their counts. */
+  values?: Record<string, number>;
+  /** Occurrences of the values left out of `values`. */
+  other?: number;
+  /** Present (false) when a day had left values in `other`. */
+  valuesExact?: boolean;
+  /** The numbers' exact sum; `null` when it overflowed. */
+  sum?: number | null;
+  min?: number | null;
+  max?: number | null;
+  /** Percentiles of the numbers, each within 1% of the exact one; absent when a
+   * day of the period has no sketches (see `missingMetaSketches`). */
+  p50?: number;
+  p90?: number;
+  p99?: number;
+}
+
 /** One event in a period of a telemetry report. */
 export interface EventReport {
   event: string;
@@ -87,8 +108,9 @@ export interface EventReport {
   /** Exact for one event on one day, else an estimate; `null` when unknown. */
   uniqueUsers: number | null;
   uniqueUsersExact: boolean;
-  /** The rows' metadata summaries merged. */
-  meta: Record<string, unknown>;
+  /** The rows' metadata summaries merged, by key; `$dropped_keys` counts the keys
+   * left out. */
+  meta: Record<string, KeySummary | number>;
 }
 
 /** All the period's events together, a user counted once. */
@@ -106,6 +128,9 @@ export interface PeriodReport {
   total: Total;
   /** Days whose rows have no sketch. */
   missingSketches?: string[];
+  /** Days whose rows have numbers but no sketches of them: their keys have no
+   * percentiles until those days are run again. */
+  missingMetaSketches?: string[];
   /** Present (true) when the period holds a day read before its end: today so far. */
   partial?: boolean;
   /** When a partial period's rows were last written, RFC 3339 in UTC. */

@@ -5,6 +5,7 @@ use std::io::{self, BufRead, Read, Write};
 
 use super::super::memory::heap_bytes;
 use super::super::summary::{KeyStats, NumberStats};
+use crate::model::ddsketch::DdSketch;
 use crate::model::{CompactString, ExactSum};
 
 /// A record an aggregate writes to disk.
@@ -90,7 +91,7 @@ impl Record for KeyRecord {
         heap_bytes(&self.key)
             + self.stats.numbers.as_ref().map_or(0, |n| {
                 let (large, small) = n.sum.parts();
-                (large.len() + small.len()) * 8
+                (large.len() + small.len()) * 8 + n.sketch.bytes()
             })
     }
     fn write(&self, out: &mut impl Write) -> io::Result<()> {
@@ -109,7 +110,9 @@ impl Record for KeyRecord {
                     write_u32(out, len_u32(partials.len())?)?;
                     partials.iter().try_for_each(|p| write_f64(out, *p))?;
                 }
-                Ok(())
+                let sketch = numbers.sketch.to_protobuf();
+                write_u32(out, len_u32(sketch.len())?)?;
+                out.write_all(&sketch)
             }
         }
     }
@@ -135,10 +138,15 @@ impl Record for KeyRecord {
             };
             let large = read_partials()?;
             let small = read_partials()?;
+            let mut sketch = vec![0u8; read_u32(input)? as usize];
+            input.read_exact(&mut sketch)?;
+            let sketch = DdSketch::from_protobuf(&sketch)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             stats.numbers = Some(NumberStats {
                 sum: ExactSum::from_parts(large, small),
                 min,
                 max,
+                sketch,
             });
         }
         Ok(Some(Self { group, key, stats }))

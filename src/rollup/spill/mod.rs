@@ -26,7 +26,7 @@ pub(crate) use self::codec::{KeyRecord, UserRecord, ValueRecord};
 use self::partitions::{Partitions, threads};
 pub use self::port::{MemoryLimit, Scratch, SpillError, SpillSpace};
 
-use super::summary::KeyStats;
+use super::summary::{KeyStats, SummaryTexts};
 use crate::model::{CompactString, FastMap, FastSet};
 
 /// Everything an aggregate has spilled, by kind.
@@ -69,7 +69,7 @@ impl Spilled {
         top_k: usize,
         budget: usize,
         space: &dyn SpillSpace,
-    ) -> io::Result<(Vec<u64>, Vec<String>)> {
+    ) -> io::Result<(Vec<u64>, Vec<SummaryTexts>)> {
         let unique = count_users(self.users, groups, budget, space)?;
         let keys = rank_keys(self.keys, groups, budget, space)?;
         let metas = summarize(keys, self.values, top_k, budget, space)?;
@@ -191,7 +191,7 @@ fn summarize(
     top_k: usize,
     budget: usize,
     space: &dyn SpillSpace,
-) -> io::Result<Vec<String>> {
+) -> io::Result<Vec<SummaryTexts>> {
     use super::summary::{key_json, summary_json};
     use crate::model::value_order;
     let by_order = |a: &(CompactString, u64), b: &(CompactString, u64)| {
@@ -247,7 +247,7 @@ fn summarize(
                 let mut best: Vec<(&str, u64)> = top[at].iter().map(|(v, c)| (&**v, *c)).collect();
                 best.sort_unstable_by(value_order);
                 best.truncate(top_k);
-                (key.to_string(), key_json(stats, &best))
+                (key.to_string(), key_json(stats, &best), stats.sketch_text())
             });
             summary_json(parts, dropped)
         })
