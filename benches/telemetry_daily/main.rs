@@ -250,6 +250,16 @@ async fn postgres(args: &Args) {
     .await
     .unwrap();
     print_sketch_sizes(sizes.0, sizes.1, i64::from(sizes.2));
+    let metas: (f64, f64) = sqlx::query_as(
+        "SELECT avg(octet_length(meta::text))::float8, \
+         coalesce(avg(octet_length(meta_sketches::text)), 0)::float8 \
+         FROM telemetry_daily WHERE date = $1::date",
+    )
+    .bind(DAY)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    print_meta_sizes(sizes.0, metas);
     // sqlx 0.9.0 leaves Nagle's algorithm on, so that each TLS handshake waits for
     // delayed acknowledgements: both figures, for a server elsewhere and one here.
     let urls = [("", url.clone()), (" without TLS", without_tls(&url))];
@@ -410,6 +420,15 @@ async fn sqlite(args: &Args) {
     .await
     .unwrap();
     print_sketch_sizes(sizes.0, sizes.1, sizes.2);
+    let metas: (f64, f64) = sqlx::query_as(
+        "SELECT avg(length(meta)), coalesce(avg(length(meta_sketches)), 0) \
+         FROM telemetry_daily WHERE date = ?1",
+    )
+    .bind(DAY)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    print_meta_sizes(sizes.0, metas);
     year_report(&[("", url.clone())], args.runs, |sql| {
         let pool = pool.clone();
         async move {
@@ -913,6 +932,17 @@ fn check_rollups(rollups: &[(String, i64, i64)], counted: &[(String, i64, i64)])
     );
 }
 
+/// The summaries' bytes a row, and what a year of such days adds to the table.
+fn print_meta_sizes(rows: i64, (meta, sketches): (f64, f64)) {
+    let year_mb = |bytes: f64| bytes * rows as f64 * 365.0 / 1e6;
+    println!(
+        "meta on {DAY}: {meta:.0} bytes a row on average ({:.1} MB a year of such days); \
+         meta_sketches: {sketches:.0} bytes a row ({:.1} MB a year)",
+        year_mb(meta),
+        year_mb(sketches)
+    );
+}
+
 fn print_sketch_sizes(rows: i64, average: f64, largest: i64) {
     println!(
         "users_hll on {DAY}: {rows} rows, {average:.0} bytes a row on average, {largest} at most"
@@ -929,8 +959,9 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     // A day after another, as the job writes them.
-    let copies = "INSERT INTO telemetry_daily (date, event, count, unique_users, meta, updated_at, users_hll) \
-         SELECT date {plus}, event, count, unique_users, meta, updated_at, users_hll \
+    let copies = "INSERT INTO telemetry_daily \
+         (date, event, count, unique_users, meta, updated_at, users_hll, meta_sketches) \
+         SELECT date {plus}, event, count, unique_users, meta, updated_at, users_hll, meta_sketches \
          FROM telemetry_daily, {series} WHERE date = {day} ORDER BY n, event";
     execute(copies.to_owned()).await;
     for (how, url) in urls {
