@@ -112,6 +112,56 @@ impl Bins {
         }
     }
 
+    /// Adds the stored counts of consecutive keys from `offset`: widened once when
+    /// the bins then span at most `MAX_BINS` (a report merges thousands of stored
+    /// sketches), else bin by bin, collapsing as `add` does.
+    fn add_stored_run(&mut self, offset: i32, counts: &[f64]) -> Result<(), SketchError> {
+        let Some(last) = i32::try_from(counts.len())
+            .ok()
+            .and_then(|len| offset.checked_add(len))
+        else {
+            return Err(SketchError::Malformed("a bin's key is out of range"));
+        };
+        let (low, high) = match self.counts.is_empty() {
+            true => (offset, last - 1),
+            false => (self.offset.min(offset), self.last_key().max(last - 1)),
+        };
+        if counts.is_empty() || i64::from(high) - i64::from(low) >= MAX_BINS as i64 {
+            for (key, &count) in (offset..).zip(counts) {
+                let count = whole_count(count)?;
+                if count > 0 {
+                    self.add(key, count);
+                }
+            }
+            return Ok(());
+        }
+        if self.counts.is_empty() {
+            self.offset = low;
+        } else if low < self.offset {
+            let grow = (self.offset - low) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = low;
+        }
+        self.counts.resize((high - low + 1) as usize, 0);
+        let start = (offset - self.offset) as usize;
+        for (bin, &count) in self.counts[start..].iter_mut().zip(counts) {
+            *bin += whole_count(count)?;
+        }
+        // Stored runs may start or end with empty bins: keep the first and the last
+        // bin counted.
+        let leading = self.counts.iter().take_while(|&&c| c == 0).count();
+        if leading == self.counts.len() {
+            self.counts.clear();
+            return Ok(());
+        }
+        self.counts.drain(..leading);
+        self.offset += leading as i32;
+        while self.counts.last() == Some(&0) {
+            self.counts.pop();
+        }
+        Ok(())
+    }
+
     /// The key of the number at 0-based `rank` among the bins' numbers, by key.
     fn key_at(&self, rank: u64) -> i32 {
         let mut seen = 0;
@@ -158,6 +208,18 @@ impl Bins {
         }
         Ok(bins)
     }
+}
+
+/// Whether a stored sketch has this sketch's mapping.
+fn check_mapping(mapping: Option<&proto::IndexMapping>) -> Result<(), SketchError> {
+    let mapping = mapping.cloned().unwrap_or_default();
+    if mapping.gamma.to_bits() != GAMMA.to_bits()
+        || mapping.index_offset != 0.0
+        || mapping.interpolation != 0
+    {
+        return Err(SketchError::OtherMapping(mapping.gamma));
+    }
+    Ok(())
 }
 
 /// A count as stored (a double), if it is a whole number a u64 holds exactly.
@@ -271,17 +333,76 @@ impl DdSketch {
     pub fn from_protobuf(bytes: &[u8]) -> Result<Self, SketchError> {
         let message =
             proto::DdSketch::decode(bytes).map_err(|e| SketchError::Protobuf(e.to_string()))?;
-        let mapping = message.mapping.unwrap_or_default();
-        if mapping.gamma.to_bits() != GAMMA.to_bits()
-            || mapping.index_offset != 0.0
-            || mapping.interpolation != 0
-        {
-            return Err(SketchError::OtherMapping(mapping.gamma));
-        }
+        check_mapping(message.mapping.as_ref())?;
         Ok(Self {
             positive: Bins::from_proto(&message.positive_values.unwrap_or_default())?,
             negative: Bins::from_proto(&message.negative_values.unwrap_or_default())?,
             zero: whole_count(message.zero_count)?,
+        })
+    }
+
+    /// Folds in the sketch whose base64 text is `text` (as from [`from_base64`]),
+    /// decoding into buffers this thread keeps: the report merges one stored
+    /// sketch per row and number key.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_base64`](Self::from_base64); nothing is added then.
+    pub fn merge_base64(&mut self, text: &str) -> Result<(), SketchError> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(Vec<u8>, proto::DdSketch)> =
+                std::cell::RefCell::default();
+        }
+        SCRATCH.with_borrow_mut(|(bytes, message)| {
+            bytes.clear();
+            STANDARD
+                .decode_vec(text, bytes)
+                .map_err(|e| SketchError::Base64(e.to_string()))?;
+            message.clear();
+            message
+                .merge(&bytes[..])
+                .map_err(|e| SketchError::Protobuf(e.to_string()))?;
+            check_mapping(message.mapping.as_ref())?;
+            let zero = whole_count(message.zero_count)?;
+            // Every count checked before any is added, so that a bad sketch adds
+            // nothing.
+            for store in [&message.positive_values, &message.negative_values]
+                .into_iter()
+                .flatten()
+            {
+                for &count in store
+                    .contiguous_bin_counts
+                    .iter()
+                    .chain(store.bin_counts.values())
+                {
+                    whole_count(count)?;
+                }
+                let len = i32::try_from(store.contiguous_bin_counts.len()).ok();
+                if len
+                    .and_then(|len| store.contiguous_bin_index_offset.checked_add(len))
+                    .is_none()
+                {
+                    return Err(SketchError::Malformed("a bin's key is out of range"));
+                }
+            }
+            for (store, bins) in [
+                (&message.positive_values, &mut self.positive),
+                (&message.negative_values, &mut self.negative),
+            ] {
+                let Some(store) = store else { continue };
+                bins.add_stored_run(
+                    store.contiguous_bin_index_offset,
+                    &store.contiguous_bin_counts,
+                )?;
+                for (&key, &count) in &store.bin_counts {
+                    let count = whole_count(count)?;
+                    if count > 0 {
+                        bins.add(key, count);
+                    }
+                }
+            }
+            self.zero += zero;
+            Ok(())
         })
     }
 
@@ -493,7 +614,14 @@ mod tests {
             shuffled[split..].iter().for_each(|&x| { b.add(x, 1); });
             b.merge(&a);
             prop_assert_eq!(b.to_base64(), whole.to_base64());
-            prop_assert_eq!(DdSketch::from_base64(&whole.to_base64()).unwrap(), whole);
+            prop_assert_eq!(DdSketch::from_base64(&whole.to_base64()).unwrap(), whole.clone());
+            // Merged from their stored texts, as the report does: the same.
+            let mut stored = DdSketch::default();
+            stored.merge_base64(&a.to_base64()).unwrap();
+            let mut rest = DdSketch::default();
+            shuffled[split..].iter().for_each(|&x| { rest.add(x, 1); });
+            stored.merge_base64(&rest.to_base64()).unwrap();
+            prop_assert_eq!(stored, whole);
         }
 
         #[test]
@@ -509,7 +637,10 @@ mod tests {
             for (i, &x) in numbers.iter().enumerate() {
                 if (seed >> (i % 64)) & 1 == 1 { halves.0.add(x, 1); } else { halves.1.add(x, 1); }
             }
+            let mut stored = halves.1.clone();
+            stored.merge_base64(&halves.0.to_base64()).unwrap();
             halves.0.merge(&halves.1);
+            prop_assert_eq!(&stored, &halves.0);
             prop_assert_eq!(&forward, &backward);
             prop_assert_eq!(&forward, &halves.0);
             prop_assert!(forward.positive.counts.len() <= MAX_BINS);

@@ -78,7 +78,7 @@ impl MetaMerge {
                 sketches
                     .iter()
                     .find(|(name, _)| name.0 == key.0)
-                    .and_then(|(_, text)| DdSketch::from_base64(&text.0).ok())
+                    .map(|(_, text)| text)
             });
             let merged = match self.keys.get_mut(&*key.0) {
                 Some(merged) => merged,
@@ -110,13 +110,18 @@ impl MetaMerge {
             if let Some(x) = stats.max {
                 merged.max = Some(merged.max.map_or(x, |m| m.max(x)));
             }
-            match sketch {
-                Some(Some(sketch)) => merged.sketch.get_or_insert_default().merge(&sketch),
-                Some(None) => {
-                    merged.sketch_missing = true;
-                    missing = true;
-                }
-                None => {}
+            let merged_sketch = match sketch {
+                Some(Some(text)) => merged
+                    .sketch
+                    .get_or_insert_default()
+                    .merge_base64(&text.0)
+                    .is_ok(),
+                Some(None) => false,
+                None => true,
+            };
+            if !merged_sketch {
+                merged.sketch_missing = true;
+                missing = true;
             }
         }
         missing

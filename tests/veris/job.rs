@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde_json::{Value, json};
-use veris_jobs::model::{DayRange, DayStatus, EventSink as _, SourceEvent};
-use veris_jobs::rollup::DayAggregate;
+use veris_jobs::model::{DayRange, DayStatus};
 use veris_jobs::store::StoreError;
 use veris_jobs::telemetry_daily::{self, RunError, RunOptions};
 
@@ -558,6 +557,9 @@ async fn concurrent_overlapping_runs_end_equal_to_a_clean_run(db: TestDb) {
 }
 
 async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) {
+    use std::collections::BTreeMap;
+    use veris_jobs::model::hll::Sketch;
+
     // Enough rows for many batches on every reading thread, more event names than
     // users carry bits for, and users shared between names.
     let mut events = Vec::new();
@@ -580,34 +582,51 @@ async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) 
         events.push(event(&name, user.as_deref(), &at, Some(&meta)));
     }
     db.insert(&events).await;
-    let report = db.run(&range_options("2024-09-01", "2024-09-01")).await;
+    // Read in four time slices, each on a connection and a thread of its own.
+    let report = db
+        .run(&RunOptions {
+            read_slices: 4,
+            ..range_options("2024-09-01", "2024-09-01")
+        })
+        .await;
     assert!(report.ok);
     assert_eq!(report.totals.events_read, 30_000);
 
-    let mut reference = DayAggregate::new();
+    // Every column from the events alone: the contract's summary counted naively,
+    // the users' sketch from the set of each name's users.
+    let mut naive: BTreeMap<String, NaiveGroup> = BTreeMap::new();
     for e in &events {
-        reference.push(SourceEvent {
-            event: e.event.as_deref(),
-            user_id: e.user_id.as_deref(),
-            meta: e.meta.as_deref(),
-            hour: None,
-        });
+        let group = naive.entry(e.event.clone().unwrap()).or_default();
+        group.count += 1;
+        group.users.extend(e.user_id.clone());
+        let Ok(Value::Object(entries)) = serde_json::from_str(e.meta.as_deref().unwrap()) else {
+            unreachable!("an object")
+        };
+        group.add(entries);
     }
-    let expected: Vec<(String, i64, i64, String)> = reference
-        .finish(20)
-        .unwrap()
-        .rows
-        .into_iter()
-        .map(|r| (r.event, r.count, r.unique_users, r.meta))
-        .collect();
-    let stored: Vec<(String, i64, i64, String)> = db
-        .rollups()
+    let stored = db
+        .store
+        .load_day("2024-09-01".parse().unwrap())
         .await
-        .into_iter()
-        .map(|r| (r.1, r.2, r.3, veris_jobs::model::canonical_json(&r.4)))
-        .collect();
+        .unwrap();
     assert_eq!(stored.len(), 90);
-    assert_eq!(stored, expected);
+    for row in stored {
+        let group = &naive[&row.event];
+        assert_eq!(row.count, group.count, "{}", row.event);
+        assert_eq!(row.unique_users, group.users.len() as i64, "{}", row.event);
+        let mut sketch = Sketch::new();
+        group.users.iter().for_each(|u| sketch.add_user(u));
+        assert_eq!(row.users_hll, Some(sketch.to_bytes()), "{}", row.event);
+        let mut meta = numbers_as_doubles(serde_json::from_str(&row.meta).unwrap());
+        let mut expected = group.summary(20);
+        crate::common::check_and_strip_percentiles(&mut meta, &mut expected, &row.event);
+        assert_eq!(meta, expected, "{}", row.event);
+        let sketches: Value = serde_json::from_str(row.meta_sketches.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            sketches.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["ms"]
+        );
+    }
 }
 
 /// Readers see a day whole, as it was before its rewrite or as it is after, never

@@ -641,7 +641,7 @@ fn ten_thousand_hostile_requests_get_only_contract_answers_on_postgres() {
 /// the contract gives it, with an error code when not a 200.
 fn ten_thousand_hostile_requests_get_only_contract_answers(kind: Kind) {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
+    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -742,9 +742,13 @@ fn ten_thousand_hostile_requests_get_only_contract_answers(kind: Kind) {
     ];
     let request = (method, path, query, auth, content_type, body);
 
+    // A failing request's seed is kept (tests run in the package's directory) and
+    // replayed first by every later run, as the `proptest!` tests' are.
     let mut runner = TestRunner::new(Config {
         cases: 10_000,
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/tests/http_fuzz.txt",
+        ))),
         ..Config::default()
     });
     let seen = std::sync::Mutex::new(BTreeMap::<u16, u32>::new());
@@ -848,10 +852,13 @@ async fn bad_tokens_and_health_checks_under_load_do_not_disturb_a_run() {
             range.start(),
             range.end()
         );
-        tokio::spawn(async move { server.post_json(&body).await })
+        tokio::spawn(async move {
+            let answer = server.post_json(&body).await;
+            (answer, Instant::now())
+        })
     };
     let started = Instant::now();
-    let latencies: Vec<(u16, Duration)> = futures_util::stream::iter(0..2_200)
+    let latencies: Vec<(u16, Duration, Instant)> = futures_util::stream::iter(0..2_200)
         .map(|i| {
             let server = server.clone();
             async move {
@@ -865,28 +872,35 @@ async fn bad_tokens_and_health_checks_under_load_do_not_disturb_a_run() {
                         .bearer_auth(format!("wrong-{i}"))
                 };
                 let status = request.send().await.unwrap().status().as_u16();
-                (status, sent.elapsed())
+                (status, sent.elapsed(), Instant::now())
             }
         })
         .buffer_unordered(50)
         .collect()
         .await;
     let storm = started.elapsed();
-    assert_eq!(latencies.iter().filter(|(s, _)| *s == 401).count(), 2_000);
-    assert_eq!(latencies.iter().filter(|(s, _)| *s == 200).count(), 200);
-    let mut times: Vec<Duration> = latencies.iter().map(|(_, t)| *t).collect();
+    assert_eq!(latencies.iter().filter(|(s, ..)| *s == 401).count(), 2_000);
+    assert_eq!(latencies.iter().filter(|(s, ..)| *s == 200).count(), 200);
+    let mut times: Vec<Duration> = latencies.iter().map(|(_, t, _)| *t).collect();
     times.sort_unstable();
     let p99 = times[times.len() * 99 / 100];
     eprintln!(
         "2,200 requests at concurrency 50 in {storm:?}; p50 {:?}, p99 {p99:?}",
         times[times.len() / 2]
     );
+    // Answered while the run was going, not queued behind it: health checks too
+    // (by the order of events, not a bound on time that a loaded machine may pass).
+    let ((status, report), run_ended) = run.await.unwrap();
+    let answered_during_run = |wanted: u16| {
+        latencies
+            .iter()
+            .filter(|(s, _, at)| *s == wanted && *at < run_ended)
+            .count()
+    };
     assert!(
-        p99 < Duration::from_secs(2),
-        "answered quickly: p99 {p99:?}"
+        answered_during_run(200) > 0 && answered_during_run(401) > 0,
+        "health checks and refusals answered during the run"
     );
-
-    let (status, report) = run.await.unwrap();
     assert_eq!(status.as_u16(), 200, "{report}");
     assert_eq!(report["totals"]["rows"], 300, "the run was not disturbed");
     assert_eq!(db.rollups().await.len(), 300);

@@ -28,14 +28,39 @@ async fn with_extension() -> Option<TestDb> {
         .await
     {
         Ok(_) => Some(db),
-        Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+        // Only an extension that is not installed is a reason to skip: its control
+        // file missing (PostgreSQL 15, 58P01) or "not available" (16 and later,
+        // 0A000). Anything else (a permission error, say) fails the test.
+        Err(error)
+            if std::env::var("CI").as_deref() != Ok("true")
+                && error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == "58P01" || code == "0A000") =>
+        {
             crate::common::skipping(&format!(
                 "the hll extension tests pass without running: the extension is not installed ({error})"
             ));
             None
         }
-        Err(error) => panic!("CI=true and the hll extension cannot be created: {error}"),
+        Err(error) => panic!("the hll extension cannot be created: {error}"),
     }
+}
+
+/// The extension's sketch of `event`'s users on `date` (a UTC day).
+async fn extension_bytes(pool: &sqlx::PgPool, date: &str, event: &str) -> Vec<u8> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT hll_send(hll_add_agg(hll_hash_text(NULLIF(user_id, '')), {})) \
+         FROM telemetry_events WHERE event = $1 \
+         AND created_at >= ($2::date::timestamp AT TIME ZONE 'UTC') \
+         AND created_at < (($2::date + 1)::timestamp AT TIME ZONE 'UTC')",
+        params()
+    )))
+    .bind(event)
+    .bind(date)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Events on `day`: for each (event, users) pair, every user twice, plus anonymous
@@ -210,9 +235,9 @@ async fn sketches_equal_the_extension_s_bytes_cardinality_and_weekly_union() {
             assert_eq!(reported.unique_users, Some(expected), "{event}");
         }
     }
-    // Against the exact count of the raw events: the full sketch's standard error is
-    // 0.57%, so 3% is beyond any honest estimate's reach (the benchmark measures the
-    // error on bigger data, docs/BENCHMARKS.md).
+    // Against the exact count of the raw events: within the contract's 2% (the full
+    // sketch's standard error is 0.57%; the benchmark measures the error of many
+    // unions on bigger data, docs/BENCHMARKS.md).
     let exact: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT user_id) FROM telemetry_events WHERE event = 'full' AND user_id <> ''",
     )
@@ -221,7 +246,81 @@ async fn sketches_equal_the_extension_s_bytes_cardinality_and_weekly_union() {
     .unwrap();
     let full = period.events.iter().find(|e| e.event == "full").unwrap();
     let error = (full.unique_users.unwrap() as f64 - exact as f64).abs() / exact as f64;
-    assert!(error < 0.03, "{error}");
+    assert!(error < 0.02, "{error}");
     let total: Value = serde_json::to_value(&period.total).unwrap();
     assert_eq!(total["uniqueUsersExact"], false);
+
+    // The sketch is part of the row: a row whose sketch differs, and a row without
+    // one (written before the column existed), are `updated` by a re-run and get
+    // the extension's bytes; the others stay as they are.
+    db.execute(
+        "UPDATE telemetry_daily SET users_hll = (SELECT users_hll FROM telemetry_daily \
+         WHERE date = '2024-01-01' AND event = 'explicit') \
+         WHERE date = '2024-01-01' AND event = 'sparse'",
+    )
+    .await;
+    db.execute(
+        "UPDATE telemetry_daily SET users_hll = NULL WHERE date = '2024-01-01' AND event = 'full'",
+    )
+    .await;
+    let rerun = db.run(&range_options("2024-01-01", "2024-01-01")).await;
+    assert_eq!(
+        (rerun.totals.updated, rerun.totals.unchanged),
+        (2, 2),
+        "{rerun:?}"
+    );
+    for event in ["sparse", "full"] {
+        let stored: Vec<u8> = sqlx::query_scalar(
+            "SELECT users_hll FROM telemetry_daily WHERE date = '2024-01-01' AND event = $1",
+        )
+        .bind(event)
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            stored,
+            extension_bytes(pg.pool(), "2024-01-01", event).await,
+            "{event}"
+        );
+    }
+
+    // SQLite's rows, from the same events, hold the same bytes as the extension's.
+    let lite = TestDb::new(Kind::Sqlite).await.unwrap();
+    let all: Vec<NewEvent> = sqlx::query_as::<_, (String, Option<String>, String)>(
+        "SELECT event, user_id, to_char(created_at AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM telemetry_events",
+    )
+    .fetch_all(pg.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(event, user_id, at)| NewEvent {
+        event: Some(event),
+        user_id,
+        created_at: at.parse().unwrap(),
+        meta: None,
+    })
+    .collect();
+    lite.insert(&all).await;
+    assert!(
+        lite.run(&range_options("2024-01-01", "2024-01-03"))
+            .await
+            .ok
+    );
+    let Database::Sqlite(sqlite) = lite.store.database() else {
+        unreachable!()
+    };
+    let lite_rows: Vec<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT date, event, users_hll FROM telemetry_daily ORDER BY date, event")
+            .fetch_all(sqlite.pool())
+            .await
+            .unwrap();
+    assert_eq!(lite_rows.len(), 13);
+    for (date, event, bytes) in lite_rows {
+        assert_eq!(
+            bytes,
+            extension_bytes(pg.pool(), &date, &event).await,
+            "SQLite's {date} {event}: the extension's bytes"
+        );
+    }
 }
