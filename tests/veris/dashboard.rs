@@ -258,6 +258,72 @@ async fn the_demo_in_the_browser(width: u32) {
             .await
             .unwrap();
         assert_eq!(table[0], "page_view", "{table}");
+        // The drawn numbers are the report's: each row's count and unique users
+        // against the same range's report fetched here.
+        let loaded = c.execute("return document.body.dataset.loaded", vec![]).await.unwrap();
+        let (start, end) = loaded.as_str().unwrap().split('/').next().unwrap().split_once("..").unwrap();
+        let report: Value = server
+            .client
+            .get(server.url(&format!("/api/telemetry/report?startDate={start}&endDate={end}&by=range")))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|body| serde_json::from_slice(&body).unwrap())
+            .unwrap();
+        let drawn: Value = c
+            .execute(
+                "return [...document.querySelectorAll('#events-table tbody tr')].map(r => [r.cells[0].textContent, r.cells[1].textContent, r.cells[3].textContent])",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let number = |text: &Value| text.as_str().unwrap().replace(',', "").parse::<u64>().unwrap();
+        let period = &report["periods"][0];
+        let events = period["events"].as_array().unwrap();
+        assert_eq!(drawn.as_array().unwrap().len(), events.len() + 1, "{drawn}");
+        for (row, event) in drawn.as_array().unwrap().iter().zip(events) {
+            assert_eq!(row[0], event["event"], "{drawn}");
+            assert_eq!(number(&row[1]), event["count"].as_u64().unwrap(), "{drawn}");
+            assert_eq!(number(&row[2]), event["uniqueUsers"].as_u64().unwrap(), "{drawn}");
+        }
+        let total = drawn.as_array().unwrap().last().unwrap();
+        assert_eq!(number(&total[1]), period["total"]["count"].as_u64().unwrap());
+        // Nothing is wider than the screen, at 375 pixels too.
+        let overflow = c
+            .execute("return document.documentElement.scrollWidth - window.innerWidth", vec![])
+            .await
+            .unwrap();
+        assert!(overflow.as_i64().unwrap() <= 0, "{overflow} pixels wider than the window");
+        // From the keyboard: Tab reaches the range, the grouping and the event.
+        let mut reached = Vec::new();
+        c.execute("document.activeElement.blur(); window.focus()", vec![]).await.unwrap();
+        for _ in 0..40 {
+            c.active_element().await.unwrap().send_keys("\u{E004}").await.unwrap();
+            let id = c.execute("return document.activeElement.id", vec![]).await.unwrap();
+            reached.push(id.as_str().unwrap_or_default().to_owned());
+        }
+        for id in ["range", "by", "event"] {
+            assert!(reached.iter().any(|r| r == id), "Tab never reached #{id}: {reached:?}");
+        }
+        // The secret goes only in the Authorization header: in no address the page
+        // loaded, no cookie, no local storage.
+        let kept = c
+            .execute("return Object.keys(sessionStorage).map(k => sessionStorage.getItem(k))", vec![])
+            .await
+            .unwrap();
+        assert_eq!(kept, serde_json::json!([READER]), "the secret is kept in sessionStorage");
+        let leaked = c
+            .execute(
+                "const s = sessionStorage.getItem(Object.keys(sessionStorage)[0]); \
+                 return (performance.getEntriesByType('resource').some(e => e.name.includes(s)) || location.href.includes(s) || document.cookie.includes(s) || localStorage.length > 0)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(leaked, false, "the secret left the Authorization header");
         let runs: Value = c
             .execute("return [...document.querySelectorAll('#runs tbody tr')].map(r => r.textContent)", vec![])
             .await

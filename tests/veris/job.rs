@@ -632,44 +632,75 @@ async fn a_big_day_read_in_parts_equals_one_aggregate_of_its_events(db: TestDb) 
 /// Readers see a day whole, as it was before its rewrite or as it is after, never
 /// part of each: a day's rows commit at once.
 async fn a_reader_sees_the_old_day_or_the_new_day_never_a_mix(db: TestDb) {
-    let meta = Some(r#"{"v":1}"#);
-    let mut events = Vec::new();
-    for i in 0..300 {
-        let user = format!("u{i}");
-        events.push(event(
-            &format!("e{i:03}"),
-            Some(&user),
-            "2024-09-01T10:00:00Z",
-            meta,
-        ));
-    }
+    use veris_jobs::store::Database;
+
+    // 20,000 names, so that the day's write transaction stays open long enough to be
+    // read during it.
+    let events: Vec<_> = (0..20_000)
+        .map(|i| event(&format!("e{i:05}"), Some("u"), "2024-09-01T10:00:00Z", None))
+        .collect();
     db.insert(&events).await;
     let options = range_options("2024-09-01", "2024-09-01");
     db.run(&options).await;
     let old = db.rollups().await;
-    // Every row changes (more events for every name) and 100 names are new.
-    let mut more = Vec::new();
-    for i in 0..800 {
-        let user = format!("w{i}");
-        more.push(event(
-            &format!("e{:03}", i % 400),
-            Some(&user),
-            "2024-09-01T11:00:00Z",
-            meta,
-        ));
-    }
+    // Every row changes (another event for every name) and 1,000 names are new.
+    let more: Vec<_> = (0..21_000)
+        .map(|i| event(&format!("e{i:05}"), Some("w"), "2024-09-01T11:00:00Z", None))
+        .collect();
     db.insert(&more).await;
+
+    // The day's write transaction, seen from outside: PostgreSQL lists a transaction
+    // that has written, busy with the rollup tables (named by its backend and start);
+    // SQLite refuses its write lock (`BEGIN IMMEDIATE`) at once.
+    let sqlite_probe = (db.kind == Kind::Sqlite).then(|| {
+        let probe = rusqlite::Connection::open(db.url.trim_start_matches("sqlite://")).unwrap();
+        probe.busy_timeout(Duration::ZERO).unwrap();
+        probe
+    });
+    let writing = async || -> Option<String> {
+        match (db.store.database(), &sqlite_probe) {
+            (Database::Postgres(pg), _) => sqlx::query_scalar(
+                "SELECT pid::text || ' ' || xact_start::text FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND backend_xid IS NOT NULL \
+                 AND (query LIKE '%telemetry_daily%' OR query LIKE '%telemetry_hourly%')",
+            )
+            .fetch_optional(pg.pool())
+            .await
+            .unwrap(),
+            (_, Some(probe)) => match probe.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => {
+                    probe.execute_batch("ROLLBACK").unwrap();
+                    None
+                }
+                Err(_) => Some("the write lock".to_owned()),
+            },
+            (_, None) => unreachable!("a SQLite test has its probe"),
+        }
+    };
 
     let store = db.store.clone();
     let run = tokio::spawn(async move { telemetry_daily::run(&store, &options).await });
     let mut snapshots = Vec::new();
+    let mut during_the_write = 0;
     while !run.is_finished() {
-        snapshots.push(db.rollups().await);
+        let before = writing().await;
+        let snapshot = db.rollups().await;
+        // The same transaction open before and after the read: the read fell inside
+        // it.
+        if before.is_some() && writing().await == before {
+            during_the_write += 1;
+        }
+        snapshots.push(snapshot);
     }
     assert!(run.await.unwrap().expect("the run starts").ok);
     let new = db.rollups().await;
-    assert_eq!((old.len(), new.len()), (300, 400));
-    assert!(!snapshots.is_empty(), "read while the run went");
+    assert_eq!((old.len(), new.len()), (20_000, 21_000));
+    assert!(
+        during_the_write > 0,
+        "no read fell inside the write transaction ({} reads)",
+        snapshots.len()
+    );
     for snapshot in &snapshots {
         assert!(
             *snapshot == old || *snapshot == new,
