@@ -113,6 +113,66 @@ fn the_environment_configures_the_binary_and_flags_win() {
         said.contains("TELEMETRY_MEMORY_LIMIT (from the environment)"),
         "{said}"
     );
+
+    // A day of 60,000 distinct users spills at TELEMETRY_MEMORY_LIMIT=1MiB, into
+    // TMPDIR by default; --memory-limit and --spill-dir win.
+    let db = rusqlite::Connection::open(dir.join("veris.db")).unwrap();
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..60_000 {
+        db.execute(
+            "INSERT INTO telemetry_events (event, user_id, created_at, meta) \
+             VALUES (?1, ?2, '2024-05-02T12:00:00.000Z', ?3)",
+            (
+                format!("e{}", i % 5),
+                format!("device-{i:08}"),
+                format!(r#"{{"trace":"{i:016x}"}}"#),
+            ),
+        )
+        .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    let day = [
+        "telemetry-daily",
+        "--date",
+        "2024-05-02",
+        "--dry-run",
+        "--json",
+    ];
+    let spilled = |output: &Output| {
+        json(output)["days"][0]["spilledBytes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let spill_dir = tempfile::tempdir().unwrap();
+    let spill_dir = spill_dir.path().to_str().unwrap();
+    let limited = [("TELEMETRY_MEMORY_LIMIT", "1MiB"), ("TMPDIR", spill_dir)];
+    assert!(
+        spilled(&veris(dir, &limited, &day)) > 0,
+        "the limit from the environment"
+    );
+    let unlimited = veris(
+        dir,
+        &limited,
+        &[&day[..], &["--memory-limit", "1GiB"]].concat(),
+    );
+    assert_eq!(spilled(&unlimited), 0, "--memory-limit wins");
+    let gone = "/nonexistent/veris-spill";
+    let failed = veris(
+        dir,
+        &[("TELEMETRY_MEMORY_LIMIT", "1MiB"), ("TMPDIR", gone)],
+        &day,
+    );
+    assert_eq!(failed.status.code(), Some(1), "a failed day");
+    let failed: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(failed["days"][0]["status"], "failed");
+    let error = failed["days"][0]["error"].as_str().unwrap();
+    assert!(error.contains(gone), "the spill went to TMPDIR: {error}");
+    let flagged = veris(
+        dir,
+        &[("TELEMETRY_MEMORY_LIMIT", "1MiB"), ("TMPDIR", gone)],
+        &[&day[..], &["--spill-dir", spill_dir]].concat(),
+    );
+    assert!(spilled(&flagged) > 0, "--spill-dir wins over TMPDIR");
 }
 
 /// The `browser` values the report keeps for `page_view` in its first period.

@@ -575,3 +575,69 @@ async fn the_page_is_served_with_security_headers_and_compressed() {
     assert!(plain.text().await.unwrap().contains("<title>veris-jobs"));
     server.stop().await;
 }
+
+/// Twelve events: the charts draw the ten biggest by count and the other two as
+/// "other", and the table lists all twelve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_ten_events_are_drawn_as_the_top_ten_and_other() {
+    let Some(browser) = Browser::start(1280).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("twelve.db").display());
+    let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    // Yesterday, in the zone the job cuts days in (UTC): event ev01 has 120 events,
+    // ev02 110, … ev12 10.
+    let yesterday = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .yesterday()
+        .unwrap();
+    let events: Vec<veris_jobs::store::NewEvent> = (1..=12)
+        .flat_map(|i| {
+            (0..(13 - i) * 10).map(move |n| veris_jobs::store::NewEvent {
+                event: Some(format!("ev{i:02}")),
+                user_id: Some(format!("u{n}")),
+                created_at: format!("{yesterday}T12:00:00Z").parse().unwrap(),
+                meta: None,
+            })
+        })
+        .collect();
+    store.insert_events(&events).await.unwrap();
+    let report = veris_jobs::telemetry_daily::run(&store, &RunOptions::default())
+        .await
+        .unwrap();
+    assert!(report.ok && report.totals.rows == 12, "{report:?}");
+    let server = server(store).await;
+    with_screenshot(&browser, "twelve", async {
+        let c = &browser.client;
+        c.goto(&server.url("/")).await.unwrap();
+        sign_in(&browser, READER).await;
+        browser.wait_for("return document.body.dataset.loaded", "the data").await;
+        let legend: Value = c
+            .execute("return [...document.querySelectorAll('#events-chart .u-legend .u-label')].map(l => l.textContent)", vec![])
+            .await
+            .unwrap();
+        let mut expected: Vec<String> = (1..=10).map(|i| format!("ev{i:02}")).collect();
+        expected.push("other".into());
+        let drawn: Vec<String> = legend
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_owned())
+            .filter(|l| !l.is_empty() && l != "Time" && l != "Date")
+            .collect();
+        assert_eq!(drawn, expected, "{legend}");
+        let rows = c
+            .execute("return document.querySelectorAll('#events-table tbody th').length", vec![])
+            .await
+            .unwrap();
+        assert_eq!(rows, 13, "twelve events and the total");
+    })
+    .await;
+    server.stop().await;
+    browser.stop().await;
+}

@@ -647,11 +647,23 @@ async fn shutdown_waits_for_runs_under_way_to_finish(db: TestDb) {
             range.end()
         ));
     let call = tokio::spawn(request.send());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        db.rollups().await.len() < 300,
-        "the run is still going when shutdown starts"
-    );
+    // Shutdown starts once the run is recorded under way with days still to do (by
+    // its own record, not after a guess at how long it takes to start).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let under_way = db
+            .strings(
+                "SELECT CAST(days_done AS text) FROM job_runs \
+                 WHERE status = 'running' AND days_done < days_total",
+                None,
+            )
+            .await;
+        if !under_way.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.stop().await;
     assert_eq!(
         db.rollups().await.len(),

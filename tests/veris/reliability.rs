@@ -284,10 +284,13 @@ async fn a_concurrency_soak_ends_with_every_day_right(db: TestDb) {
     };
     let started = Instant::now();
     let mut calls = Vec::new();
+    // When each command-line run was launched, and its range.
+    let mut launched = Vec::new();
     for (i, (start, end)) in ranges.iter().cycle().take(10).enumerate() {
         let (start, end) = (format!("2024-06-{start}"), format!("2024-06-{end}"));
         if i % 2 == 0 {
             let url = db.url.clone();
+            launched.push((jiff::Timestamp::now(), start.clone(), end.clone()));
             calls.push(tokio::task::spawn_blocking(move || {
                 let output = veris(
                     &url,
@@ -330,6 +333,74 @@ async fn a_concurrency_soak_ends_with_every_day_right(db: TestDb) {
         outcomes.iter().all(|c| [0, 200, 409, 429].contains(c)),
         "{outcomes:?}"
     );
+
+    // The runs overlapped in this phase itself: a command-line run launched while
+    // another run over some of its days was going began only once that run ended
+    // (it waited for the days; a run records itself once it holds them).
+    let intervals = db
+        .strings(
+            match db.kind {
+                Kind::Postgres => {
+                    "SELECT to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                     || ' ' || to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                     || ' ' || start_date::text || ' ' || end_date::text FROM job_runs"
+                }
+                Kind::Sqlite => {
+                    "SELECT started_at || ' ' || finished_at || ' ' || start_date || ' ' || end_date \
+                     FROM job_runs"
+                }
+            },
+            None,
+        )
+        .await;
+    let runs: Vec<(jiff::Timestamp, jiff::Timestamp, String, String)> = intervals
+        .iter()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0].parse().unwrap(),
+                parts[1].parse().unwrap(),
+                parts[2].to_owned(),
+                parts[3].to_owned(),
+            )
+        })
+        .collect();
+    let waited = launched.iter().any(|(at, start, end)| {
+        let Some(mine) = runs.iter().find(|r| &r.2 == start && &r.3 == end) else {
+            return false;
+        };
+        runs.iter().any(|other| {
+            other.1 > *at && other.1 <= mine.0 && other.2 <= mine.3 && mine.2 <= other.3
+        })
+    });
+    assert!(
+        waited,
+        "a run waited for another over shared days: launched {launched:?}, recorded {intervals:?}, answers {outcomes:?}"
+    );
+
+    // Checked before anything repairs it, with the writer stopped: each day is the
+    // aggregate of the writer's rounds 0 to k for some k of its own (rounds only add:
+    // round 0 gave each day 50 views and 50 clicks, each later round r 2 views and a
+    // click, all with `round: r`).
+    let rows = db.rollups().await;
+    for (date, events) in by_date(&rows) {
+        let count = |name: &str| events.iter().find(|e| e.0 == name).map(|e| e.1).unwrap();
+        let k = (count("view") - 50) / 2;
+        for (name, per_round, base) in [("view", 2, 50), ("click", 1, 50)] {
+            let row = events.iter().find(|e| e.0 == name).unwrap();
+            assert_eq!(
+                row.1,
+                base + per_round * k,
+                "{date} {name}: rounds 0 to {k}"
+            );
+            let meta: serde_json::Value = serde_json::from_str(&row.3).unwrap();
+            let rounds = &meta["round"];
+            assert_eq!(rounds["n"], row.1, "{date} {name}");
+            assert_eq!(rounds["min"], 0, "{date} {name}");
+            assert_eq!(rounds["max"], k, "{date} {name}");
+            assert_eq!(rounds["sum"], per_round * k * (k + 1) / 2, "{date} {name}");
+        }
+    }
 
     // Every day once more, by runs that overlap for certain: the test holds a day, so
     // the command-line runs over it wait and a request for it is turned away. The
