@@ -269,3 +269,53 @@ async fn serve(
     }
     panic!("serve does not answer at {bind}");
 }
+
+/// Without `--lock-timeout` a run waits for a day another run holds (the default is
+/// 60 s, as `--help` says): still waiting when a run with a timeout of one second,
+/// launched after it, has given up; and going ahead once the day is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waits_for_a_held_day_by_default() {
+    let db = crate::common::TestDb::new(crate::common::Kind::Sqlite)
+        .await
+        .unwrap();
+    let help = veris(Path::new("."), &[], &["telemetry-daily", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[default: 60s]"), "{help}");
+    let day = "2024-06-01";
+    let held = db
+        .store
+        .lock_days(&[day.parse().unwrap()], Duration::ZERO)
+        .await
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+        .env("DATABASE_URL", &db.url)
+        .env_remove("RUST_LOG")
+        .args(["telemetry-daily", "--date", day])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A run launched after it with a timeout of one second gives up first, so the
+    // first has waited longer than that (by the order of events, not a guess).
+    let url = db.url.clone();
+    let short = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+            .env("DATABASE_URL", &url)
+            .env_remove("RUST_LOG")
+            .args(["telemetry-daily", "--date", day, "--lock-timeout", "1s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_ne!(short.status.code(), Some(0), "the one-second run gave up");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still waiting for the day"
+    );
+    held.release().await;
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
