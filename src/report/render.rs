@@ -101,7 +101,8 @@ const TABLE_KEYS: usize = 3;
 const TABLE_VALUES: usize = 3;
 
 /// An event's metadata in one line: its first keys (the summary keeps them most
-/// frequent first), each with its top values or its numbers' sum, min and max.
+/// frequent first), each with its top values or its numbers' sum, min, max and
+/// percentiles.
 fn meta_line(meta: &super::MergedMeta) -> Option<String> {
     let serde_json::Value::Object(keys) = meta.to_value().ok()? else {
         return None;
@@ -134,10 +135,34 @@ fn meta_line(meta: &super::MergedMeta) -> Option<String> {
             {
                 shown.push(format!("sum {sum}, min {min}, max {max}"));
             }
+            // Estimates (within 1%), marked as the table marks estimated users.
+            for name in ["p50", "p90", "p99"] {
+                if let Some(x) = stats.get(name).and_then(serde_json::Value::as_f64) {
+                    shown.push(format!("{name} ~{}", four_digits(x)));
+                }
+            }
             format!("{key}: {}", shown.join(", "))
         })
         .collect();
     (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// `x` to four significant digits, for reading: `29.08`, `0.001235`, `1.235e+29`.
+fn four_digits(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return x.to_string();
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    if (-4..6).contains(&magnitude) {
+        let decimals = usize::try_from(3 - magnitude).unwrap_or(0);
+        let text = format!("{x:.decimals$}");
+        match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.').to_owned(),
+            false => text,
+        }
+    } else {
+        format!("{x:.3e}")
+    }
 }
 
 fn users(count: Option<u64>, exact: bool) -> String {
@@ -230,6 +255,20 @@ mod tests {
         }
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("page_view"), "page_view");
+    }
+
+    #[test]
+    fn numbers_show_their_percentiles_to_four_digits_marked_as_estimates() {
+        let meta: super::super::MergedMeta = serde_json::from_str(
+            r#"{"ms":{"max":99.5,"min":9,"n":3,"p50":29.080339799119507,"p90":0.00123456,"p99":1.2345e29,"sum":108}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            meta_line(&meta).unwrap(),
+            "ms: sum 108, min 9, max 99.5, p50 ~29.08, p90 ~0.001235, p99 ~1.234e29"
+        );
+        assert_eq!(four_digits(1500.0), "1500");
+        assert_eq!(four_digits(-2.5), "-2.5");
     }
 
     #[test]
