@@ -277,6 +277,40 @@ async fn postgres(args: &Args) {
         }
     })
     .await;
+    tls_cost(&url).await;
+}
+
+/// What TLS adds to a short command: `veris-jobs runs --limit 1` over the URL as
+/// given (TLS when the server offers it) and with `sslmode=disable`, alternated,
+/// medians of 15 (as `benches/tls_cost.sh`, which also times `psql`).
+async fn tls_cost(url: &str) {
+    let urls = [url.to_owned(), without_tls(url)];
+    let mut times = tokio::task::spawn_blocking(move || {
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..15 {
+            for (at, url) in urls.iter().enumerate() {
+                let started = Instant::now();
+                let status = Command::new(env!("CARGO_BIN_EXE_veris-jobs"))
+                    .env("DATABASE_URL", url)
+                    .args(["runs", "--limit", "1"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                times[at].push(started.elapsed());
+            }
+        }
+        times
+    })
+    .await
+    .unwrap();
+    let ms = |times: &mut Vec<Duration>| median(times).as_secs_f64() * 1000.0;
+    let (tls, plain) = (ms(&mut times[0]), ms(&mut times[1]));
+    println!(
+        "`veris-jobs runs --limit 1`: {tls:.1} ms over the URL as given, {plain:.1} ms with \
+         sslmode=disable: TLS adds {:.1} ms (medians of 15)",
+        tls - plain
+    );
 }
 
 async fn load_postgres(store: &Store, pool: &PgPool, events: u64, shape: Shape) {
