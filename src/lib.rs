@@ -15,7 +15,8 @@
 //! 1. [`model`]: the vocabulary every layer shares: days and zones, raw events and
 //!    the sinks that take them, rollup rows, the diff against stored rows, the
 //!    canonical form of their JSON, the metadata summary's format and exact sums, the
-//!    users' sketch, the run report, the run history's records. No I/O.
+//!    users' sketch, the numbers' percentile sketch, the run report, the run
+//!    history's records. No I/O.
 //! 2. [`rollup`]: the engine: the pure and mergeable aggregator, the metadata summary,
 //!    the reading of `meta`, and the spill to disk (its port, record codec and
 //!    partition files). Imports only the model.
