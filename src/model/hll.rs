@@ -97,6 +97,26 @@ impl Sketch {
         }
     }
 
+    /// Adds many hashes at once, as `add_hash` of each would: sorted and merged into
+    /// the explicit list in one pass, where adding them one by one to a list of up to
+    /// 2,560 hashes moves half of it each time.
+    pub fn add_hashes(&mut self, mut hashes: Vec<i64>) {
+        if let Repr::Registers(registers) = &mut self.repr {
+            hashes
+                .iter()
+                .for_each(|&hash| set_register(registers, hash));
+            return;
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        let theirs = if hashes.len() > EXPLICIT_MAX {
+            Repr::Registers(registers_of(&hashes))
+        } else {
+            Repr::Explicit(hashes)
+        };
+        self.union(&Sketch { repr: theirs });
+    }
+
     /// Folds in the sketch `bytes` hold, as `union(&Sketch::from_bytes(bytes)?)`
     /// does, but merges it as it reads it, without building it: a year's report
     /// reads thousands.
@@ -653,6 +673,34 @@ mod tests {
             users[cut..].iter().for_each(|u| right.add_user(u));
             left.union(&right);
             assert_eq!(left.to_bytes(), forward.to_bytes(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn hashes_added_at_once_give_the_bytes_of_hashes_added_one_by_one() {
+        let hashes: Vec<i64> = (0..6_000).map(|n| hash_user(&format!("u{n}"))).collect();
+        // From every state (empty, a short list, a list near its end, registers),
+        // adding lists that stay short, cross the limit, or repeat hashes.
+        for before in [0, 10, 2_500, 3_000] {
+            for (from, to) in [(0, 5), (100, 2_000), (2_400, 2_700), (0, 6_000), (5, 3)] {
+                let (from, to) = (from.min(to), to.max(from));
+                let mut one_by_one = Sketch::new();
+                let mut at_once = Sketch::new();
+                for &hash in &hashes[..before] {
+                    one_by_one.add_hash(hash);
+                    at_once.add_hash(hash);
+                }
+                // Repeats: the list twice, in another order.
+                let mut added: Vec<i64> = hashes[from..to].to_vec();
+                added.extend(hashes[from..to].iter().rev());
+                added.iter().for_each(|&hash| one_by_one.add_hash(hash));
+                at_once.add_hashes(added);
+                assert_eq!(
+                    at_once.to_bytes(),
+                    one_by_one.to_bytes(),
+                    "{before} then {from}..{to}"
+                );
+            }
         }
     }
 

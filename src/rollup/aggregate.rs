@@ -380,21 +380,22 @@ impl DayAggregate {
             return;
         }
         let hashes: Vec<i64> = names.iter().map(|name| hash_user(name)).collect();
-        for (_, group) in groups.iter_mut() {
-            if group.hour.is_some() {
-                for id in &group.users {
-                    group.sketch.add_hash(hashes[*id as usize]);
-                }
-            }
-        }
+        // Each hour's users gathered first and added at once: a sketch of up to 2,560
+        // users is a sorted list, which one insertion at a time would keep moving.
+        let mut dense_users: Vec<Vec<i64>> = vec![Vec::new(); groups.len()];
         dense.for_each(|id, hour, bit| {
             let day = bit_groups[usize::from(bit)] as usize;
             let hour_group = groups[day].1.hours[usize::from(hour)];
-            groups[hour_group as usize]
-                .1
-                .sketch
-                .add_hash(hashes[id as usize]);
+            dense_users[hour_group as usize].push(hashes[id as usize]);
         });
+        for ((_, group), mut users) in groups.iter_mut().zip(dense_users) {
+            if group.hour.is_some() {
+                users.extend(group.users.iter().map(|id| hashes[*id as usize]));
+            }
+            if !users.is_empty() {
+                group.sketch.add_hashes(users);
+            }
+        }
     }
 
     /// Writes `user` of `group` straight to the spill files.
