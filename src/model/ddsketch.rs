@@ -112,54 +112,54 @@ impl Bins {
         }
     }
 
-    /// Adds the stored counts of consecutive keys from `offset`: widened once when
-    /// the bins then span at most `MAX_BINS` (a report merges thousands of stored
-    /// sketches), else bin by bin, collapsing as `add` does.
-    fn add_stored_run(&mut self, offset: i32, counts: &[f64]) -> Result<(), SketchError> {
-        let Some(last) = i32::try_from(counts.len())
-            .ok()
-            .and_then(|len| offset.checked_add(len))
-        else {
-            return Err(SketchError::Malformed("a bin's key is out of range"));
-        };
+    /// Adds a stored store's counts, which [`check_store`] has passed: its
+    /// contiguous run widens the bins once when they then span at most `MAX_BINS` (a
+    /// report merges thousands of stored sketches), else goes bin by bin, collapsing
+    /// as `add` does; then its sparse bins.
+    fn add_stored(&mut self, store: &proto::Store) {
+        let (offset, counts) = (
+            store.contiguous_bin_index_offset,
+            &store.contiguous_bin_counts,
+        );
+        // `check_store` keeps the run's keys within i32.
+        let last = offset + counts.len() as i32 - 1;
         let (low, high) = match self.counts.is_empty() {
-            true => (offset, last - 1),
-            false => (self.offset.min(offset), self.last_key().max(last - 1)),
+            true => (offset, last),
+            false => (self.offset.min(offset), self.last_key().max(last)),
         };
         if counts.is_empty() || i64::from(high) - i64::from(low) >= MAX_BINS as i64 {
             for (key, &count) in (offset..).zip(counts) {
-                let count = whole_count(count)?;
-                if count > 0 {
-                    self.add(key, count);
+                if count > 0.0 {
+                    self.add(key, count as u64);
                 }
             }
-            return Ok(());
+        } else {
+            if self.counts.is_empty() {
+                self.offset = low;
+            } else if low < self.offset {
+                let grow = (self.offset - low) as usize;
+                self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+                self.offset = low;
+            }
+            self.counts.resize((high - low + 1) as usize, 0);
+            let start = (offset - self.offset) as usize;
+            for (bin, &count) in self.counts[start..].iter_mut().zip(counts) {
+                *bin += count as u64;
+            }
+            // Stored runs may start or end with empty bins: keep the first and the
+            // last bin counted.
+            let leading = self.counts.iter().take_while(|&&c| c == 0).count();
+            self.counts.drain(..leading);
+            self.offset += leading as i32;
+            while self.counts.last() == Some(&0) {
+                self.counts.pop();
+            }
         }
-        if self.counts.is_empty() {
-            self.offset = low;
-        } else if low < self.offset {
-            let grow = (self.offset - low) as usize;
-            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
-            self.offset = low;
+        for (&key, &count) in &store.bin_counts {
+            if count > 0.0 {
+                self.add(key, count as u64);
+            }
         }
-        self.counts.resize((high - low + 1) as usize, 0);
-        let start = (offset - self.offset) as usize;
-        for (bin, &count) in self.counts[start..].iter_mut().zip(counts) {
-            *bin += whole_count(count)?;
-        }
-        // Stored runs may start or end with empty bins: keep the first and the last
-        // bin counted.
-        let leading = self.counts.iter().take_while(|&&c| c == 0).count();
-        if leading == self.counts.len() {
-            self.counts.clear();
-            return Ok(());
-        }
-        self.counts.drain(..leading);
-        self.offset += leading as i32;
-        while self.counts.last() == Some(&0) {
-            self.counts.pop();
-        }
-        Ok(())
     }
 
     /// The key of the number at 0-based `rank` among the bins' numbers, by key.
@@ -185,29 +185,6 @@ impl Bins {
             ..proto::Store::default()
         }
     }
-
-    fn from_proto(store: &proto::Store) -> Result<Self, SketchError> {
-        let mut bins = Bins::default();
-        let contiguous = store
-            .contiguous_bin_counts
-            .iter()
-            .enumerate()
-            .map(|(at, &c)| {
-                let key = i32::try_from(at)
-                    .ok()
-                    .and_then(|at| store.contiguous_bin_index_offset.checked_add(at));
-                (key, c)
-            });
-        let sparse = store.bin_counts.iter().map(|(&key, &c)| (Some(key), c));
-        for (key, count) in contiguous.chain(sparse) {
-            let key = key.ok_or(SketchError::Malformed("a bin's key is out of range"))?;
-            let count = whole_count(count)?;
-            if count > 0 {
-                bins.add(key, count);
-            }
-        }
-        Ok(bins)
-    }
 }
 
 /// Whether a stored sketch has this sketch's mapping.
@@ -231,6 +208,23 @@ fn whole_count(count: f64) -> Result<u64, SketchError> {
             "a bin's count is not a whole number",
         ))
     }
+}
+
+/// Whether a stored store's counts are whole numbers and its contiguous run's keys
+/// fit an i32, so that adding it cannot fail half way.
+fn check_store(store: &proto::Store) -> Result<(), SketchError> {
+    for &count in store
+        .contiguous_bin_counts
+        .iter()
+        .chain(store.bin_counts.values())
+    {
+        whole_count(count)?;
+    }
+    i32::try_from(store.contiguous_bin_counts.len())
+        .ok()
+        .and_then(|len| store.contiguous_bin_index_offset.checked_add(len))
+        .map(|_| ())
+        .ok_or(SketchError::Malformed("a bin's key is out of range"))
 }
 
 /// A DDSketch of a key's numbers: see the module's documentation.
@@ -309,6 +303,21 @@ impl DdSketch {
         })
     }
 
+    /// The percentiles [`PERCENTILES`] names, each kept within `min` and `max`, the
+    /// numbers' exact extremes, which a bin's value may pass by up to 1%.
+    pub fn percentiles_within(
+        &self,
+        min: f64,
+        max: f64,
+    ) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        PERCENTILES
+            .iter()
+            .filter_map(move |&(name, numerator, denominator)| {
+                let value = self.percentile(numerator, denominator)?;
+                Some((name, value.clamp(min, max)))
+            })
+    }
+
     /// The `DDSketch` protobuf message: both stores as contiguous bin counts.
     pub fn to_protobuf(&self) -> Vec<u8> {
         proto::DdSketch {
@@ -333,12 +342,9 @@ impl DdSketch {
     pub fn from_protobuf(bytes: &[u8]) -> Result<Self, SketchError> {
         let message =
             proto::DdSketch::decode(bytes).map_err(|e| SketchError::Protobuf(e.to_string()))?;
-        check_mapping(message.mapping.as_ref())?;
-        Ok(Self {
-            positive: Bins::from_proto(&message.positive_values.unwrap_or_default())?,
-            negative: Bins::from_proto(&message.negative_values.unwrap_or_default())?,
-            zero: whole_count(message.zero_count)?,
-        })
+        let mut sketch = Self::default();
+        sketch.merge_message(&message)?;
+        Ok(sketch)
     }
 
     /// Folds in the sketch whose base64 text is `text` (as from [`from_base64`]),
@@ -362,48 +368,27 @@ impl DdSketch {
             message
                 .merge(&bytes[..])
                 .map_err(|e| SketchError::Protobuf(e.to_string()))?;
-            check_mapping(message.mapping.as_ref())?;
-            let zero = whole_count(message.zero_count)?;
-            // Every count checked before any is added, so that a bad sketch adds
-            // nothing.
-            for store in [&message.positive_values, &message.negative_values]
-                .into_iter()
-                .flatten()
-            {
-                for &count in store
-                    .contiguous_bin_counts
-                    .iter()
-                    .chain(store.bin_counts.values())
-                {
-                    whole_count(count)?;
-                }
-                let len = i32::try_from(store.contiguous_bin_counts.len()).ok();
-                if len
-                    .and_then(|len| store.contiguous_bin_index_offset.checked_add(len))
-                    .is_none()
-                {
-                    return Err(SketchError::Malformed("a bin's key is out of range"));
-                }
-            }
-            for (store, bins) in [
-                (&message.positive_values, &mut self.positive),
-                (&message.negative_values, &mut self.negative),
-            ] {
-                let Some(store) = store else { continue };
-                bins.add_stored_run(
-                    store.contiguous_bin_index_offset,
-                    &store.contiguous_bin_counts,
-                )?;
-                for (&key, &count) in &store.bin_counts {
-                    let count = whole_count(count)?;
-                    if count > 0 {
-                        bins.add(key, count);
-                    }
-                }
-            }
-            self.zero += zero;
-            Ok(())
+            self.merge_message(message)
         })
+    }
+
+    /// Folds in a decoded message, every part checked before any is added, so that
+    /// a bad one adds nothing.
+    fn merge_message(&mut self, message: &proto::DdSketch) -> Result<(), SketchError> {
+        check_mapping(message.mapping.as_ref())?;
+        let zero = whole_count(message.zero_count)?;
+        let stores = [&message.positive_values, &message.negative_values];
+        stores.into_iter().flatten().try_for_each(check_store)?;
+        for (store, bins) in stores
+            .into_iter()
+            .zip([&mut self.positive, &mut self.negative])
+        {
+            if let Some(store) = store {
+                bins.add_stored(store);
+            }
+        }
+        self.zero += zero;
+        Ok(())
     }
 
     /// The base64 of its protobuf message, as `meta_sketches` holds it.

@@ -114,7 +114,10 @@ impl Sketch {
         } else {
             Repr::Explicit(hashes)
         };
-        self.union(&Sketch { repr: theirs });
+        match self.repr {
+            Repr::Empty => self.repr = theirs,
+            _ => self.union(&Sketch { repr: theirs }),
+        }
     }
 
     /// Folds in the sketch `bytes` hold, as `union(&Sketch::from_bytes(bytes)?)`

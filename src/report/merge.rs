@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::{RawValue, to_raw_value};
 
-use crate::model::ddsketch::{DdSketch, PERCENTILES};
+use crate::model::ddsketch::DdSketch;
 use crate::model::{
     DROPPED_KEYS, ExactSum, FastMap, MAX_KEYS, json_number, key_order, value_order,
 };
@@ -60,9 +60,8 @@ impl MetaMerge {
         let Ok(StoredSummary(keys)) = serde_json::from_str::<StoredSummary>(meta) else {
             return false;
         };
-        let sketches: Vec<(Text<'_>, Text<'_>)> = sketches
-            .and_then(|text| serde_json::from_str::<FastMap<_, _>>(text).ok())
-            .map(|map: FastMap<Text<'_>, Text<'_>>| map.into_iter().collect())
+        let sketches: FastMap<Text<'_>, Text<'_>> = sketches
+            .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default();
         let mut missing = false;
         for entry in keys {
@@ -74,12 +73,7 @@ impl MetaMerge {
                 StoredEntry::Key(key, stats) => (key, stats),
             };
             // A key with numbers has its sketch in the row's sketches.
-            let sketch = stats.sum.is_some().then(|| {
-                sketches
-                    .iter()
-                    .find(|(name, _)| name.0 == key.0)
-                    .map(|(_, text)| text)
-            });
+            let sketch = stats.sum.is_some().then(|| sketches.get(&key));
             let merged = match self.keys.get_mut(&*key.0) {
                 Some(merged) => merged,
                 None => self.keys.entry(key.0.into_owned()).or_default(),
@@ -110,18 +104,22 @@ impl MetaMerge {
             if let Some(x) = stats.max {
                 merged.max = Some(merged.max.map_or(x, |m| m.max(x)));
             }
-            let merged_sketch = match sketch {
-                Some(Some(text)) => merged
-                    .sketch
-                    .get_or_insert_default()
-                    .merge_base64(&text.0)
-                    .is_ok(),
-                Some(None) => false,
-                None => true,
-            };
-            if !merged_sketch {
-                merged.sketch_missing = true;
-                missing = true;
+            if let Some(sketch) = sketch {
+                let merged_one = match sketch {
+                    None => false,
+                    // A day already lacked one, so the period's percentiles are left
+                    // out: this one need not be decoded.
+                    Some(_) if merged.sketch_missing => true,
+                    Some(text) => merged
+                        .sketch
+                        .get_or_insert_default()
+                        .merge_base64(&text.0)
+                        .is_ok(),
+                };
+                if !merged_one {
+                    merged.sketch_missing = true;
+                    missing = true;
+                }
             }
         }
         missing
@@ -229,11 +227,8 @@ impl Serialize for MetaEntry<'_> {
         if let (Some(sketch), Some(min), Some(max), false) =
             (&key.sketch, key.min, key.max, key.sketch_missing)
         {
-            for &(name, numerator, denominator) in &PERCENTILES {
-                if let Some(value) = sketch.percentile(numerator, denominator) {
-                    // A bin's value may overshoot the exact extremes by up to 1%.
-                    map.serialize_entry(name, &json_number(value.clamp(min, max)))?;
-                }
+            for (name, value) in sketch.percentiles_within(min, max) {
+                map.serialize_entry(name, &json_number(value))?;
             }
         }
         if has_sum {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::memory::{heap_bytes, table_bytes};
 use super::meta_value::MetaValue;
 use super::pass_on::PassOn;
-use crate::model::ddsketch::{DdSketch, PERCENTILES};
+use crate::model::ddsketch::DdSketch;
 use crate::model::{
     CompactString, DROPPED_KEYS, ExactSum, FastMap, MAX_KEYS, MAX_VALUE_BYTES, json_number,
     key_order, value_order,
@@ -42,19 +42,14 @@ pub(super) struct NumberStats {
 }
 
 impl NumberStats {
-    /// The stats of `x` seen `times` times, and the bytes its sketch holds.
-    fn of(x: f64, times: u64) -> (Self, usize) {
-        let mut sum = ExactSum::default();
-        sum.add_times(x, times);
-        let mut sketch = DdSketch::default();
-        let grew = sketch.add(x, times);
-        let stats = Self {
-            sum,
+    /// Stats of no number yet, whose extremes start at `x`.
+    fn starting_at(x: f64) -> Self {
+        Self {
+            sum: ExactSum::default(),
             min: x,
             max: x,
-            sketch,
-        };
-        (stats, grew)
+            sketch: DdSketch::default(),
+        }
     }
 
     /// Adds `x` seen `times` times; returns the bytes the sketch grew by.
@@ -71,17 +66,6 @@ impl NumberStats {
         self.max = self.max.max(other.max);
         self.sketch.merge(&other.sketch);
     }
-
-    /// The percentiles `PERCENTILES` names, each kept within the numbers' exact
-    /// minimum and maximum (which a bin's value may overshoot by up to 1%).
-    pub(super) fn percentiles(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
-        PERCENTILES
-            .iter()
-            .filter_map(|&(name, numerator, denominator)| {
-                let value = self.sketch.percentile(numerator, denominator)?;
-                Some((name, value.clamp(self.min, self.max)))
-            })
-    }
 }
 
 impl KeyStats {
@@ -96,14 +80,10 @@ impl KeyStats {
             MetaValue::Nested(s) => s,
             MetaValue::Number(x) => {
                 self.n += times;
-                return match &mut self.numbers {
-                    Some(stats) => stats.add(*x, times),
-                    None => {
-                        let (stats, grew) = NumberStats::of(*x, times);
-                        self.numbers = Some(stats);
-                        grew
-                    }
-                };
+                return self
+                    .numbers
+                    .get_or_insert_with(|| NumberStats::starting_at(*x))
+                    .add(*x, times);
             }
         };
         self.n += times;
@@ -177,7 +157,7 @@ pub(super) fn key_json(stats: &KeyStats, top: &[(&str, u64)]) -> Value {
         out.insert("sum".into(), json_number(numbers.sum.total()));
         out.insert("min".into(), json_number(numbers.min));
         out.insert("max".into(), json_number(numbers.max));
-        for (name, value) in numbers.percentiles() {
+        for (name, value) in numbers.sketch.percentiles_within(numbers.min, numbers.max) {
             out.insert(name.into(), json_number(value));
         }
     }

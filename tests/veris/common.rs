@@ -213,6 +213,36 @@ impl TestDb {
     }
 }
 
+/// `program ARGS` fed `input` on stdin, or `None` (said once) when it cannot start
+/// outside CI; under `CI=true`, whose `.ci/run` installs it, that fails the test.
+pub fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: &[u8],
+    what: &str,
+) -> Option<std::process::Output> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+            skipping(&format!(
+                "{what} passes without running: {program} does not start ({error})"
+            ));
+            return None;
+        }
+        Err(error) => panic!("CI=true and {program} does not start: {error}"),
+    };
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    Some(child.wait_with_output().unwrap())
+}
+
 /// Checks each `p50`, `p90` and `p99` in the summary `stored` within 1% of the same
 /// field of `expected`, which holds the exact percentile (the contract's rank), then
 /// takes them out of both, so that the rest of the two can be compared exactly.

@@ -196,16 +196,22 @@ async fn serve_reads_bind_and_the_range_cap_from_the_environment() {
     )
     .await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let answer = client
-        .get(format!(
-            "{base}/api/jobs/telemetry-daily?startDate=2024-01-01&endDate=2024-01-03&dryRun=true"
-        ))
-        .bearer_auth(crate::http::SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 400);
-    let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    // A dry run over `start..=end`: its status and body.
+    let dry_run = async |base: &str, start: &str, end: &str| {
+        let answer = client
+            .get(format!(
+                "{base}/api/jobs/telemetry-daily?startDate={start}&endDate={end}&dryRun=true"
+            ))
+            .bearer_auth(crate::http::SECRET)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+        (status, body)
+    };
+    let (status, body) = dry_run(&base, "2024-01-01", "2024-01-03").await;
+    assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "range_too_long");
     assert!(
         body["error"]["message"]
@@ -219,15 +225,8 @@ async fn serve_reads_bind_and_the_range_cap_from_the_environment() {
     // Without the variable, the cap is the default 366 days.
     let bind = format!("127.0.0.1:{}", crate::common::free_port());
     let (mut server, base) = serve(&dir, &[], &["--bind", &bind], &bind).await;
-    let answer = client
-        .get(format!(
-            "{base}/api/jobs/telemetry-daily?startDate=2023-01-01&endDate=2024-01-02&dryRun=true"
-        ))
-        .bearer_auth(crate::http::SECRET)
-        .send()
-        .await
-        .unwrap();
-    let body: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    let (status, body) = dry_run(&base, "2023-01-01", "2024-01-02").await;
+    assert_eq!(status, 400);
     assert!(
         body["error"]["message"]
             .as_str()

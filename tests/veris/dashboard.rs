@@ -583,12 +583,9 @@ async fn more_than_ten_events_are_drawn_as_the_top_ten_and_other() {
     let Some(browser) = Browser::start(1280).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("twelve.db").display());
-    let store = Store::connect(&url, &TableName::parse("telemetry_events").unwrap())
+    let db = crate::common::TestDb::new(crate::common::Kind::Sqlite)
         .await
         .unwrap();
-    store.migrate().await.unwrap();
     // Yesterday, in the zone the job cuts days in (UTC): event ev01 has 120 events,
     // ev02 110, … ev12 10.
     let yesterday = jiff::Timestamp::now()
@@ -606,12 +603,10 @@ async fn more_than_ten_events_are_drawn_as_the_top_ten_and_other() {
             })
         })
         .collect();
-    store.insert_events(&events).await.unwrap();
-    let report = veris_jobs::telemetry_daily::run(&store, &RunOptions::default())
-        .await
-        .unwrap();
+    db.insert(&events).await;
+    let report = db.run(&RunOptions::default()).await;
     assert!(report.ok && report.totals.rows == 12, "{report:?}");
-    let server = server(store).await;
+    let server = server(db.store.clone()).await;
     with_screenshot(&browser, "twelve", async {
         let c = &browser.client;
         c.goto(&server.url("/")).await.unwrap();

@@ -839,28 +839,14 @@ async fn metrics_count_the_runs_of_the_process_in_prometheus_format(db: TestDb) 
 /// `text` (names, units, types, help). Without promtool the check is skipped, but
 /// under `CI=true`, whose `.ci/run` installs it.
 fn promtool_accepts(text: &str) {
-    use std::io::Write as _;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(_) if std::env::var("CI").as_deref() != Ok("true") => {
-            crate::common::skipping("promtool is not installed: /metrics is not linted");
-            return;
-        }
-        Err(error) => panic!("CI=true and promtool cannot run: {error}"),
+    let Some(output) = crate::common::run_with_input(
+        "promtool",
+        &["check", "metrics"],
+        text.as_bytes(),
+        "the lint of /metrics",
+    ) else {
+        return;
     };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -488,30 +488,12 @@ print(json.dumps([merged.count] + [merged.get_quantile_value(q) for q in (0.5, 0
 
 /// Python's `ddsketch` on `sketches`, or `None` when it is not installed outside CI.
 fn python_merge(sketches: &[&str]) -> Option<Vec<f64>> {
-    use std::io::Write as _;
-    let child = std::process::Command::new("python3")
-        .args(["-c", PYTHON_MERGE])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
-            crate::common::skipping(&format!(
-                "the ddsketch interop test passes without running: no python3 ({error})"
-            ));
-            return None;
-        }
-        Err(error) => panic!("CI=true and python3 does not start: {error}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sketches.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::common::run_with_input(
+        "python3",
+        &["-c", PYTHON_MERGE],
+        sketches.join("\n").as_bytes(),
+        "the ddsketch interop test",
+    )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         if stderr.contains("No module named") && std::env::var("CI").as_deref() != Ok("true") {
