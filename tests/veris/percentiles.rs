@@ -56,10 +56,14 @@ impl Numbers {
 /// A number written: (day, event, key, number).
 type Number = (String, String, String, f64);
 
+/// A number key whose name JSON escapes (the stores write the sketches' keys
+/// as JSON text).
+const ESCAPED_KEY: &str = "say \"hi\"\\ \u{1}";
+
 /// The week's events: (day, event, key, number) for every number written, and the
 /// events themselves. Keys: `ms` (positive, five decades), `delta` (negatives,
 /// zeros, repeats), `huge` (around 1e300), `tiny` (around 1e-300, some negative),
-/// `once` (a single number a day), and `plan` (text, no numbers).
+/// `once` (a single number a day), [`ESCAPED_KEY`] and `plan` (text, no numbers).
 fn week() -> (Vec<Number>, Vec<NewEvent>) {
     let mut rng = Numbers(0x5eed_cafe_f00d);
     let mut numbers = Vec::new();
@@ -90,6 +94,9 @@ fn week() -> (Vec<Number>, Vec<NewEvent>) {
             if rng.below(4) == 0 {
                 let sign = if rng.below(2) == 0 { -1.0 } else { 1.0 };
                 put("tiny", sign * 1e-300 * (1.0 + 1e6 * rng.unit()), &mut meta);
+            }
+            if i % 5 == 0 {
+                put(ESCAPED_KEY, 1.0 + rng.below(300) as f64, &mut meta);
             }
             if i == 7 {
                 put("once", 42.4242, &mut meta);
@@ -428,7 +435,7 @@ async fn a_week_merges_its_days_sketches_and_names_the_days_without_them(db: Tes
     assert!(week.missing_meta_sketches.is_empty());
     for event in &week.events {
         let meta = event.meta.to_value().unwrap();
-        for key in ["ms", "delta", "huge", "tiny", "once"] {
+        for key in ["ms", "delta", "huge", "tiny", "once", ESCAPED_KEY] {
             let mut all: Vec<f64> = numbers
                 .iter()
                 .filter(|(_, e, k, _)| *e == event.event && k == key)
@@ -469,6 +476,19 @@ async fn a_week_merges_its_days_sketches_and_names_the_days_without_them(db: Tes
     );
     let report = telemetry_report(&db.store, &request).await.unwrap();
     assert!(report.periods[0].missing_meta_sketches.is_empty());
+
+    // Sketches that are not an object of base64 texts are unreadable, not an error.
+    db.execute(r#"UPDATE telemetry_daily SET meta_sketches = '["x"]' WHERE date = '2024-01-02'"#)
+        .await;
+    db.execute(
+        r#"UPDATE telemetry_daily SET meta_sketches = '{"ms": 5}' WHERE date = '2024-01-05'"#,
+    )
+    .await;
+    let report = telemetry_report(&db.store, &request).await.unwrap();
+    assert_eq!(
+        report.periods[0].missing_meta_sketches,
+        vec!["2024-01-02".to_owned(), "2024-01-05".to_owned()]
+    );
 }
 
 /// What Python's `ddsketch` prints for sketches given on stdin, one base64 text a
