@@ -35,6 +35,10 @@ struct EventGroup {
     /// The same users as a sketch: kept whole in memory (it is bounded), also after
     /// the aggregate spills.
     sketch: Sketch,
+    /// Hashes of users for [`EventGroup::sketch`] not yet added to it: they go in
+    /// [`HASH_BATCH`] at a time, sorted and merged into its list of up to 2,560
+    /// hashes in one pass, or into its registers while they are in cache.
+    new_hashes: Vec<i64>,
     meta: MetaSummary,
     /// The bit its users carry in [`UserIds`]: the first [`BIT_GROUPS`] groups of
     /// the day's rows have one.
@@ -46,6 +50,27 @@ struct EventGroup {
     /// the day's group of the same events.
     hour: Option<u8>,
     day: u32,
+}
+
+/// Hashes an [`EventGroup`] gathers before adding them to its sketch: few enough
+/// that a day's many hour groups hold little (2 KiB each at most).
+const HASH_BATCH: usize = 256;
+
+impl EventGroup {
+    /// Adds a user's hash to the group's sketch, or to the next batch for it.
+    fn add_hash(&mut self, hash: i64) {
+        self.new_hashes.push(hash);
+        if self.new_hashes.len() >= HASH_BATCH {
+            self.add_new_hashes();
+        }
+    }
+
+    /// Adds the hashes gathered so far to the sketch: before it is read.
+    fn add_new_hashes(&mut self) {
+        if !self.new_hashes.is_empty() {
+            self.sketch.add_hashes(std::mem::take(&mut self.new_hashes));
+        }
+    }
 }
 
 /// What [`DayAggregate::add_user_in_hour`] found.
@@ -392,6 +417,7 @@ impl DayAggregate {
             if group.hour.is_some() {
                 users.extend(group.users.iter().map(|id| hashes[*id as usize]));
             }
+            users.append(&mut group.new_hashes);
             if !users.is_empty() {
                 group.sketch.add_hashes(users);
             }
@@ -570,7 +596,8 @@ impl DayAggregate {
         drop(names);
         let mut rows = Vec::new();
         let mut hour_rows = Vec::new();
-        for (at, (event, group)) in self.groups.into_iter().enumerate() {
+        for (at, (event, mut group)) in self.groups.into_iter().enumerate() {
+            group.add_new_hashes();
             let summary = match &mut metas {
                 Some(metas) => std::mem::take(&mut metas[at]),
                 None => group.meta.to_json(top_k),
@@ -673,7 +700,8 @@ impl MergeableSink for DayAggregate {
                 let mine = self.spilled.get_or_insert_with(|| Box::new(Spilled::new()));
                 mine.absorb(*theirs, &Arc::new(groups.clone()));
             }
-            for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
+            for (theirs, (_, mut group)) in other.groups.into_iter().enumerate() {
+                group.add_new_hashes();
                 let target = &mut self.groups[groups[theirs] as usize].1;
                 target.count += group.count;
                 target.counted_users += group.counted_users;
@@ -711,7 +739,8 @@ impl MergeableSink for DayAggregate {
             let hour = group.hour.unwrap_or_default();
             self.add_user_in_hour(mine_day, Some((mine, hour)), names[id as usize]);
         }
-        for (theirs, (_, group)) in other.groups.into_iter().enumerate() {
+        for (theirs, (_, mut group)) in other.groups.into_iter().enumerate() {
+            group.add_new_hashes();
             let mine = groups[theirs];
             if group.hour.is_none() {
                 for id in &group.users {
@@ -822,12 +851,12 @@ impl EventSink for DayAggregate {
             if counted.in_day || counted.passed {
                 let hash = hash_user(user);
                 if counted.in_day {
-                    self.groups[group as usize].1.sketch.add_hash(hash);
+                    self.groups[group as usize].1.add_hash(hash);
                 }
                 // Counted users get into their hour's sketch when it is folded; passed
                 // ones are not kept to be folded.
                 if let Some((hour_group, _)) = hour.filter(|_| counted.passed) {
-                    self.groups[hour_group as usize].1.sketch.add_hash(hash);
+                    self.groups[hour_group as usize].1.add_hash(hash);
                 }
             }
         }
