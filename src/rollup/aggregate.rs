@@ -220,6 +220,10 @@ pub struct DayAggregate {
     user_pushes: u64,
     /// Whether users go through the users table or straight to the spill files.
     users_pass: PassOn,
+    /// A user was counted without an hour since the last spill. Until one is, every
+    /// user of a day's group is also in one of its hours' groups, whose spilled
+    /// records count it in the day too: the day's own records are left out.
+    hourless: bool,
 }
 
 /// A finished day: its rollup rows sorted by event, and what was read.
@@ -331,10 +335,8 @@ impl DayAggregate {
     /// group of its local hour `(hour's group, hour)`, with one lookup of the user.
     fn add_user_in_hour(&mut self, group: u32, hour: Option<(u32, u8)>, user: &str) -> Counted {
         if self.users_pass.take() {
-            self.pass_user(group, user);
-            if let Some((hour_group, _)) = hour {
-                self.pass_user(hour_group, user);
-            }
+            // An hour's record counts the user in the day too.
+            self.pass_user(hour.map_or(group, |(hour_group, _)| hour_group), user);
             // Whether it is new is for the partitions to say; the sketch may see
             // a user twice.
             return Counted {
@@ -484,7 +486,7 @@ impl DayAggregate {
                 let user = CompactString::from(names[id as usize]);
                 spilled.users.write(space, &UserRecord { group, user })?;
             }
-            for (user, entry) in &self.users.ids {
+            for (user, entry) in self.users.ids.iter().filter(|_| self.hourless) {
                 let mut bits = entry.groups;
                 while bits != 0 {
                     let group = self.bit_groups[bits.trailing_zeros() as usize];
@@ -500,7 +502,8 @@ impl DayAggregate {
             }
             for (group, (_, event_group)) in self.groups.iter_mut().enumerate() {
                 let group = group as u32;
-                for id in &event_group.users {
+                let users_in_hours = event_group.hour.is_none() && !self.hourless;
+                for id in event_group.users.iter().filter(|_| !users_in_hours) {
                     let user = CompactString::from(names[*id as usize]);
                     spilled.users.write(space, &UserRecord { group, user })?;
                 }
@@ -539,6 +542,7 @@ impl DayAggregate {
         self.users_pass
             .judge(self.user_pushes, self.users.ids.len() as u64);
         self.user_pushes = 0;
+        self.hourless = false;
         self.users = UserIds::default();
         self.bytes = self.measure();
     }
@@ -577,8 +581,12 @@ impl DayAggregate {
         }
         if let (Some(spilled), Some(limit)) = (self.spilled.take(), self.limit.clone()) {
             spilled_bytes = spilled.written();
+            let day_of: Vec<u32> = (0..)
+                .zip(&self.groups)
+                .map(|(at, (_, group))| if group.hour.is_some() { group.day } else { at })
+                .collect();
             let (u, m) = spilled
-                .finish(self.groups.len(), top_k, self.budget, &*limit.space)
+                .finish(&day_of, top_k, self.budget, &*limit.space)
                 .map_err(|source| SpillError {
                     place: limit.space.describe(),
                     source,
@@ -712,6 +720,8 @@ impl MergeableSink for DayAggregate {
             }
             return;
         }
+        // Its day users are added below without their hours, but with them after.
+        self.hourless |= other.hourless;
         let names = other.users.names();
         for (user, entry) in &other.users.ids {
             let mut bits = entry.groups;
@@ -847,6 +857,7 @@ impl EventSink for DayAggregate {
             self.groups[hour_group as usize].1.count += 1;
         }
         if let Some(user) = event.user_id.filter(|u| !u.is_empty()) {
+            self.hourless |= hour.is_none();
             let counted = self.add_user_in_hour(group, hour, user);
             if counted.in_day || counted.passed {
                 let hash = hash_user(user);
@@ -1060,6 +1071,26 @@ mod tests {
 
     fn limited(bytes: usize, space: Arc<dyn SpillSpace>) -> DayAggregate {
         DayAggregate::with_limit(MemoryLimit { bytes, space })
+    }
+
+    #[test]
+    fn a_user_without_an_hour_merged_in_counts_in_its_day_after_a_spill() {
+        // A spill leaves out the day's records of users it writes an hour's record
+        // for: not of one merged in from events without an hour.
+        let template = limited(1 << 30, Arc::new(MemorySpace::default()));
+        let (mut mine, mut theirs) = (template.part(1), template.part(1));
+        mine.push(SourceEvent {
+            hour: Some(3),
+            ..event(Some("view"), Some("a"), None)
+        });
+        theirs.push(event(Some("view"), Some("b"), None));
+        mine.merge(theirs);
+        mine.spill();
+        let day = mine.finish_with_hour_rows(5).unwrap();
+        assert!(day.0.spilled_bytes > 0);
+        assert_eq!(day.0.rows[0].unique_users, 2, "a and b");
+        assert_eq!(day.1.len(), 1);
+        assert_eq!(day.1[0].1.unique_users, 1, "a in hour 3");
     }
 
     fn aggregate_within(events: &[OwnedEvent], template: &DayAggregate, of: usize) -> DayAggregate {

@@ -63,14 +63,20 @@ impl Spilled {
     /// distinct users and its metadata summary, keeping `top_k` values per key. No
     /// table built on the way holds more than `budget` bytes (but for partitions that
     /// cannot be split further).
+    ///
+    /// `day_of` gives each group's day group: its own number for a day's group, and
+    /// the day's for an hour's. A user counted in an hour's group counts in its day's
+    /// group too, so a spill may leave out the day's record of a user it writes an
+    /// hour's record for.
     pub(crate) fn finish(
         self,
-        groups: usize,
+        day_of: &[u32],
         top_k: usize,
         budget: usize,
         space: &dyn SpillSpace,
     ) -> io::Result<(Vec<u64>, Vec<SummaryTexts>)> {
-        let unique = count_users(self.users, groups, budget, space)?;
+        let groups = day_of.len();
+        let unique = count_users(self.users, day_of, budget, space)?;
         let keys = rank_keys(self.keys, groups, budget, space)?;
         let metas = summarize(keys, self.values, top_k, budget, space)?;
         Ok((unique, metas))
@@ -102,13 +108,15 @@ fn cache_sized_buckets<R: Record>(
     Ok(split)
 }
 
-/// Distinct users per group: each partition holds all of its users' records.
+/// Distinct users per group: each partition holds all of its users' records. A
+/// record of an hour's group counts the user in its day's group (`day_of`) too.
 fn count_users(
     users: Partitions<UserRecord>,
-    groups: usize,
+    day_of: &[u32],
     budget: usize,
     space: &dyn SpillSpace,
 ) -> io::Result<Vec<u64>> {
+    let groups = day_of.len();
     let mut unique = vec![0u64; groups];
     let count = |records: &mut dyn Iterator<Item = io::Result<UserRecord>>| {
         let mut counts = vec![0u64; groups];
@@ -116,8 +124,17 @@ fn count_users(
             let mut seen = FastSet::default();
             seen.reserve(bucket.len());
             seen.extend(bucket);
+            let mut in_days = FastSet::default();
             for record in &seen {
-                counts[record.group as usize] += 1;
+                let group = record.group as usize;
+                let day = day_of.get(group).copied().unwrap_or(record.group);
+                if day != record.group {
+                    counts[group] += 1;
+                }
+                in_days.insert((day, &record.user));
+            }
+            for (day, _) in in_days {
+                counts[day as usize] += 1;
             }
         }
         Ok(counts)
