@@ -108,6 +108,42 @@ fn cache_sized_buckets<R: Record>(
     Ok(split)
 }
 
+/// A key's best values in one partition so far: at most twice `top_k`, trimmed to
+/// `top_k` when they reach it. Each value comes once (a partition's counts are
+/// final), so one that ranks after the worst kept at the last trim can never be
+/// among the best: on a key whose every value differs (a trace id) almost every
+/// value is turned away by one comparison rather than sorted.
+#[derive(Debug, Default)]
+struct Candidates {
+    values: Vec<(CompactString, u64)>,
+    worst_kept: Option<(CompactString, u64)>,
+}
+
+impl Candidates {
+    fn offer(
+        &mut self,
+        value: (CompactString, u64),
+        top_k: usize,
+        order: impl Fn(&(CompactString, u64), &(CompactString, u64)) -> std::cmp::Ordering,
+    ) {
+        if top_k == 0
+            || self
+                .worst_kept
+                .as_ref()
+                .is_some_and(|worst| order(&value, worst).is_ge())
+        {
+            return;
+        }
+        self.values.push(value);
+        if self.values.len() >= 2 * top_k {
+            // The `top_k`th in order, with the better ones before it.
+            self.values.select_nth_unstable_by(top_k - 1, &order);
+            self.values.truncate(top_k);
+            self.worst_kept = self.values.last().cloned();
+        }
+    }
+}
+
 /// Distinct users per group: each partition holds all of its users' records. A
 /// record of an hour's group counts the user in its day's group (`day_of`) too.
 fn count_users(
@@ -223,7 +259,7 @@ fn summarize(
     let mut top: Vec<Vec<(CompactString, u64)>> = vec![Vec::new(); index.len()];
     // Each partition's own best `top_k` of each kept key.
     let best = |records: &mut dyn Iterator<Item = io::Result<ValueRecord>>| {
-        let mut best: FastMap<usize, Vec<(CompactString, u64)>> = FastMap::default();
+        let mut best: FastMap<usize, Candidates> = FastMap::default();
         for bucket in cache_sized_buckets(records)? {
             let mut counts: FastMap<(usize, CompactString), u64> = FastMap::default();
             counts.reserve(bucket.len());
@@ -234,12 +270,9 @@ fn summarize(
                 }
             }
             for ((at, value), count) in counts {
-                let candidates = best.entry(at).or_default();
-                candidates.push((value, count));
-                if candidates.len() > 2 * top_k.max(1) {
-                    candidates.sort_unstable_by(by_order);
-                    candidates.truncate(top_k);
-                }
+                best.entry(at)
+                    .or_default()
+                    .offer((value, count), top_k, by_order);
             }
         }
         Ok(best)
@@ -247,7 +280,7 @@ fn summarize(
     values.map_partitions(budget, space, threads(), &best, &mut |best| {
         for (at, candidates) in best {
             let mine = &mut top[at];
-            mine.extend(candidates);
+            mine.extend(candidates.values);
             if mine.len() > top_k {
                 mine.sort_unstable_by(by_order);
                 mine.truncate(top_k);
@@ -269,4 +302,40 @@ fn summarize(
             summary_json(parts, dropped)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::value_order;
+    use proptest::prelude::*;
+    use std::hash::BuildHasher as _;
+
+    fn by_order(a: &(CompactString, u64), b: &(CompactString, u64)) -> std::cmp::Ordering {
+        value_order(&(&a.0, a.1), &(&b.0, b.1))
+    }
+
+    proptest! {
+        #[test]
+        fn candidates_keep_the_values_a_full_sort_ranks_first(
+            counts in prop::collection::btree_map("[a-f]{1,3}", 1u64..4, 0..300),
+            top_k in 0usize..8,
+            seed in any::<u64>(),
+        ) {
+            let mut offered: Vec<(CompactString, u64)> =
+                counts.into_iter().map(|(v, c)| (v.into(), c)).collect();
+            // In an order of the seed's, not the map's.
+            offered.sort_by_key(|(v, c)| foldhash::fast::FixedState::with_seed(seed).hash_one((v, c)));
+            let mut candidates = Candidates::default();
+            for value in offered.clone() {
+                candidates.offer(value, top_k, by_order);
+            }
+            let mut kept = candidates.values;
+            kept.sort_unstable_by(by_order);
+            kept.truncate(top_k);
+            offered.sort_unstable_by(by_order);
+            offered.truncate(top_k);
+            prop_assert_eq!(kept, offered);
+        }
+    }
 }
