@@ -71,6 +71,15 @@ impl EventGroup {
             self.sketch.add_hashes(std::mem::take(&mut self.new_hashes));
         }
     }
+
+    /// Adds the events counted in `other`, another part's group of the same events,
+    /// and its users' sketch.
+    fn add_totals_of(&mut self, other: &mut EventGroup) {
+        other.add_new_hashes();
+        self.count += other.count;
+        self.counted_users += other.counted_users;
+        self.sketch.union(&other.sketch);
+    }
 }
 
 /// What [`DayAggregate::add_user_in_hour`] found.
@@ -419,7 +428,6 @@ impl DayAggregate {
             if group.hour.is_some() {
                 users.extend(group.users.iter().map(|id| hashes[*id as usize]));
             }
-            users.append(&mut group.new_hashes);
             if !users.is_empty() {
                 group.sketch.add_hashes(users);
             }
@@ -709,11 +717,9 @@ impl MergeableSink for DayAggregate {
                 mine.absorb(*theirs, &Arc::new(groups.clone()));
             }
             for (theirs, (_, mut group)) in other.groups.into_iter().enumerate() {
-                group.add_new_hashes();
-                let target = &mut self.groups[groups[theirs] as usize].1;
-                target.count += group.count;
-                target.counted_users += group.counted_users;
-                target.sketch.union(&group.sketch);
+                self.groups[groups[theirs] as usize]
+                    .1
+                    .add_totals_of(&mut group);
             }
             if self.failure.is_none() {
                 self.failure = other.failure.take();
@@ -750,7 +756,6 @@ impl MergeableSink for DayAggregate {
             self.add_user_in_hour(mine_day, Some((mine, hour)), names[id as usize]);
         }
         for (theirs, (_, mut group)) in other.groups.into_iter().enumerate() {
-            group.add_new_hashes();
             let mine = groups[theirs];
             if group.hour.is_none() {
                 for id in &group.users {
@@ -758,9 +763,7 @@ impl MergeableSink for DayAggregate {
                 }
             }
             let target = &mut self.groups[mine as usize].1;
-            target.count += group.count;
-            target.counted_users += group.counted_users;
-            target.sketch.union(&group.sketch);
+            target.add_totals_of(&mut group);
             target.meta.merge(group.meta);
         }
         self.bytes = self.measure();

@@ -193,6 +193,22 @@ async fn server(store: Store) -> TestServer {
     TestServer::start_with(state).await
 }
 
+/// The labels of the events chart's legend.
+async fn legend(client: &Client) -> Value {
+    client
+        .execute("return [...document.querySelectorAll('#events-chart .u-legend .u-label')].map(l => l.textContent)", vec![])
+        .await
+        .unwrap()
+}
+
+/// The day before `now`'s in UTC, the zone the job cuts days in by default.
+fn utc_yesterday(now: jiff::Timestamp) -> jiff::civil::Date {
+    now.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date()
+        .yesterday()
+        .unwrap()
+}
+
 async fn sign_in(browser: &Browser, secret: &str) {
     let input = browser
         .client
@@ -245,10 +261,7 @@ async fn the_demo_in_the_browser(width: u32) {
         // The right one: the charts draw the demo's events, the runs list the demo's run.
         sign_in(&browser, READER).await;
         browser.wait_for("return document.body.dataset.loaded", "the data").await;
-        let legend: Value = c
-            .execute("return [...document.querySelectorAll('#events-chart .u-legend .u-label')].map(l => l.textContent)", vec![])
-            .await
-            .unwrap();
+        let legend = legend(c).await;
         for event in ["page_view", "click", "search", "sign_up", "purchase", "other"] {
             assert!(legend.to_string().contains(event), "{event} in {legend}");
         }
@@ -416,11 +429,7 @@ async fn today_by_hour_is_drawn_as_so_far_not_as_a_fall() {
         .await
         .unwrap();
     let now = jiff::Timestamp::now();
-    let yesterday = now
-        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-        .date()
-        .yesterday()
-        .unwrap();
+    let yesterday = utc_yesterday(now);
     let events: Vec<_> = (0..30)
         .map(|i| {
             let at = format!("{yesterday}T{:02}:10:00Z", i % 24);
@@ -451,27 +460,45 @@ async fn today_by_hour_is_drawn_as_so_far_not_as_a_fall() {
         let c = &browser.client;
         c.goto(&server.url("/")).await.unwrap();
         sign_in(&browser, READER).await;
-        browser.wait_for("return document.body.dataset.loaded", "the data").await;
-        c.find(Locator::Id("range")).await.unwrap().select_by_value("48h").await.unwrap();
         browser
-            .wait_for("const l = document.body.dataset.loaded; return l.endsWith('/hour') && l", "the last 48 hours")
+            .wait_for("return document.body.dataset.loaded", "the data")
+            .await;
+        c.find(Locator::Id("range"))
+            .await
+            .unwrap()
+            .select_by_value("48h")
+            .await
+            .unwrap();
+        browser
+            .wait_for(
+                "const l = document.body.dataset.loaded; return l.endsWith('/hour') && l",
+                "the last 48 hours",
+            )
             .await;
         let note = browser
-            .wait_for("const n = document.getElementById('so-far'); return !n.hidden && n.textContent", "the note")
+            .wait_for(
+                "const n = document.getElementById('so-far'); return !n.hidden && n.textContent",
+                "the note",
+            )
             .await;
         assert!(note.as_str().unwrap().contains("so far, as of"), "{note}");
-        let legend: Value = c
-            .execute("return [...document.querySelectorAll('#events-chart .u-legend .u-label')].map(l => l.textContent)", vec![])
-            .await
-            .unwrap();
+        let legend = legend(c).await;
         assert!(legend.to_string().contains("all events so far"), "{legend}");
         let caption: Value = c
-            .execute("return document.getElementById('events-caption').textContent", vec![])
+            .execute(
+                "return document.getElementById('events-caption').textContent",
+                vec![],
+            )
             .await
             .unwrap();
-        assert!(caption.as_str().unwrap().contains("so far, as of"), "{caption}");
+        assert!(
+            caption.as_str().unwrap().contains("so far, as of"),
+            "{caption}"
+        );
         assert_eq!(
-            c.execute("return document.getElementById('by').disabled", vec![]).await.unwrap(),
+            c.execute("return document.getElementById('by').disabled", vec![])
+                .await
+                .unwrap(),
             true,
             "the hours fix the grouping"
         );
@@ -586,13 +613,8 @@ async fn more_than_ten_events_are_drawn_as_the_top_ten_and_other() {
     let db = crate::common::TestDb::new(crate::common::Kind::Sqlite)
         .await
         .unwrap();
-    // Yesterday, in the zone the job cuts days in (UTC): event ev01 has 120 events,
-    // ev02 110, … ev12 10.
-    let yesterday = jiff::Timestamp::now()
-        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-        .date()
-        .yesterday()
-        .unwrap();
+    // Yesterday: event ev01 has 120 events, ev02 110, … ev12 10.
+    let yesterday = utc_yesterday(jiff::Timestamp::now());
     let events: Vec<veris_jobs::store::NewEvent> = (1..=12)
         .flat_map(|i| {
             (0..(13 - i) * 10).map(move |n| veris_jobs::store::NewEvent {
@@ -611,11 +633,10 @@ async fn more_than_ten_events_are_drawn_as_the_top_ten_and_other() {
         let c = &browser.client;
         c.goto(&server.url("/")).await.unwrap();
         sign_in(&browser, READER).await;
-        browser.wait_for("return document.body.dataset.loaded", "the data").await;
-        let legend: Value = c
-            .execute("return [...document.querySelectorAll('#events-chart .u-legend .u-label')].map(l => l.textContent)", vec![])
-            .await
-            .unwrap();
+        browser
+            .wait_for("return document.body.dataset.loaded", "the data")
+            .await;
+        let legend = legend(c).await;
         let mut expected: Vec<String> = (1..=10).map(|i| format!("ev{i:02}")).collect();
         expected.push("other".into());
         let drawn: Vec<String> = legend
@@ -627,7 +648,10 @@ async fn more_than_ten_events_are_drawn_as_the_top_ten_and_other() {
             .collect();
         assert_eq!(drawn, expected, "{legend}");
         let rows = c
-            .execute("return document.querySelectorAll('#events-table tbody th').length", vec![])
+            .execute(
+                "return document.querySelectorAll('#events-table tbody th').length",
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(rows, 13, "twelve events and the total");

@@ -163,7 +163,7 @@ fn count_users(
             let mut in_days = FastSet::default();
             for record in &seen {
                 let group = record.group as usize;
-                let day = day_of.get(group).copied().unwrap_or(record.group);
+                let day = day_of[group];
                 if day != record.group {
                     counts[group] += 1;
                 }
