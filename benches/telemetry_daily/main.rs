@@ -263,19 +263,24 @@ async fn postgres(args: &Args) {
     // sqlx 0.9.0 leaves Nagle's algorithm on, so that each TLS handshake waits for
     // delayed acknowledgements: both figures, for a server elsewhere and one here.
     let urls = [("", url.clone()), (" without TLS", without_tls(&url))];
-    year_report(&urls, args.runs, |sql| {
-        let pool = pool.clone();
-        async move {
-            sqlx::raw_sql(AssertSqlSafe(
-                sql.replace("{day}", &format!("'{DAY}'::date"))
-                    .replace("{plus}", "+ n")
-                    .replace("{series}", "generate_series(-365, -1) AS n"),
-            ))
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    })
+    year_report(
+        &urls,
+        args.runs,
+        |sql| {
+            let pool = pool.clone();
+            async move {
+                sqlx::raw_sql(AssertSqlSafe(
+                    sql.replace("{day}", &format!("'{DAY}'::date"))
+                        .replace("{plus}", "+ n")
+                        .replace("{series}", "generate_series(-365, -1) AS n"),
+                ))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        },
+        async || report_server_floor(&pool, args.runs).await,
+    )
     .await;
     tls_cost(&url).await;
 }
@@ -472,7 +477,7 @@ async fn sqlite(args: &Args) {
                 .replace("{series}", "(WITH RECURSIVE s(n) AS (SELECT -365 UNION ALL SELECT n + 1 FROM s WHERE n < -1) SELECT n FROM s)");
             sqlx::raw_sql(AssertSqlSafe(sql)).execute(&pool).await.unwrap();
         }
-    })
+    }, async || {})
     .await;
 }
 
@@ -986,9 +991,14 @@ fn print_sketch_sizes(rows: i64, average: f64, largest: i64) {
 /// The 365 days before the day under test filled with copies of its rollup rows
 /// (sketches and all), then `veris-jobs report` over that year by week, timed; the
 /// copies are removed afterwards. `execute` runs SQL with `{day}`, `{plus}` and
-/// `{series}` filled in for the database.
-async fn year_report<F, Fut>(urls: &[(&str, String)], runs: usize, execute: F)
-where
+/// `{series}` filled in for the database; `while_copied` runs once the reports are
+/// timed, before the copies go.
+async fn year_report<F, Fut>(
+    urls: &[(&str, String)],
+    runs: usize,
+    execute: F,
+    while_copied: impl AsyncFnOnce(),
+) where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
@@ -1035,7 +1045,34 @@ where
             median(&mut times).as_secs_f64() * 1000.0
         );
     }
+    while_copied().await;
     execute("DELETE FROM telemetry_daily WHERE date < {day}".to_owned()).await;
+}
+
+/// The PostgreSQL server's own share of the year's report: the columns the report
+/// reads, turned into what the server sends (`jsonb` goes out as its text, in the
+/// binary protocol too), summed on the server so that nothing is sent. No report can
+/// take less of the server's CPU.
+async fn report_server_floor(pool: &PgPool, runs: usize) {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..=runs {
+        let started = Instant::now();
+        sqlx::query(
+            "SELECT sum(octet_length(event)), sum(octet_length(meta::text)), \
+             sum(octet_length(users_hll)), sum(octet_length(meta_sketches::text)) \
+             FROM telemetry_daily WHERE date BETWEEN '2023-03-13' AND '2024-03-11'",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        times.push(started.elapsed());
+    }
+    times.remove(0);
+    println!(
+        "the server alone turning that year's rows into what it sends (meta and \
+         meta_sketches as jsonb's text): {:.0} ms (median of {runs})",
+        median(&mut times).as_secs_f64() * 1000.0
+    );
 }
 
 /// `url` with TLS turned off, for a server on the same machine.
