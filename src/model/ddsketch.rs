@@ -15,12 +15,20 @@
 //! (Datadog's "collapsing lowest" store), so only percentiles that fall among numbers
 //! more than gamma^2048 (about 6e17) times smaller than the largest lose their 1%.
 
+use std::sync::LazyLock;
+
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::Simd;
+use base64::engine::general_purpose::PAD;
 use prost::Message as _;
 
 /// The sketch's relative accuracy: every percentile it gives is within 1%.
 pub const RELATIVE_ACCURACY: f64 = 0.01;
+
+/// Standard base64 with padding, with the vector instructions the CPU has: a year's
+/// report decodes about 60 MB of sketches, which the scalar engine spent 6% of the
+/// report's time on.
+static BASE64: LazyLock<Simd> = LazyLock::new(|| Simd::standard(PAD));
 
 /// The most bins a store (positive or negative numbers) keeps.
 pub const MAX_BINS: usize = 2048;
@@ -201,7 +209,11 @@ fn check_mapping(mapping: Option<&proto::IndexMapping>) -> Result<(), SketchErro
 
 /// A count as stored (a double), if it is a whole number a u64 holds exactly.
 fn whole_count(count: f64) -> Result<u64, SketchError> {
-    if count >= 0.0 && count.fract() == 0.0 && count <= 2f64.powi(53) {
+    // A round trip through u64 rather than `fract`, which is a call to libm's `trunc`
+    // on CPUs without SSE4.1's rounding instruction (the build's baseline): a year's
+    // report checks millions of counts. In this range `as` truncates, so the round
+    // trip gives the count back exactly when it is whole.
+    if (0.0..=2f64.powi(53)).contains(&count) && count as u64 as f64 == count {
         Ok(count as u64)
     } else {
         Err(SketchError::Malformed(
@@ -361,7 +373,7 @@ impl DdSketch {
         }
         SCRATCH.with_borrow_mut(|(bytes, message)| {
             bytes.clear();
-            STANDARD
+            BASE64
                 .decode_vec(text, bytes)
                 .map_err(|e| SketchError::Base64(e.to_string()))?;
             message.clear();
@@ -393,7 +405,7 @@ impl DdSketch {
 
     /// The base64 of its protobuf message, as `meta_sketches` holds it.
     pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.to_protobuf())
+        BASE64.encode(self.to_protobuf())
     }
 
     /// A sketch from the base64 of its protobuf message.
@@ -402,7 +414,7 @@ impl DdSketch {
     ///
     /// As [`from_protobuf`](Self::from_protobuf), and when the text is not base64.
     pub fn from_base64(text: &str) -> Result<Self, SketchError> {
-        let bytes = STANDARD
+        let bytes = BASE64
             .decode(text)
             .map_err(|e| SketchError::Base64(e.to_string()))?;
         Self::from_protobuf(&bytes)
@@ -540,13 +552,43 @@ mod tests {
             Err(SketchError::OtherMapping(_))
         ));
         let mut weighted = proto::DdSketch::decode(&*DdSketch::default().to_protobuf()).unwrap();
-        weighted.zero_count = 0.5;
-        assert!(matches!(
-            DdSketch::from_protobuf(&weighted.encode_to_vec()),
-            Err(SketchError::Malformed(_))
-        ));
+        for count in [
+            0.5,
+            -1.0,
+            -0.5,
+            f64::NAN,
+            f64::INFINITY,
+            2f64.powi(53) + 2.0,
+        ] {
+            weighted.zero_count = count;
+            assert!(
+                matches!(
+                    DdSketch::from_protobuf(&weighted.encode_to_vec()),
+                    Err(SketchError::Malformed(_))
+                ),
+                "a count of {count}"
+            );
+        }
+        weighted.zero_count = 2f64.powi(53);
+        assert_eq!(
+            DdSketch::from_protobuf(&weighted.encode_to_vec())
+                .unwrap()
+                .zero,
+            1 << 53
+        );
         assert!(matches!(
             DdSketch::from_base64("not base64!"),
+            Err(SketchError::Base64(_))
+        ));
+        // Padding is required, as the sketches are written with it.
+        let mut padded = DdSketch::default();
+        while !padded.to_base64().ends_with('=') {
+            padded.add(7.0, 1);
+        }
+        let text = padded.to_base64();
+        assert_eq!(DdSketch::from_base64(&text).unwrap(), padded);
+        assert!(matches!(
+            DdSketch::from_base64(text.trim_end_matches('=')),
             Err(SketchError::Base64(_))
         ));
     }
