@@ -151,8 +151,9 @@ impl Bins {
             }
             self.counts.resize((high - low + 1) as usize, 0);
             let start = (offset - self.offset) as usize;
+            // Whole and within 2^53 (`check_store`): through i64, one instruction.
             for (bin, &count) in self.counts[start..].iter_mut().zip(counts) {
-                *bin += count as u64;
+                *bin += count as i64 as u64;
             }
             // Stored runs may start or end with empty bins: keep the first and the
             // last bin counted.
@@ -209,12 +210,13 @@ fn check_mapping(mapping: Option<&proto::IndexMapping>) -> Result<(), SketchErro
 
 /// A count as stored (a double), if it is a whole number a u64 holds exactly.
 fn whole_count(count: f64) -> Result<u64, SketchError> {
-    // A round trip through u64 rather than `fract`, which is a call to libm's `trunc`
+    // A round trip through i64 rather than `fract`, which is a call to libm's `trunc`
     // on CPUs without SSE4.1's rounding instruction (the build's baseline): a year's
     // report checks millions of counts. In this range `as` truncates, so the round
-    // trip gives the count back exactly when it is whole.
-    if (0.0..=2f64.powi(53)).contains(&count) && count as u64 as f64 == count {
-        Ok(count as u64)
+    // trip gives the count back exactly when it is whole; i64 because x86-64 converts
+    // it in one instruction, where u64 takes several.
+    if (0.0..=2f64.powi(53)).contains(&count) && count as i64 as f64 == count {
+        Ok(count as i64 as u64)
     } else {
         Err(SketchError::Malformed(
             "a bin's count is not a whole number",
@@ -372,13 +374,17 @@ impl DdSketch {
                 std::cell::RefCell::default();
         }
         SCRATCH.with_borrow_mut(|(bytes, message)| {
-            bytes.clear();
-            BASE64
-                .decode_vec(text, bytes)
+            // Into a buffer only ever grown: `decode_vec` would zero its room each time.
+            let room = base64::decoded_len_estimate(text.len());
+            if bytes.len() < room {
+                bytes.resize(room, 0);
+            }
+            let len = BASE64
+                .decode_slice(text, bytes)
                 .map_err(|e| SketchError::Base64(e.to_string()))?;
-            message.clear();
+            clear_keeping_stores(message);
             message
-                .merge(&bytes[..])
+                .merge(&bytes[..len])
                 .map_err(|e| SketchError::Protobuf(e.to_string()))?;
             self.merge_message(message)
         })
@@ -418,6 +424,21 @@ impl DdSketch {
             .decode(text)
             .map_err(|e| SketchError::Base64(e.to_string()))?;
         Self::from_protobuf(&bytes)
+    }
+}
+
+/// Empties `message` for the next one to be merged into it, keeping its stores'
+/// buffers: a store present and empty adds what an absent one adds, nothing.
+fn clear_keeping_stores(message: &mut proto::DdSketch) {
+    message.mapping = None;
+    message.zero_count = 0.0;
+    for store in [&mut message.positive_values, &mut message.negative_values]
+        .into_iter()
+        .flatten()
+    {
+        store.bin_counts.clear();
+        store.contiguous_bin_counts.clear();
+        store.contiguous_bin_index_offset = 0;
     }
 }
 
@@ -591,6 +612,26 @@ mod tests {
             DdSketch::from_base64(text.trim_end_matches('=')),
             Err(SketchError::Base64(_))
         ));
+    }
+
+    #[test]
+    fn a_stored_sketch_merged_after_another_adds_only_its_own_bins() {
+        // The first has numbers of both signs and a zero, the second positives only:
+        // the thread's buffers must not carry the first's stores or zero count over.
+        let mut both = DdSketch::default();
+        for x in [-3.0, -250.0, 0.0, 12.0, 9_000.0] {
+            both.add(x, 2);
+        }
+        let mut positives = DdSketch::default();
+        positives.add(1.5, 1);
+        let mut first = DdSketch::default();
+        first.merge_base64(&both.to_base64()).unwrap();
+        assert_eq!(first, both);
+        let mut second = DdSketch::default();
+        second.merge_base64(&positives.to_base64()).unwrap();
+        assert_eq!(second, positives);
+        assert_eq!(second.negative.counts, Vec::<u64>::new());
+        assert_eq!(second.zero, 0);
     }
 
     /// Numbers of one magnitude (from 1e-300 to 1e300) within a range of 1e12,
