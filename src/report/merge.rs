@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::{RawValue, to_raw_value};
 
+use super::stored_sketches::sketch_entries;
 use crate::model::ddsketch::DdSketch;
 use crate::model::{
     DROPPED_KEYS, ExactSum, FastMap, MAX_KEYS, json_number, key_order, value_order,
@@ -60,9 +61,7 @@ impl MetaMerge {
         let Ok(StoredSummary(keys)) = serde_json::from_str::<StoredSummary>(meta) else {
             return false;
         };
-        let sketches: FastMap<Text<'_>, Text<'_>> = sketches
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or_default();
+        let sketches = sketches.and_then(sketch_entries).unwrap_or_default();
         let mut missing = false;
         for entry in keys {
             let (key, stats) = match entry {
@@ -73,7 +72,14 @@ impl MetaMerge {
                 StoredEntry::Key(key, stats) => (key, stats),
             };
             // A key with numbers has its sketch in the row's sketches.
-            let sketch = stats.sum.is_some().then(|| sketches.get(&key));
+            // The last of duplicate keys, as in a map.
+            let sketch = stats.sum.is_some().then(|| {
+                sketches
+                    .iter()
+                    .rev()
+                    .find(|(name, _)| *name == key.0)
+                    .map(|(_, text)| text)
+            });
             let merged = match self.keys.get_mut(&*key.0) {
                 Some(merged) => merged,
                 None => self.keys.entry(key.0.into_owned()).or_default(),
@@ -113,7 +119,7 @@ impl MetaMerge {
                     Some(text) => merged
                         .sketch
                         .get_or_insert_default()
-                        .merge_base64(&text.0)
+                        .merge_base64(text)
                         .is_ok(),
                 };
                 if !merged_one {
