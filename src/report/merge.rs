@@ -5,16 +5,13 @@
 //! summaries are read with their strings borrowed, and the merged one is written as
 //! JSON text on the thread that read its period.
 
-use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap as _, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::{RawValue, to_raw_value};
 
 use super::stored_sketches::sketch_entries;
+use super::stored_summary::{StoredEntry, StoredSummary, read_summary};
 use crate::model::ddsketch::DdSketch;
 use crate::model::{
     DROPPED_KEYS, ExactSum, FastMap, MAX_KEYS, json_number, key_order, value_order,
@@ -58,7 +55,7 @@ impl MetaMerge {
     /// numbers lacked its sketch (a row written before sketches were kept).
     pub(super) fn add(&mut self, meta: &str, sketches: Option<&str>) -> bool {
         // Written by this crate; a summary that does not parse adds nothing.
-        let Ok(StoredSummary(keys)) = serde_json::from_str::<StoredSummary>(meta) else {
+        let Some(StoredSummary(keys)) = read_summary(meta) else {
             return false;
         };
         let sketches = sketches.and_then(sketch_entries).unwrap_or_default();
@@ -253,87 +250,4 @@ impl Serialize for MetaEntry<'_> {
         }
         map.end()
     }
-}
-
-/// A stored metadata summary, read with its strings borrowed from the text where
-/// they hold no escapes: a year's report reads tens of thousands.
-struct StoredSummary<'a>(Vec<StoredEntry<'a>>);
-
-enum StoredEntry<'a> {
-    Key(Text<'a>, StoredKey<'a>),
-    /// `$dropped_keys`.
-    Dropped(u64),
-}
-
-/// A string of a stored summary, borrowed unless it holds escapes.
-#[derive(Deserialize, PartialEq, Eq, Hash)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// One key of a stored summary.
-#[derive(Deserialize)]
-struct StoredKey<'a> {
-    #[serde(default)]
-    n: u64,
-    #[serde(default, borrow, deserialize_with = "entries")]
-    values: Option<Vec<(Text<'a>, u64)>>,
-    #[serde(default)]
-    other: u64,
-    /// Absent, or `null` when the day's sum overflowed.
-    #[serde(default, deserialize_with = "present")]
-    sum: Option<Option<f64>>,
-    min: Option<f64>,
-    max: Option<f64>,
-}
-
-impl<'de> Deserialize<'de> for StoredSummary<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Keys;
-        impl<'de> Visitor<'de> for Keys {
-            type Value = StoredSummary<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a metadata summary")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut keys = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(key) = map.next_key::<Text<'de>>()? {
-                    keys.push(if key.0 == DROPPED_KEYS {
-                        // An event's own key of that name, stored when nothing was
-                        // dropped, counts nothing.
-                        let dropped: Value = map.next_value()?;
-                        StoredEntry::Dropped(dropped.as_u64().unwrap_or(0))
-                    } else {
-                        StoredEntry::Key(key, map.next_value()?)
-                    });
-                }
-                Ok(StoredSummary(keys))
-            }
-        }
-        deserializer.deserialize_map(Keys)
-    }
-}
-
-/// A JSON object's entries in their order, without building a map.
-fn entries<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Vec<(Text<'de>, u64)>>, D::Error> {
-    struct Entries;
-    impl<'de> Visitor<'de> for Entries {
-        type Value = Vec<(Text<'de>, u64)>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("values and their counts")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-            while let Some(entry) = map.next_entry()? {
-                entries.push(entry);
-            }
-            Ok(entries)
-        }
-    }
-    deserializer.deserialize_map(Entries).map(Some)
-}
-
-/// A field that is present, `null` or not: `Some(None)` for `null`.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f64>>, D::Error> {
-    Option::deserialize(deserializer).map(Some)
 }

@@ -2,8 +2,8 @@
 //! ISO week or month, for the command line and the endpoint. It reads only
 //! `telemetry_daily`, never the raw events: the request and the reading are here,
 //! the periods in `periods.rs`, the building from rows in `build.rs`, the merging of
-//! summaries in `merge.rs` (their sketches' text read in `stored_sketches.rs`), the
-//! table and CSV in `render.rs`.
+//! summaries in `merge.rs` (the stored ones read in `stored_summary.rs`, their
+//! sketches in `stored_sketches.rs`), the table and CSV in `render.rs`.
 
 mod build;
 mod hours;
@@ -11,6 +11,7 @@ mod merge;
 mod periods;
 mod render;
 mod stored_sketches;
+mod stored_summary;
 
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
