@@ -679,19 +679,47 @@ async fn a_reader_sees_the_old_day_or_the_new_day_never_a_mix(db: TestDb) {
         }
     };
 
+    // The day's rows and the sum of their counts, in one quick read, so that many
+    // reads fall inside the write however fast it is; every eighth read also takes
+    // every row whole.
+    let totals = async || -> (i64, i64) {
+        match (db.store.database(), &sqlite_probe) {
+            (Database::Postgres(pg), _) => sqlx::query_as(
+                "SELECT count(*), coalesce(sum(count), 0)::int8 FROM telemetry_daily",
+            )
+            .fetch_one(pg.pool())
+            .await
+            .unwrap(),
+            (_, Some(probe)) => probe
+                .query_row(
+                    "SELECT count(*), coalesce(sum(count), 0) FROM telemetry_daily",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .unwrap(),
+            (_, None) => unreachable!("a SQLite test has its probe"),
+        }
+    };
+    let totals_of = |rows: &[crate::common::StoredRow]| {
+        (rows.len() as i64, rows.iter().map(|row| row.2).sum::<i64>())
+    };
+
     let store = db.store.clone();
     let run = tokio::spawn(async move { telemetry_daily::run(&store, &options).await });
-    let mut snapshots = Vec::new();
+    let (mut snapshots, mut quick) = (Vec::new(), Vec::new());
     let mut during_the_write = 0;
     while !run.is_finished() {
         let before = writing().await;
-        let snapshot = db.rollups().await;
+        let read = totals().await;
         // The same transaction open before and after the read: the read fell inside
         // it.
         if before.is_some() && writing().await == before {
             during_the_write += 1;
         }
-        snapshots.push(snapshot);
+        quick.push(read);
+        if quick.len() % 8 == 1 {
+            snapshots.push(db.rollups().await);
+        }
     }
     assert!(run.await.unwrap().expect("the run starts").ok);
     let new = db.rollups().await;
@@ -699,8 +727,18 @@ async fn a_reader_sees_the_old_day_or_the_new_day_never_a_mix(db: TestDb) {
     assert!(
         during_the_write > 0,
         "no read fell inside the write transaction ({} reads)",
-        snapshots.len()
+        quick.len()
     );
+    for read in &quick {
+        assert!(
+            *read == totals_of(&old) || *read == totals_of(&new),
+            "a reader saw {} rows counting {} events, neither the old day {:?} nor the new {:?}",
+            read.0,
+            read.1,
+            totals_of(&old),
+            totals_of(&new)
+        );
+    }
     for snapshot in &snapshots {
         assert!(
             *snapshot == old || *snapshot == new,
