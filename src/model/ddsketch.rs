@@ -224,14 +224,31 @@ fn whole_count(count: f64) -> Result<u64, SketchError> {
     }
 }
 
+/// Whether `count` is a whole number from 0 to 2^53, as [`whole_count`] takes, with
+/// arithmetic only: below 2^52, adding 2^52 rounds to a whole number, so the count
+/// comes back exactly when it is one; from 2^52 on every double is whole. NaN fails
+/// the comparisons.
+fn is_whole_count(count: f64) -> bool {
+    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    (0.0..=2.0 * TWO_52).contains(&count)
+        & ((count >= TWO_52) | ((count + TWO_52) - TWO_52 == count))
+}
+
 /// Whether a stored store's counts are whole numbers and its contiguous run's keys
 /// fit an i32, so that adding it cannot fail half way.
 fn check_store(store: &proto::Store) -> Result<(), SketchError> {
-    for &count in store
+    // The contiguous run checked without an early exit, so that it compiles to vector
+    // instructions: a year's report checks millions of counts.
+    let contiguous_whole = store
         .contiguous_bin_counts
         .iter()
-        .chain(store.bin_counts.values())
-    {
+        .fold(true, |whole, &count| whole & is_whole_count(count));
+    if !contiguous_whole {
+        return Err(SketchError::Malformed(
+            "a bin's count is not a whole number",
+        ));
+    }
+    for &count in store.bin_counts.values() {
         whole_count(count)?;
     }
     i32::try_from(store.contiguous_bin_counts.len())
@@ -590,6 +607,44 @@ mod tests {
                 "a count of {count}"
             );
         }
+        weighted.zero_count = 0.0;
+        let mut stored = DdSketch::default();
+        stored.add(3.0, 1);
+        let mut binned = proto::DdSketch::decode(&*stored.to_protobuf()).unwrap();
+        for count in [
+            0.5,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            2f64.powi(53) + 2.0,
+            2f64.powi(52) - 0.5,
+            1e-300,
+        ] {
+            binned
+                .positive_values
+                .as_mut()
+                .unwrap()
+                .contiguous_bin_counts = vec![1.0, count, 2.0];
+            assert!(
+                matches!(
+                    DdSketch::from_protobuf(&binned.encode_to_vec()),
+                    Err(SketchError::Malformed(_))
+                ),
+                "a bin's count of {count}"
+            );
+        }
+        binned
+            .positive_values
+            .as_mut()
+            .unwrap()
+            .contiguous_bin_counts = vec![
+            1.0,
+            2f64.powi(52) - 1.0,
+            2f64.powi(52) + 2.0,
+            2f64.powi(53),
+            0.0,
+        ];
+        assert!(DdSketch::from_protobuf(&binned.encode_to_vec()).is_ok());
         weighted.zero_count = 2f64.powi(53);
         assert_eq!(
             DdSketch::from_protobuf(&weighted.encode_to_vec())
