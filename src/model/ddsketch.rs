@@ -151,7 +151,8 @@ impl Bins {
             }
             self.counts.resize((high - low + 1) as usize, 0);
             let start = (offset - self.offset) as usize;
-            // Whole and within 2^53 (`check_store`): through i64, one instruction.
+            // Whole and within 2^53 (`check_store`): through i64, which x86-64
+            // converts in one instruction, where u64 takes several.
             for (bin, &count) in self.counts[start..].iter_mut().zip(counts) {
                 *bin += count as i64 as u64;
             }
@@ -210,24 +211,20 @@ fn check_mapping(mapping: Option<&proto::IndexMapping>) -> Result<(), SketchErro
 
 /// A count as stored (a double), if it is a whole number a u64 holds exactly.
 fn whole_count(count: f64) -> Result<u64, SketchError> {
-    // A round trip through i64 rather than `fract`, which is a call to libm's `trunc`
-    // on CPUs without SSE4.1's rounding instruction (the build's baseline): a year's
-    // report checks millions of counts. In this range `as` truncates, so the round
-    // trip gives the count back exactly when it is whole; i64 because x86-64 converts
-    // it in one instruction, where u64 takes several.
-    if (0.0..=2f64.powi(53)).contains(&count) && count as i64 as f64 == count {
+    if is_whole_count(count) {
         Ok(count as i64 as u64)
     } else {
-        Err(SketchError::Malformed(
-            "a bin's count is not a whole number",
-        ))
+        Err(NOT_WHOLE)
     }
 }
 
-/// Whether `count` is a whole number from 0 to 2^53, as [`whole_count`] takes, with
-/// arithmetic only: below 2^52, adding 2^52 rounds to a whole number, so the count
-/// comes back exactly when it is one; from 2^52 on every double is whole. NaN fails
-/// the comparisons.
+const NOT_WHOLE: SketchError = SketchError::Malformed("a bin's count is not a whole number");
+
+/// Whether `count` is a whole number from 0 to 2^53, with arithmetic only (no libm
+/// `trunc`, which the build's baseline CPU lacks an instruction for, and no branch,
+/// so that a run of counts compiles to vector instructions): below 2^52, adding 2^52
+/// rounds to a whole number, so the count comes back exactly when it is one; from
+/// 2^52 on every double is whole. NaN fails the comparisons.
 fn is_whole_count(count: f64) -> bool {
     const TWO_52: f64 = 4_503_599_627_370_496.0;
     (0.0..=2.0 * TWO_52).contains(&count)
@@ -244,9 +241,7 @@ fn check_store(store: &proto::Store) -> Result<(), SketchError> {
         .iter()
         .fold(true, |whole, &count| whole & is_whole_count(count));
     if !contiguous_whole {
-        return Err(SketchError::Malformed(
-            "a bin's count is not a whole number",
-        ));
+        return Err(NOT_WHOLE);
     }
     for &count in store.bin_counts.values() {
         whole_count(count)?;

@@ -3,9 +3,11 @@
 //! `telemetry_daily`, never the raw events: the request and the reading are here,
 //! the periods in `periods.rs`, the building from rows in `build.rs`, the merging of
 //! summaries in `merge.rs` (the stored ones read in `stored_summary.rs`, their
-//! sketches in `stored_sketches.rs`), the table and CSV in `render.rs`.
+//! sketches in `stored_sketches.rs`, both by the scan of `compact_json.rs`), the
+//! table and CSV in `render.rs`.
 
 mod build;
+mod compact_json;
 mod hours;
 mod merge;
 mod periods;

@@ -1,26 +1,22 @@
 //! A row's `meta_sketches` text read into its entries, each number key with the
-//! base64 of its sketch. The job writes the object compactly, its keys and base64
-//! without escapes, and a year's report reads about 60 MB of it: that form is read
-//! here, the closing quotes found with `memchr`; anything else (escapes, whitespace,
-//! values that are not strings) goes to serde_json, the definition this is held to.
+//! base64 of its sketch. The job writes the object compactly, and a year's report
+//! reads about 60 MB of it: that form is read by the compact scan
+//! (`compact_json.rs`); anything else (whitespace, values that are not strings) goes
+//! to serde_json, the definition this is held to.
 
 use std::borrow::Cow;
 
+use super::compact_json::{Scan, Text};
 use crate::model::FastMap;
 
 /// The entries of a row's sketches, `None` when the text is not a JSON object of
 /// strings (the row then lacks its sketches). Duplicate keys, which the job never
 /// writes, are resolved as serde_json resolves them: the last one stands.
 pub(super) fn sketch_entries(text: &str) -> Option<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
-    if let Some(entries) = plain_entries(text) {
-        return Some(
-            entries
-                .into_iter()
-                .map(|(key, value)| (Cow::Borrowed(key), Cow::Borrowed(value)))
-                .collect(),
-        );
+    if let Some(entries) = compact_entries(text) {
+        return Some(entries);
     }
-    let map: FastMap<BorrowedText<'_>, BorrowedText<'_>> = serde_json::from_str(text).ok()?;
+    let map: FastMap<Text<'_>, Text<'_>> = serde_json::from_str(text).ok()?;
     Some(
         map.into_iter()
             .map(|(key, value)| (key.0, value.0))
@@ -28,58 +24,15 @@ pub(super) fn sketch_entries(text: &str) -> Option<Vec<(Cow<'_, str>, Cow<'_, st
     )
 }
 
-/// A string borrowed from the text unless it holds escapes.
-#[derive(serde::Deserialize, PartialEq, Eq, Hash)]
-struct BorrowedText<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// `{"key":"value",…}` with no whitespace and no escapes or control characters in
-/// its strings, in text order; `None` for anything else.
-fn plain_entries(text: &str) -> Option<Vec<(&str, &str)>> {
-    let bytes = text.as_bytes();
-    if bytes.first() != Some(&b'{') {
-        return None;
-    }
+/// `{"key":"value",…}` without whitespace, in text order; `None` for anything else.
+fn compact_entries(text: &str) -> Option<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
+    let mut scan = Scan::new(text);
     let mut entries = Vec::new();
-    if bytes.get(1) == Some(&b'}') {
-        return (bytes.len() == 2).then_some(entries);
-    }
-    let mut at = 1;
-    loop {
-        let key = plain_string(text, &mut at)?;
-        if bytes.get(at) != Some(&b':') {
-            return None;
-        }
-        at += 1;
-        let value = plain_string(text, &mut at)?;
-        entries.push((key, value));
-        match bytes.get(at) {
-            Some(b',') => at += 1,
-            Some(b'}') => return (at + 1 == bytes.len()).then_some(entries),
-            _ => return None,
-        }
-    }
-}
-
-/// The string whose opening quote is at `*at`, if it holds no escape or control
-/// character; `*at` then moves past its closing quote.
-fn plain_string<'a>(text: &'a str, at: &mut usize) -> Option<&'a str> {
-    let bytes = text.as_bytes();
-    if bytes.get(*at) != Some(&b'"') {
-        return None;
-    }
-    let start = *at + 1;
-    let len = memchr::memchr(b'"', bytes.get(start..)?)?;
-    let inner = bytes.get(start..start + len)?;
-    // Without an early exit, so that it compiles to vector instructions.
-    let escaped = inner
-        .iter()
-        .fold(false, |found, &b| found | (b < 0x20) | (b == b'\\'));
-    if escaped {
-        return None;
-    }
-    *at = start + len + 1;
-    // Both ends are next to an ASCII quote, so they are char boundaries.
-    text.get(start..start + len)
+    scan.object(|scan, key| {
+        entries.push((key, scan.string()?));
+        Some(())
+    })?;
+    scan.at_end().then_some(entries)
 }
 
 #[cfg(test)]
@@ -100,23 +53,38 @@ mod tests {
     }
 
     #[test]
-    fn the_written_form_is_read_without_serde_and_anything_else_with_it() {
+    fn the_written_form_is_read_by_the_scan_and_anything_else_by_serde() {
         let written = r#"{"duration_ms":"AAAB/+w=","size":"CQ=="}"#;
+        let borrowed = |pairs: &[(&'static str, &'static str)]| {
+            pairs
+                .iter()
+                .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            plain_entries(written),
-            Some(vec![("duration_ms", "AAAB/+w="), ("size", "CQ==")])
+            compact_entries(written),
+            Some(borrowed(&[("duration_ms", "AAAB/+w="), ("size", "CQ==")]))
         );
-        assert_eq!(plain_entries("{}"), Some(vec![]));
+        assert_eq!(compact_entries("{}"), Some(vec![]));
+        // An escaped string is read by the scan, through serde_json.
+        let escaped = r#"{"a\"b":"x\u00e9"}"#;
+        assert_eq!(
+            compact_entries(escaped),
+            Some(vec![(
+                Cow::Owned("a\"b".to_owned()),
+                Cow::Owned("xé".to_owned())
+            )])
+        );
         for other in [
-            r#"{"a\"b":"x"}"#,
             r#"{ "a":"x"}"#,
             r#"{"a":1}"#,
             r#"{"a":"x"} "#,
             r#"{"a":"x",}"#,
+            "{\"a\":\"x\u{1}\"}",
             "[]",
             "",
         ] {
-            assert_eq!(plain_entries(other), None, "{other}");
+            assert_eq!(compact_entries(other), None, "{other}");
         }
         // Escaped keys come through serde_json; not an object of strings is nothing.
         assert_eq!(

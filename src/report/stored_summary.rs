@@ -5,13 +5,13 @@
 //! (whitespace, fields of other types, a field twice) goes to serde_json whole, which
 //! stays the definition this is held to (a property test compares the two).
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
+use super::compact_json::{Scan, Text};
 use crate::model::DROPPED_KEYS;
 
 /// The summary `text` holds, `None` when it is not one (the row then adds nothing).
@@ -33,10 +33,6 @@ pub(super) enum StoredEntry<'a> {
     /// `$dropped_keys`.
     Dropped(u64),
 }
-
-/// A string of a stored summary, borrowed unless it holds escapes.
-#[derive(Debug, Deserialize, PartialEq, Eq, Hash)]
-pub(super) struct Text<'a>(#[serde(borrow)] pub(super) Cow<'a, str>);
 
 /// One key of a stored summary.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -109,206 +105,64 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<f
 
 /// The summary in the form the job writes it, `None` for anything else.
 fn compact_summary(text: &str) -> Option<StoredSummary<'_>> {
-    let mut scan = Scan { text, at: 0 };
+    let mut scan = Scan::new(text);
     let mut entries = Vec::new();
     scan.object(|scan, key| {
         entries.push(if key == DROPPED_KEYS {
             StoredEntry::Dropped(scan.count()?)
         } else {
-            StoredEntry::Key(Text(key), scan.key_stats()?)
+            StoredEntry::Key(Text(key), key_stats(scan)?)
         });
         Some(())
     })?;
-    (scan.at == text.len()).then_some(StoredSummary(entries))
+    scan.at_end().then_some(StoredSummary(entries))
 }
 
-/// A forward scan over compact JSON (no whitespace).
-struct Scan<'a> {
-    text: &'a str,
-    at: usize,
-}
-
-impl<'a> Scan<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.at).copied()
-    }
-
-    fn expect(&mut self, byte: u8) -> Option<()> {
-        (self.peek()? == byte).then(|| self.at += 1)
-    }
-
-    /// An object, each of its entries read by `entry` (given the key, positioned
-    /// at the value).
-    fn object(
-        &mut self,
-        mut entry: impl FnMut(&mut Self, Cow<'a, str>) -> Option<()>,
-    ) -> Option<()> {
-        self.expect(b'{')?;
-        if self.expect(b'}').is_some() {
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            self.expect(b':')?;
-            entry(self, key)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+/// One key's statistics; `None` for a field of another type, a field twice, or
+/// an unknown field that is not a number, `null` or a boolean.
+fn key_stats<'a>(scan: &mut Scan<'a>) -> Option<StoredKey<'a>> {
+    let mut stats = StoredKey::default();
+    let (mut n, mut other, mut values) = (false, false, false);
+    let (mut sum, mut min, mut max) = (false, false, false);
+    scan.object(|scan, field| {
+        let seen = match &*field {
+            "n" => {
+                stats.n = scan.count()?;
+                &mut n
             }
-        }
-    }
-
-    /// A string, borrowed unless it holds escapes, which serde_json reads (a value
-    /// that is itself JSON text, `{\"a\":1}`, holds some).
-    fn string(&mut self) -> Option<Cow<'a, str>> {
-        self.expect(b'"')?;
-        let start = self.at;
-        let bytes = self.text.as_bytes();
-        let mut escaped = false;
-        loop {
-            match *bytes.get(self.at)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    self.at += 2;
-                }
-                byte if byte < 0x20 => return None,
-                _ => self.at += 1,
+            "other" => {
+                stats.other = scan.count()?;
+                &mut other
             }
-        }
-        self.at += 1;
-        // Both ends are next to an ASCII quote, so they are char boundaries.
-        if escaped {
-            serde_json::from_str(self.text.get(start - 1..self.at)?).ok()
-        } else {
-            self.text.get(start..self.at - 1).map(Cow::Borrowed)
-        }
-    }
-
-    /// A count: digits only, as serde_json reads a u64 (no sign, fraction, exponent
-    /// or leading zero, and within range).
-    fn count(&mut self) -> Option<u64> {
-        let start = self.at;
-        let mut count = 0u64;
-        while let Some(digit @ b'0'..=b'9') = self.peek() {
-            count = count
-                .checked_mul(10)?
-                .checked_add(u64::from(digit - b'0'))?;
-            self.at += 1;
-        }
-        let len = self.at - start;
-        let leading_zero = len > 1 && self.text.as_bytes()[start] == b'0';
-        (len > 0 && !leading_zero).then_some(count)
-    }
-
-    fn digits(&mut self) -> &'a str {
-        let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
-        }
-        &self.text[start..self.at]
-    }
-
-    /// A number or `null` (`None`).
-    fn number_or_null(&mut self) -> Option<Option<f64>> {
-        if self.text.as_bytes()[self.at..].starts_with(b"null") {
-            self.at += 4;
-            return Some(None);
-        }
-        self.number().map(Some)
-    }
-
-    /// A JSON number, read correctly rounded as serde_json (`float_roundtrip`) and
-    /// `str::parse` both read it; `None` for one out of range, which serde_json
-    /// refuses.
-    fn number(&mut self) -> Option<f64> {
-        let start = self.at;
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
-        let whole = self.digits();
-        if whole.is_empty() || (whole.len() > 1 && whole.starts_with('0')) {
-            return None;
-        }
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            if self.digits().is_empty() {
-                return None;
+            "values" => {
+                // A day's top values: twenty by default.
+                let mut entries = Vec::with_capacity(20);
+                scan.object(|scan, value| {
+                    entries.push((Text(value), scan.count()?));
+                    Some(())
+                })?;
+                stats.values = Some(entries);
+                &mut values
             }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
+            "sum" => {
+                stats.sum = Some(scan.number_or_null()?);
+                &mut sum
             }
-            if self.digits().is_empty() {
-                return None;
+            "min" => {
+                stats.min = scan.number_or_null()?;
+                &mut min
             }
-        }
-        let number: f64 = self.text[start..self.at].parse().ok()?;
-        number.is_finite().then_some(number)
-    }
-
-    /// One key's statistics; `None` for a field of another type, a field twice, or
-    /// an unknown field that is not a number, `null` or a boolean.
-    fn key_stats(&mut self) -> Option<StoredKey<'a>> {
-        let mut stats = StoredKey::default();
-        let (mut n, mut other, mut values) = (false, false, false);
-        let (mut sum, mut min, mut max) = (false, false, false);
-        self.object(|scan, field| {
-            let seen = match &*field {
-                "n" => {
-                    stats.n = scan.count()?;
-                    &mut n
-                }
-                "other" => {
-                    stats.other = scan.count()?;
-                    &mut other
-                }
-                "values" => {
-                    // A day's top values: twenty by default.
-                    let mut entries = Vec::with_capacity(20);
-                    scan.object(|scan, value| {
-                        entries.push((Text(value), scan.count()?));
-                        Some(())
-                    })?;
-                    stats.values = Some(entries);
-                    &mut values
-                }
-                "sum" => {
-                    stats.sum = Some(scan.number_or_null()?);
-                    &mut sum
-                }
-                "min" => {
-                    stats.min = scan.number_or_null()?;
-                    &mut min
-                }
-                "max" => {
-                    stats.max = scan.number_or_null()?;
-                    &mut max
-                }
-                // Percentiles and whatever else a later version writes.
-                _ => {
-                    let rest = &scan.text.as_bytes()[scan.at..];
-                    if rest.starts_with(b"true") {
-                        scan.at += 4;
-                    } else if rest.starts_with(b"false") {
-                        scan.at += 5;
-                    } else {
-                        scan.number_or_null()?;
-                    }
-                    return Some(());
-                }
-            };
-            // serde refuses a field given twice: let it say so.
-            (!std::mem::replace(seen, true)).then_some(())
-        })?;
-        Some(stats)
-    }
+            "max" => {
+                stats.max = scan.number_or_null()?;
+                &mut max
+            }
+            // Percentiles and whatever else a later version writes.
+            _ => return scan.skip_scalar(),
+        };
+        // serde refuses a field given twice: let it say so.
+        (!std::mem::replace(seen, true)).then_some(())
+    })?;
+    Some(stats)
 }
 
 #[cfg(test)]
