@@ -44,6 +44,7 @@ mod purge;
 mod raw_events;
 mod rows;
 pub mod sqlite;
+mod sqlite_batch;
 mod sqlite_scan;
 mod sqlite_time;
 mod table_name;

@@ -1,8 +1,9 @@
 //! SQLite: the embedded default, zero set-up.
 //!
 //! The database runs in WAL mode so that readers see the old day or the new day
-//! while a day commits. Rollup changes are written with one statement per kind,
-//! the rows passed as one JSON array and unpacked by `json_each`.
+//! while a day commits. Rollup changes are written with a statement per kind (and
+//! per batch of a very large day), the rows passed as one JSON array unpacked by
+//! `json_each` and their sketches as one blob (`sqlite_batch.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{AssertSqlSafe, ConnectOptions as _};
 
 use super::error::query_error;
-use super::{DayLocks, StoreError, TableName, day_lock, rows, sqlite_scan, sqlite_time};
+use super::{
+    DayLocks, StoreError, TableName, day_lock, rows, sqlite_batch, sqlite_scan, sqlite_time,
+};
 use crate::model::{
     DayChanges, DayRange, DayWindow, HourFold, HourRef, HourRow, MergeableSink, RollupFold,
     RollupRef, RollupRow,
@@ -85,27 +88,6 @@ impl Statements {
             ),
         }
     }
-}
-
-/// `rows` as one JSON array for `json_each`, each made by `row`; `None` when there
-/// are none.
-fn json_rows<'r, T: 'r>(
-    rows: impl Iterator<Item = &'r T>,
-    row: impl Fn(&T) -> serde_json::Value,
-) -> Option<String> {
-    let rows: Vec<_> = rows.map(row).collect();
-    (!rows.is_empty()).then(|| serde_json::Value::Array(rows).to_string())
-}
-
-/// Bytes as hexadecimal text, for a blob passed inside JSON.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
 }
 
 /// A flag raised when dropped.
@@ -449,26 +431,33 @@ impl SqliteStore {
             .await
             .map_err(query_error(&action))?;
         }
-        let rows = json_rows(changes.inserts.iter().chain(&changes.updates), |r| {
-            json!([
-                r.event,
-                r.count,
-                r.unique_users,
-                r.meta,
-                r.users_hll.as_deref().map(hex),
-                i64::from(r.partial),
-                r.meta_sketches
-            ])
-        });
-        if let Some(rows) = rows {
+        let upserts = changes.inserts.iter().chain(&changes.updates);
+        let upserts = sqlite_batch::batches(
+            upserts,
+            |r| r.users_hll.as_deref(),
+            |r, start, length| {
+                json!([
+                    r.event,
+                    r.count,
+                    r.unique_users,
+                    r.meta,
+                    start,
+                    length,
+                    i64::from(r.partial),
+                    r.meta_sketches
+                ])
+            },
+        );
+        for batch in upserts {
             // `WHERE true` keeps SQLite from reading ON CONFLICT as part of a join.
             sqlx::query(concat!(
                 "INSERT INTO ",
                 rollup_table!(),
                 " (date, event, count, unique_users, meta, users_hll, partial, meta_sketches, \
                  updated_at) \
-                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
-                 value ->> 5, value ->> 6, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+                 substr(?3, value ->> 4, value ->> 5), value ->> 6, value ->> 7, \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
                  FROM json_each(?2) WHERE true \
                  ON CONFLICT (date, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, meta = excluded.meta, \
@@ -476,7 +465,8 @@ impl SqliteStore {
                  meta_sketches = excluded.meta_sketches, updated_at = excluded.updated_at"
             ))
             .bind(date.to_string())
-            .bind(rows)
+            .bind(batch.rows)
+            .bind(batch.blobs)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;
@@ -497,25 +487,33 @@ impl SqliteStore {
             .await
             .map_err(query_error(&action))?;
         }
-        let rows = json_rows(hours.inserts.iter().chain(&hours.updates), |r| {
-            json!([
-                r.hour.to_string(),
-                r.event,
-                r.count,
-                r.unique_users,
-                hex(&r.users_hll)
-            ])
-        });
-        if let Some(rows) = rows {
+        let upserts = hours.inserts.iter().chain(&hours.updates);
+        let upserts = sqlite_batch::batches(
+            upserts,
+            |r| Some(r.users_hll.as_slice()),
+            |r, start, length| {
+                json!([
+                    r.hour.to_string(),
+                    r.event,
+                    r.count,
+                    r.unique_users,
+                    start,
+                    length
+                ])
+            },
+        );
+        for batch in upserts {
             sqlx::query(
                 "INSERT INTO telemetry_hourly (hour, event, count, unique_users, users_hll, updated_at) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, unhex(value ->> 4), \
-                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM json_each(?1) WHERE true \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+                 substr(?2, value ->> 4, value ->> 5), strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                 FROM json_each(?1) WHERE true \
                  ON CONFLICT (hour, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, users_hll = excluded.users_hll, \
                  updated_at = excluded.updated_at",
             )
-            .bind(rows)
+            .bind(batch.rows)
+            .bind(batch.blobs)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;
