@@ -29,9 +29,11 @@ clear_day() {
     next=$(date -u -d "$DAY + 1 day" +%F)
     if [[ $DATABASE_URL == sqlite:* ]]; then
         python3 - "$DATABASE_URL" "$DAY" "$next" <<'EOF'
-import sqlite3, sys
+import os, sqlite3, sys
 url, day, following = sys.argv[1:]
 path = url.split("?")[0].removeprefix("sqlite:").removeprefix("//")
+if not os.path.exists(path):
+    sys.exit(f"no database at {path}")
 db = sqlite3.connect(path)
 db.execute("DELETE FROM telemetry_daily WHERE date = ?", (day,))
 db.execute("DELETE FROM telemetry_hourly WHERE hour >= ? AND hour < ?", (day, following))

@@ -209,3 +209,45 @@ async fn connecting_opens_a_pooled_connection_for_each_query_run_at_once() {
     assert_eq!(store.pool().size() as usize, READS_AT_ONCE);
     store.pool().close().await;
 }
+
+/// The users' sketches are stored as they are: a full sketch whose registers are
+/// mostly empty, which PostgreSQL's default compression would shrink, is kept whole
+/// in the day's row and in the hour's (compression gains next to nothing on most
+/// sketches and costs the write its time).
+#[tokio::test]
+async fn postgres_stores_the_users_sketches_uncompressed() {
+    let Some(db) = TestDb::new(Kind::Postgres).await else {
+        return;
+    };
+    // 10,000 users in one hour: more than 8,192 of the 32,768 registers filled, so
+    // full (20,483 bytes), and most of them still empty.
+    let events: Vec<_> = (0..10_000)
+        .map(|n| {
+            event(
+                "e",
+                Some(&format!("user-{n}")),
+                "2024-01-01T05:00:00Z",
+                None,
+            )
+        })
+        .collect();
+    db.insert(&events).await;
+    let report = db.run(&range_options("2024-01-01", "2024-01-01")).await;
+    assert!(report.ok, "{report:?}");
+    let Database::Postgres(pg) = db.store.database() else {
+        unreachable!()
+    };
+    for table in ["telemetry_daily", "telemetry_hourly"] {
+        let (length, compression): (i32, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(
+            format!("SELECT length(users_hll), pg_column_compression(users_hll) FROM {table}"),
+        ))
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        assert_eq!(length, 20_483, "{table}: a full sketch");
+        assert_eq!(
+            compression, None,
+            "{table}: the sketch is stored uncompressed"
+        );
+    }
+}
