@@ -18,11 +18,12 @@ mod codec;
 mod partitions;
 mod port;
 
+use std::hash::BuildHasher as _;
 use std::io;
 use std::sync::Arc;
 
-use self::codec::Record;
 pub(crate) use self::codec::{KeyRecord, UserRecord, ValueRecord};
+use self::codec::{Record, hasher};
 use self::partitions::{Partitions, threads};
 pub use self::port::{MemoryLimit, Scratch, SpillError, SpillSpace};
 
@@ -154,23 +155,31 @@ fn count_users(
 ) -> io::Result<Vec<u64>> {
     let groups = day_of.len();
     let mut unique = vec![0u64; groups];
+    let user_hasher = hasher(0x6d65_6d62);
     let count = |records: &mut dyn Iterator<Item = io::Result<UserRecord>>| {
         let mut counts = vec![0u64; groups];
         for bucket in cache_sized_buckets(records)? {
             let mut seen = FastSet::default();
             seen.reserve(bucket.len());
-            seen.extend(bucket);
             let mut in_days = FastSet::default();
-            for record in &seen {
+            for record in &bucket {
+                let user_hash = user_hasher.hash_one(record.user.as_bytes());
+                let member = |of| Member {
+                    user_hash,
+                    of,
+                    user: &record.user,
+                };
+                if !seen.insert(member(record.group)) {
+                    continue;
+                }
                 let group = record.group as usize;
                 let day = day_of[group];
                 if day != record.group {
                     counts[group] += 1;
                 }
-                in_days.insert((day, &record.user));
-            }
-            for (day, _) in in_days {
-                counts[day as usize] += 1;
+                if in_days.insert(member(day)) {
+                    counts[day as usize] += 1;
+                }
             }
         }
         Ok(counts)
@@ -182,6 +191,30 @@ fn count_users(
     })?;
     Ok(unique)
 }
+
+/// A user of a group, or of a day, with the user's text hashed once: the sets of
+/// a bucket hash that hash and the number, not the text again.
+#[derive(Debug, Clone, Copy)]
+struct Member<'a> {
+    user_hash: u64,
+    of: u32,
+    user: &'a str,
+}
+
+impl std::hash::Hash for Member<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.user_hash);
+        state.write_u32(self.of);
+    }
+}
+
+impl PartialEq for Member<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.of == other.of && self.user_hash == other.user_hash && self.user == other.user
+    }
+}
+
+impl Eq for Member<'_> {}
 
 /// A group's kept keys (at most [`MAX_KEYS`](super::summary::MAX_KEYS), in key
 /// order) and how many distinct keys it had.
@@ -260,12 +293,27 @@ fn summarize(
     // Each partition's own best `top_k` of each kept key.
     let best = |records: &mut dyn Iterator<Item = io::Result<ValueRecord>>| {
         let mut best: FastMap<usize, Candidates> = FastMap::default();
+        // Each group's last key and where it is kept: a group's records come by key
+        // (a spill writes a key's values together; the values passed on are mostly
+        // of one key), so most skip the lookup.
+        let mut last_key: Vec<Option<(CompactString, Option<usize>)>> = vec![None; keys.len()];
         for bucket in cache_sized_buckets(records)? {
             let mut counts: FastMap<(usize, CompactString), u64> = FastMap::default();
             counts.reserve(bucket.len());
             for record in bucket {
+                let kept = match last_key.get_mut(record.group as usize) {
+                    Some(Some((key, at))) if *key == record.key => *at,
+                    last => {
+                        let probe = (record.group, record.key);
+                        let at = index.get(&probe).copied();
+                        if let Some(last) = last {
+                            *last = Some((probe.1, at));
+                        }
+                        at
+                    }
+                };
                 // Values of keys that were dropped are not needed.
-                if let Some(&at) = index.get(&(record.group, record.key)) {
+                if let Some(at) = kept {
                     *counts.entry((at, record.value)).or_default() += record.count;
                 }
             }
@@ -309,7 +357,6 @@ mod tests {
     use super::*;
     use crate::model::value_order;
     use proptest::prelude::*;
-    use std::hash::BuildHasher as _;
 
     fn by_order(a: &(CompactString, u64), b: &(CompactString, u64)) -> std::cmp::Ordering {
         value_order(&(&a.0, a.1), &(&b.0, b.1))
