@@ -23,6 +23,7 @@ mod rows;
 mod run_report;
 mod runs;
 mod summary_format;
+mod text;
 
 pub use self::days::{DateError, DayRange, DayWindow, day_number, parse_date};
 pub use self::diff::{DayChanges, HourChanges, diff, diff_hours};
@@ -41,6 +42,7 @@ pub use self::runs::{
     RunSummary, SUMMARY_ERROR_CHARS, SUMMARY_FAILED_DAYS, Trigger,
 };
 pub use self::summary_format::{DROPPED_KEYS, MAX_KEYS, MAX_VALUE_BYTES, key_order, value_order};
+pub(crate) use self::text::plain_ascii;
 
 /// Hash maps keyed by event data. foldhash is several times faster than the
 /// standard SipHash and, seeded per process, still resists crafted collisions.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::model::{HourRow, RollupRow, RunRecord};
+use crate::model::{HourRow, RollupRow, RunRecord, plain_ascii};
 
 /// Reads a `telemetry_daily` row selected as (event, count, unique_users, meta,
 /// users_hll, partial, meta_sketches).
@@ -109,6 +109,9 @@ pub(super) fn parse_hours(hours: &[Option<String>]) -> Vec<Timestamp> {
 /// metadata read the same from every source, and PostgreSQL, whose text cannot hold a
 /// NUL, takes whatever SQLite or ClickHouse held.
 pub(super) fn lenient_utf8(bytes: &[u8]) -> Cow<'_, str> {
+    if let Some(text) = plain_ascii(bytes) {
+        return Cow::Borrowed(text);
+    }
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(bytes),
@@ -126,6 +129,9 @@ pub(super) fn lenient_utf8(bytes: &[u8]) -> Cow<'_, str> {
 /// an id that itself begins with a NUL is written the second way too, so that no
 /// two ids can meet.
 pub(super) fn user_id_text(bytes: &[u8]) -> Cow<'_, str> {
+    if let Some(text) = plain_ascii(bytes) {
+        return Cow::Borrowed(text);
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) if !text.starts_with('\0') => Cow::Borrowed(text),
         _ => {

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, Read, Write};
 use super::super::memory::heap_bytes;
 use super::super::summary::{KeyStats, NumberStats};
 use crate::model::ddsketch::DdSketch;
-use crate::model::{CompactString, ExactSum};
+use crate::model::{CompactString, ExactSum, plain_ascii};
 
 /// A record an aggregate writes to disk.
 pub(crate) trait Record: Sized {
@@ -269,7 +269,10 @@ pub(crate) fn read_text(input: &mut impl BufRead) -> io::Result<CompactString> {
     // Most strings lie whole in the reader's buffer: taken from there, they cost
     // no copy and no allocation beyond the string's own, if it has one.
     if let Some(bytes) = input.fill_buf()?.get(..len) {
-        let text = CompactString::from_utf8(bytes).map_err(damaged)?;
+        let text = match plain_ascii(bytes) {
+            Some(text) => CompactString::from(text),
+            None => CompactString::from_utf8(bytes).map_err(damaged)?,
+        };
         input.consume(len);
         return Ok(text);
     }
