@@ -161,7 +161,10 @@ fn count_users(
         for bucket in cache_sized_buckets(records)? {
             let mut seen = FastSet::default();
             seen.reserve(bucket.len());
+            // As many entries as the records at most, reserved at once: grown step by
+            // step, the table's rehashing cost as much as the inserts.
             let mut in_days = FastSet::default();
+            in_days.reserve(bucket.len());
             for record in &bucket {
                 let user_hash = user_hasher.hash_one(record.user.as_bytes());
                 let member = |of| Member {
