@@ -419,6 +419,12 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query_error(&action))?;
+        // One instant for every row of the day, as PostgreSQL's `now()` gives: SQLite's
+        // 'now' is fixed only within a statement, and a day takes several.
+        let written_at: String = sqlx::query_scalar("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_error(&action))?;
         if !changes.deletes.is_empty() {
             sqlx::query(concat!(
                 "DELETE FROM ",
@@ -456,8 +462,7 @@ impl SqliteStore {
                 " (date, event, count, unique_users, meta, users_hll, partial, meta_sketches, \
                  updated_at) \
                  SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
-                 substr(?3, value ->> 4, value ->> 5), value ->> 6, value ->> 7, \
-                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                 substr(?3, value ->> 4, value ->> 5), value ->> 6, value ->> 7, ?4 \
                  FROM json_each(?2) WHERE true \
                  ON CONFLICT (date, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, meta = excluded.meta, \
@@ -467,6 +472,7 @@ impl SqliteStore {
             .bind(date.to_string())
             .bind(batch.rows)
             .bind(batch.blobs)
+            .bind(&written_at)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;
@@ -506,7 +512,7 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO telemetry_hourly (hour, event, count, unique_users, users_hll, updated_at) \
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
-                 substr(?2, value ->> 4, value ->> 5), strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                 substr(?2, value ->> 4, value ->> 5), ?3 \
                  FROM json_each(?1) WHERE true \
                  ON CONFLICT (hour, event) DO UPDATE SET count = excluded.count, \
                  unique_users = excluded.unique_users, users_hll = excluded.users_hll, \
@@ -514,6 +520,7 @@ impl SqliteStore {
             )
             .bind(batch.rows)
             .bind(batch.blobs)
+            .bind(&written_at)
             .execute(&mut *tx)
             .await
             .map_err(query_error(&action))?;

@@ -17,6 +17,7 @@ crate::on_both_databases!(
     hours_follow_every_rule_of_days,
     today_is_written_partial_and_a_later_run_makes_a_partial_day_whole,
     the_report_by_hour_gives_each_local_hour_and_marks_the_hour_so_far,
+    a_days_rows_and_its_hours_carry_one_updated_at,
 );
 
 /// Every stored hour row: (hour as UTC RFC 3339, event) → (count, unique users).
@@ -508,4 +509,29 @@ async fn today_is_refreshed_at_its_interval_and_a_tick_during_a_refresh_is_skipp
         "at least a minute"
     );
     assert!(veris_jobs::config::parse_today_every("10m").is_ok());
+}
+
+/// A day is written at one instant: its rows and its hours' rows, across every
+/// statement of the write, carry the same `updated_at`.
+async fn a_days_rows_and_its_hours_carry_one_updated_at(db: TestDb) {
+    // Many events and users in every hour, so that the write takes statements a
+    // while apart.
+    let events: Vec<_> = (0..20_000)
+        .map(|n| {
+            let at = format!("2024-05-01T{:02}:{:02}:00Z", (n / 20) % 24, n % 60);
+            event(&format!("e{}", n % 20), Some(&format!("u{n}")), &at, None)
+        })
+        .collect();
+    db.insert(&events).await;
+    let report = db.run(&range_options("2024-05-01", "2024-05-01")).await;
+    assert!(report.ok, "{report:?}");
+    let sql = "SELECT count(DISTINCT t), count(*) FROM \
+               (SELECT updated_at AS t FROM telemetry_daily \
+                UNION ALL SELECT updated_at FROM telemetry_hourly) AS rows";
+    let (instants, rows): (i64, i64) = match db.store.database() {
+        Database::Postgres(s) => sqlx::query_as(sql).fetch_one(s.pool()).await.unwrap(),
+        Database::Sqlite(s) => sqlx::query_as(sql).fetch_one(s.pool()).await.unwrap(),
+    };
+    assert_eq!(rows, 20 + 20 * 24, "the day's rows and its hours'");
+    assert_eq!(instants, 1, "one updated_at for all of them");
 }
