@@ -11,7 +11,9 @@
 # the benchmark's year report) change what is run. It fails when the builds' answers
 # differ as JSON (whitespace aside), unless ANSWERS_MAY_DIFFER=1 (a build that adds
 # to the report, such as percentiles); each build's last answer is left in
-# $TMPDIR/report-ab-N.json.
+# $TMPDIR/report-ab-N.json. COMMAND_ARGS runs another command than `report` (its
+# whole arguments), and BEFORE_EACH is a shell command run, untimed, before every
+# run: benches/job_ab.sh times the job this way.
 set -euo pipefail
 : "${DATABASE_URL:?set DATABASE_URL to the database to report on}"
 if (($# < 2)); then
@@ -21,7 +23,7 @@ fi
 RUNS=${RUNS:-9}
 ((RUNS >= 1)) || { echo "RUNS must be at least 1" >&2; exit 2; }
 PG_USER=${PG_USER:-postgres}
-read -ra report_args <<< "${REPORT_ARGS:-"--start-date 2023-03-13 --end-date 2024-03-11 --by week --json"}"
+read -ra command_args <<< "${COMMAND_ARGS:-"report ${REPORT_ARGS:-"--start-date 2023-03-13 --end-date 2024-03-11 --by week --json"}"}"
 OUT=$(mktemp)
 trap 'rm -f "$OUT" "$OUT.time" "$OUT.time.cpu"' EXIT
 builds=("$@")
@@ -53,8 +55,11 @@ server_ticks() {
 # single-threaded loop on these machines).
 run() {
     local n=$1 before after
+    if [[ -n ${BEFORE_EACH:-} ]]; then
+        bash -c "$BEFORE_EACH"
+    fi
     before=$(server_ticks)
-    python3 - "$OUT.time" "${builds[n - 1]}" report "${report_args[@]}" \
+    python3 - "$OUT.time" "${builds[n - 1]}" "${command_args[@]}" \
         > "${TMPDIR:-/tmp}/report-ab-$n.json" <<'PY'
 import subprocess, sys, time
 out = sys.argv[1]

@@ -122,17 +122,17 @@ fn compact_summary(text: &str) -> Option<StoredSummary<'_>> {
 /// an unknown field that is not a number, `null` or a boolean.
 fn key_stats<'a>(scan: &mut Scan<'a>) -> Option<StoredKey<'a>> {
     let mut stats = StoredKey::default();
-    let (mut n, mut other, mut values) = (false, false, false);
-    let (mut sum, mut min, mut max) = (false, false, false);
+    // The fields read so far, a bit each: serde refuses a field given twice.
+    let mut seen = 0u8;
     scan.object(|scan, field| {
-        let seen = match &*field {
+        let bit = match &*field {
             "n" => {
                 stats.n = scan.count()?;
-                &mut n
+                1
             }
             "other" => {
                 stats.other = scan.count()?;
-                &mut other
+                2
             }
             "values" => {
                 // A day's top values: twenty by default.
@@ -142,25 +142,24 @@ fn key_stats<'a>(scan: &mut Scan<'a>) -> Option<StoredKey<'a>> {
                     Some(())
                 })?;
                 stats.values = Some(entries);
-                &mut values
+                4
             }
             "sum" => {
                 stats.sum = Some(scan.number_or_null()?);
-                &mut sum
+                8
             }
             "min" => {
                 stats.min = scan.number_or_null()?;
-                &mut min
+                16
             }
             "max" => {
                 stats.max = scan.number_or_null()?;
-                &mut max
+                32
             }
             // Percentiles and whatever else a later version writes.
             _ => return scan.skip_scalar(),
         };
-        // serde refuses a field given twice: let it say so.
-        (!std::mem::replace(seen, true)).then_some(())
+        (seen & bit == 0).then(|| seen |= bit)
     })?;
     Some(stats)
 }
